@@ -1,0 +1,107 @@
+# SPDX-License-Identifier: MIT
+# ebsim build: plain GNU make.
+#   make            build ebsimd, ebsim, ebsim-ami into build/
+#   make check      build and run the C unit tests
+#   make test       everything: unit tests (plain + ASan/UBSan) and the pytest integration suite
+#   make demo       build, then show a volume's life on the default home
+#   make bench      the fio benchmark matrix (QUICK=1 for a short run)
+#   make deps       install missing Debian packages (does nothing when all are present)
+#   SAN=1           build with ASan+UBSan into build-asan/
+#   V=1             show the commands
+
+ifeq ($(SAN),1)
+B       ?= build-asan
+SANFLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+else
+B       ?= build
+SANFLAGS =
+endif
+
+ifneq ($(V),1)
+Q = @
+endif
+
+PKGS     = fuse3 liburing json-c openssl sqlite3
+CC      ?= cc
+CFLAGS  ?= -O2 -g
+CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -pthread -I. $(SANFLAGS) \
+           $(EXTRA_CFLAGS) $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -laio -pthread
+LDFLAGS += $(SANFLAGS)
+
+LIB_SRCS = $(wildcard common/*.c blockdev/*.c snapshot/*.c persistence/*.c fuse/*.c)
+LIB_OBJS = $(LIB_SRCS:%.c=$(B)/%.o)
+DAEMON_OBJS = $(patsubst %.c,$(B)/%.o,$(wildcard daemon/*.c))
+UNIT_SRCS = $(wildcard tests/unit/test_*.c)
+UNIT_BINS = $(UNIT_SRCS:tests/unit/%.c=$(B)/tests/%)
+
+BINS = $(B)/ebsimd $(B)/ebsim
+
+all: $(BINS)
+
+$(B)/%.o: %.c $(wildcard */*.h)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CC      $<")
+	$(Q)$(CC) $(CFLAGS) -c -o $@ $<
+
+$(B)/libebsim.a: $(LIB_OBJS)
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+$(B)/ebsimd: $(DAEMON_OBJS) $(B)/libebsim.a
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(B)/ebsim: $(B)/tools/ebsim.o $(B)/libebsim.a
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(B)/tests/%: $(B)/tests/unit/%.o $(B)/libebsim.a
+	@mkdir -p $(dir $@)
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+unit: $(UNIT_BINS)
+
+# Run every unit test program; exit codes 0 pass, 1 fail, 77 skip.
+check: all unit
+	@fail=0; for t in $(UNIT_BINS); do \
+		$$t >/dev/null 2>$$t.log; rc=$$?; \
+		case $$rc in 0) echo "PASS $$t";; 77) echo "SKIP $$t";; \
+		*) echo "FAIL $$t (rc=$$rc)"; cat $$t.log; fail=1;; esac; done; exit $$fail
+
+asan:
+	$(MAKE) SAN=1 all unit
+
+PYTEST = /usr/bin/python3 -m pytest
+
+# The whole suite: pytest drives the C unit tests (plain and sanitized) and the binaries.
+test: all unit asan
+	$(PYTEST) -ra tests/ $(PYTEST_ARGS)
+
+stress: all unit
+	EBSIM_STRESS=1 $(PYTEST) -ra tests/ $(PYTEST_ARGS)
+
+demo: all
+	bash tools/demo.sh
+
+bench: all
+	bash bench/run.sh $(if $(QUICK),--quick)
+
+DEB_PKGS = build-essential pkg-config libfuse3-dev fuse3 liburing-dev libaio-dev libssl-dev \
+	   libsqlite3-dev libjson-c-dev python3-pytest e2fsprogs fio qemu-utils util-linux \
+	   sqlite3 gnuplot-nox clang
+deps:
+	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
+		| grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing:" $$missing; \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
+	else echo "all Debian packages present"; fi
+
+fmt:
+	clang-format -i $$(git ls-files '*.c' '*.h')
+
+clean:
+	rm -rf build build-asan
+
+.PHONY: all unit check asan test stress demo bench deps fmt clean
+.SECONDARY:

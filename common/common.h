@@ -1,0 +1,60 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * common.h - small helpers shared by every ebsim module: logging, resource IDs, time stamps,
+ * safe file creation under a directory fd.
+ *
+ * IDs are EC2-shaped: a prefix ("vol", "snap", "ami", "i", ...), a dash and 17 lower-case
+ * hex digits. id_valid() is the single gate every ID passes before it is used to name
+ * anything on disk, so a hostile ID ("vol-../../etc") never reaches the file system.
+ */
+#ifndef EBSIM_COMMON_H
+#define EBSIM_COMMON_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+#define MIN(a, b) ((a) < (b) ? (a) : (b))
+#define MAX(a, b) ((a) > (b) ? (a) : (b))
+
+/* --- logging ------------------------------------------------------------------------ */
+enum log_level { LOG_ERR, LOG_WARN, LOG_INFO, LOG_DEBUG };
+void log_set_level(enum log_level l);
+void log_set_prefix(const char *prefix);
+void log_msg(enum log_level l, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+#define log_err(...) log_msg(LOG_ERR, __VA_ARGS__)
+#define log_warn(...) log_msg(LOG_WARN, __VA_ARGS__)
+#define log_info(...) log_msg(LOG_INFO, __VA_ARGS__)
+#define log_debug(...) log_msg(LOG_DEBUG, __VA_ARGS__)
+
+/* --- IDs ------------------------------------------------------------------------------ */
+#define ID_HEX_DIGITS 17
+#define ID_MAX 32 /* longest prefix "snap" + '-' + 17 + NUL fits easily */
+
+/* Write a fresh random ID "<prefix>-<17 hex>" into out (ID_MAX bytes). 0 or -errno. */
+int id_new(const char *prefix, char out[ID_MAX]);
+/* True when s is exactly "<prefix>-" followed by 17 lower-case hex digits. */
+bool id_valid(const char *prefix, const char *s);
+
+/* --- time ----------------------------------------------------------------------------- */
+/* ISO 8601 UTC with milliseconds, as EC2 prints it: 2026-11-28T17:44:59.000Z */
+void time_iso8601(char out[32]);
+/* Monotonic nanoseconds. */
+uint64_t time_mono_ns(void);
+
+/* --- files ---------------------------------------------------------------------------- */
+/* Write buf to dirfd/name atomically: temp file in the same directory, fsync, rename,
+ * fsync the directory. mode applies to the new file. 0 or -errno. */
+int file_write_atomic(int dirfd, const char *name, const void *buf, size_t len, mode_t mode);
+/* Read all of dirfd/name (O_NOFOLLOW) into a malloc'd buffer (NUL-terminated as a courtesy). */
+int file_read_all(int dirfd, const char *name, void **buf, size_t *len);
+/* Remove dirfd/name and everything below it (no symlinks followed). 0 or -errno. */
+int file_remove_tree(int dirfd, const char *name);
+/* fill buf with cryptographically random bytes. 0 or -errno. */
+int rand_bytes(void *buf, size_t len);
+/* Overwrite memory that held secrets, in a way the compiler keeps. */
+void secure_zero(void *p, size_t len);
+
+#endif
