@@ -1,6 +1,5 @@
 /* SPDX-License-Identifier: MIT */
 /* common.c - logging, IDs, time stamps and careful file helpers (see common.h). */
-#define _GNU_SOURCE
 #include "common.h"
 
 #include <dirent.h>
@@ -112,9 +111,9 @@ void time_iso8601(char out[32])
 
 	clock_gettime(CLOCK_REALTIME, &ts);
 	gmtime_r(&ts.tv_sec, &tm);
-	snprintf(out, 32, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900,
-		 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-		 ts.tv_nsec / 1000000);
+	size_t n = strftime(out, 32, "%Y-%m-%dT%H:%M:%S", &tm);
+
+	snprintf(out + n, 32 - n, ".%03dZ", (int)(ts.tv_nsec / 1000000) % 1000);
 }
 
 uint64_t time_mono_ns(void)

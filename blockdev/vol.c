@@ -1,0 +1,1293 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * vol.c - the volume: identity-mapped sparse data file + chunk state map (see blockdev.h).
+ *
+ * Design notes
+ * ------------
+ * Chunk states (one map byte per chunk, low two bits) and what a read returns:
+ *   ABSENT   never written: the base snapshot's bytes, or zeros when there is none;
+ *   PRESENT  the data file holds the chunk's current bytes (ciphertext when encrypted);
+ *   ZERO     discarded: zeros; the data file range is a hole.
+ * Bit 7 (CHANGED) is set by every write or discard and cleared by snapshots (snapshot/).
+ *
+ * A "simple" volume (plaintext, no base) keeps every byte in the data file: an ABSENT chunk
+ * is a hole there, so reads and writes go straight to the engine without consulting the
+ * map; writes only set PRESENT|CHANGED. Other volumes go chunk by chunk:
+ *   - a write to a PRESENT chunk (sector aligned when encrypted) goes straight to the data
+ *     file, encrypted in place;
+ *   - anything else is a "slow" write under a per-chunk lock: a write into an ABSENT or
+ *     ZERO chunk fills the whole chunk (base or zeros, merged with the new bytes) before the
+ *     chunk becomes PRESENT, so a PRESENT chunk always holds complete data; an unaligned
+ *     write to an encrypted PRESENT chunk reads, decrypts, merges and rewrites only the 4 KiB
+ *     sectors it touches, so it never rewrites bytes a concurrent writer owns.
+ *   Fast writes to a locked chunk queue behind the lock as slow writes.
+ *
+ * Locking: v->lock guards the map, the dirty-page bitmap, the chunk locks, the flush queue
+ * and the size. It is never held across I/O submission, except during vol_resize.
+ *
+ * Crash protocol: flush = fdatasync(data) -> write the dirty map pages -> fdatasync(map)
+ * -> reply. A map byte only moves to PRESENT after its chunk's data write completed, and
+ * the map is persisted only after the data it describes is durable, so a crash loses at
+ * most unflushed writes. Map bytes are single bytes, so a torn page write cannot produce a
+ * state that was never written. The header's clean flag is cleared at open and set by a
+ * clean close; an unclean open punches holes in the data file under ABSENT chunks (writes
+ * that reached the file but never reached a flushed map) and marks every PRESENT chunk
+ * CHANGED, so the next incremental snapshot cannot miss data.
+ *
+ * A failed flush is sticky (v->flush_err): every later flush fails too.
+ */
+#include "blockdev/blockdev.h"
+#include "blockdev/crypt_i.h"
+#include "common/common.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/sha.h>
+
+#define MAP_STATE 0x03
+#define MAP_ABSENT 0x00
+#define MAP_PRESENT 0x01
+#define MAP_ZERO 0x02
+#define MAP_CHANGED 0x80
+#define MAP_PAGE 4096u
+
+#define HDR_SIZE 4096u
+#define HDR_MAGIC "EBSIMVOL"
+#define HDR_VERSION 1u
+#define HDR_F_WRAPPED 1u
+#define HDR_F_EPHEMERAL 2u
+#define HDR_F_CLEAN 4u
+
+/* On-disk header, little-endian (x86_64/arm64 hosts), padded to HDR_SIZE; the SHA-256 of
+ * bytes [0, HDR_SUM_OFF) sits at HDR_SUM_OFF. */
+struct vol_hdr {
+	char magic[8];
+	uint32_t version;
+	uint32_t flags;
+	uint64_t size;
+	uint32_t chunk_size;
+	uint32_t reserved;
+	uint64_t generation;
+	uint8_t wrapped_key[CRYPT_WRAPPED_LEN];
+};
+#define HDR_SUM_OFF (HDR_SIZE - 32)
+
+struct slow;
+
+struct chunk_lock {
+	uint64_t idx;
+	struct slow *waiters, **wtail;
+	struct chunk_lock *next;
+};
+
+struct flush_waiter {
+	vol_cb cb;
+	void *arg;
+	struct flush_waiter *next;
+};
+
+struct vol {
+	int dirfd, data_fd, map_fd;
+	struct blk_engine *eng;
+	pthread_mutex_t lock;
+	_Atomic uint64_t size;
+	uint32_t chunk_size;
+	unsigned chunk_shift;
+	uint64_t nchunks;
+	uint8_t *map;
+	uint64_t *dirty; /* one bit per MAP_PAGE of the map */
+	bool simple, encrypted, has_base;
+	uint8_t key[VOL_DATA_KEY_LEN];
+	struct vol_hdr hdr;
+	struct chunk_lock *locks;
+	bool flushing;
+	struct flush_waiter *queued, **qtail;
+	int flush_err;
+	atomic_int inflight; /* vol_io objects not yet completed: vol_close drains them */
+};
+
+/* One caller request; completes when its last segment does. */
+struct vol_io {
+	struct vol *v;
+	vol_cb cb;
+	void *arg;
+	atomic_int pending;
+	atomic_int err;
+	int result;
+};
+
+/* One engine request on behalf of a vol_io. */
+struct seg {
+	struct blk_req req;
+	struct vol_io *io;
+	bool decrypt;	 /* read: decrypt req.buf after completion */
+	uint8_t *bounce; /* read: widened sector-aligned buffer, copy out to dst */
+	uint8_t *dst;
+	size_t skip, dlen;
+};
+
+/* One slow write: a chunk-locked read-modify-write or fill. */
+struct slow {
+	struct blk_req req;
+	struct vol_io *io;
+	struct vol *v;
+	uint64_t idx;
+	const uint8_t *src; /* NULL: zeros */
+	uint32_t o, l;	    /* modified range within the chunk */
+	uint8_t *cbuf;
+	uint32_t a, b; /* range of the chunk that is written back */
+	struct slow *next;
+};
+
+static void slow_run(struct slow *s);
+
+/* ---- requests ------------------------------------------------------------------------ */
+
+static struct vol_io *io_new(struct vol *v, vol_cb cb, void *arg, int result)
+{
+	struct vol_io *io = malloc(sizeof(*io));
+
+	if (!io)
+		return NULL;
+	io->v = v;
+	io->cb = cb;
+	io->arg = arg;
+	atomic_init(&io->pending, 1);
+	atomic_init(&io->err, 0);
+	io->result = result;
+	atomic_fetch_add(&v->inflight, 1);
+	return io;
+}
+
+static void io_put(struct vol_io *io, int res)
+{
+	if (res < 0) {
+		int zero = 0;
+		atomic_compare_exchange_strong(&io->err, &zero, res);
+	}
+	if (atomic_fetch_sub(&io->pending, 1) == 1) {
+		int err = atomic_load(&io->err);
+		struct vol *v = io->v;
+		io->cb(io->arg, err ? err : io->result);
+		free(io);
+		atomic_fetch_sub(&v->inflight, 1);
+	}
+}
+
+static void seg_done(struct blk_req *req, int res)
+{
+	struct seg *s = (struct seg *)req;
+	struct vol_io *io = s->io;
+
+	if (res >= 0 && s->decrypt) {
+		res = crypt_xts(io->v->key, false, req->buf, req->len, req->off);
+		if (res >= 0 && s->bounce)
+			memcpy(s->dst, s->bounce + s->skip, s->dlen);
+	}
+	if (s->bounce)
+		free(req->buf);
+	free(s);
+	io_put(io, res < 0 ? res : 0);
+}
+
+static int seg_submit(struct vol_io *io, enum blk_op op, int fd, void *buf, size_t len,
+		      uint64_t off, int mode, struct seg **segp)
+{
+	struct seg *s = calloc(1, sizeof(*s));
+	int ret;
+
+	if (!s)
+		return -ENOMEM;
+	s->req.op = op;
+	s->req.fd = fd;
+	s->req.buf = buf;
+	s->req.len = len;
+	s->req.off = off;
+	s->req.mode = mode;
+	s->req.done = seg_done;
+	s->io = io;
+	if (segp) {
+		/* caller finishes setting up and submits */
+		*segp = s;
+		return 0;
+	}
+	atomic_fetch_add(&io->pending, 1);
+	ret = blk_submit(io->v->eng, &s->req);
+	if (ret) {
+		atomic_fetch_sub(&io->pending, 1);
+		free(s);
+	}
+	return ret;
+}
+
+static int seg_go(struct seg *s)
+{
+	int ret;
+
+	atomic_fetch_add(&s->io->pending, 1);
+	ret = blk_submit(s->io->v->eng, &s->req);
+	if (ret) {
+		atomic_fetch_sub(&s->io->pending, 1);
+		if (s->bounce)
+			free(s->req.buf);
+		free(s);
+	}
+	return ret;
+}
+
+/* ---- map ----------------------------------------------------------------------------- */
+
+static inline uint8_t map_state(const struct vol *v, uint64_t c)
+{
+	return v->map[c] & MAP_STATE;
+}
+
+/* Set chunk c's map byte; marks its map page dirty when it changes. Under v->lock. */
+static void map_set(struct vol *v, uint64_t c, uint8_t val)
+{
+	if (v->map[c] != val) {
+		uint64_t page = c / MAP_PAGE;
+		v->map[c] = val;
+		v->dirty[page / 64] |= 1ull << (page % 64);
+	}
+}
+
+static size_t map_pages(uint64_t nchunks)
+{
+	return (size_t)((nchunks + MAP_PAGE - 1) / MAP_PAGE);
+}
+
+static struct chunk_lock *lock_find(struct vol *v, uint64_t idx)
+{
+	for (struct chunk_lock *l = v->locks; l; l = l->next)
+		if (l->idx == idx)
+			return l;
+	return NULL;
+}
+
+/* ---- header -------------------------------------------------------------------------- */
+
+static int hdr_write(struct vol *v)
+{
+	uint8_t buf[HDR_SIZE] = {0};
+
+	memcpy(buf, &v->hdr, sizeof(v->hdr));
+	SHA256(buf, HDR_SUM_OFF, buf + HDR_SUM_OFF);
+	return file_write_atomic(v->dirfd, "header", buf, sizeof(buf), 0600);
+}
+
+static int hdr_read(int dirfd, struct vol_hdr *h)
+{
+	uint8_t sum[32];
+	size_t len;
+	void *buf;
+	int ret;
+
+	ret = file_read_all(dirfd, "header", &buf, &len);
+	if (ret)
+		return ret;
+	ret = -EUCLEAN;
+	if (len != HDR_SIZE)
+		goto out_free;
+	SHA256(buf, HDR_SUM_OFF, sum);
+	if (memcmp(sum, (uint8_t *)buf + HDR_SUM_OFF, 32))
+		goto out_free;
+	memcpy(h, buf, sizeof(*h));
+	if (memcmp(h->magic, HDR_MAGIC, 8) || h->version != HDR_VERSION)
+		goto out_free;
+	if (h->chunk_size < VOL_SECTOR || (h->chunk_size & (h->chunk_size - 1)) ||
+	    h->chunk_size > (64u << 20) || h->size % h->chunk_size || !h->size ||
+	    h->size > (1ull << 50))
+		goto out_free;
+	if ((h->flags & HDR_F_WRAPPED) && (h->flags & HDR_F_EPHEMERAL))
+		goto out_free;
+	ret = 0;
+out_free:
+	free(buf);
+	return ret;
+}
+
+/* ---- create / open / close ----------------------------------------------------------- */
+
+int vol_create(int parent, const char *name, const struct vol_params *p,
+	       const struct vol_keys *keys)
+{
+	uint32_t cs = p->chunk_size ? p->chunk_size : VOL_DEFAULT_CHUNK;
+	struct vol v = {0};
+	char tmp[256];
+	int fd, ret;
+
+	if (cs < VOL_SECTOR || (cs & (cs - 1)) || !p->size || p->size % cs)
+		return -EINVAL;
+	if (snprintf(tmp, sizeof(tmp), ".%s.tmp", name) >= (int)sizeof(tmp))
+		return -ENAMETOOLONG;
+	if (!faccessat(parent, name, F_OK, AT_SYMLINK_NOFOLLOW))
+		return -EEXIST;
+	file_remove_tree(parent, tmp);
+	if (mkdirat(parent, tmp, 0700) < 0)
+		return -errno;
+	v.dirfd = openat(parent, tmp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (v.dirfd < 0) {
+		ret = -errno;
+		goto out_rmdir;
+	}
+	memcpy(v.hdr.magic, HDR_MAGIC, 8);
+	v.hdr.version = HDR_VERSION;
+	v.hdr.size = p->size;
+	v.hdr.chunk_size = cs;
+	v.hdr.generation = 1;
+	v.hdr.flags = HDR_F_CLEAN;
+	if (p->crypt == VOL_CRYPT_WRAPPED) {
+		uint8_t key[VOL_DATA_KEY_LEN];
+		if (!keys || !keys->master) {
+			ret = -ENOKEY;
+			goto out_close;
+		}
+		do {
+			ret = rand_bytes(key, sizeof(key));
+		} while (!ret && !memcmp(key, key + 32, 32));
+		if (!ret)
+			ret = crypt_wrap(keys->master, key, v.hdr.wrapped_key);
+		secure_zero(key, sizeof(key));
+		if (ret)
+			goto out_close;
+		v.hdr.flags |= HDR_F_WRAPPED;
+	} else if (p->crypt == VOL_CRYPT_EPHEMERAL) {
+		v.hdr.flags |= HDR_F_EPHEMERAL;
+	}
+	ret = hdr_write(&v);
+	if (ret)
+		goto out_close;
+	static const char *const files[] = {"data", "map"};
+	for (int i = 0; i < 2; i++) {
+		uint64_t len = i == 0 ? p->size : p->size / cs;
+		fd = openat(v.dirfd, files[i], O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+			    0600);
+		if (fd < 0) {
+			ret = -errno;
+			goto out_close;
+		}
+		if (ftruncate(fd, (off_t)len) < 0 || fsync(fd) < 0)
+			ret = -errno;
+		close(fd);
+		if (ret)
+			goto out_close;
+	}
+	if (fsync(v.dirfd) < 0) {
+		ret = -errno;
+		goto out_close;
+	}
+	close(v.dirfd);
+	if (renameat(parent, tmp, parent, name) < 0) {
+		ret = -errno;
+		goto out_rmdir;
+	}
+	fsync(parent);
+	return 0;
+out_close:
+	close(v.dirfd);
+out_rmdir:
+	file_remove_tree(parent, tmp);
+	return ret;
+}
+
+/* After an unclean shutdown: make ABSENT chunks holes again and mark PRESENT ones CHANGED
+ * (see the crash protocol above). */
+static int vol_recover(struct vol *v)
+{
+	for (uint64_t c = 0; c < v->nchunks; c++) {
+		uint8_t st = map_state(v, c);
+		if (st == MAP_PRESENT) {
+			map_set(v, c, v->map[c] | MAP_CHANGED);
+		} else if (st == MAP_ABSENT) {
+			uint64_t run = c;
+			while (run + 1 < v->nchunks && map_state(v, run + 1) == MAP_ABSENT)
+				run++;
+			off_t o = (off_t)(c << v->chunk_shift);
+			off_t e = (off_t)((run + 1) << v->chunk_shift);
+			off_t d = lseek(v->data_fd, o, SEEK_DATA);
+			if (d >= 0 && d < e &&
+			    fallocate(v->data_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, o,
+				      e - o) < 0)
+				return -errno;
+			c = run;
+		}
+	}
+	if (fdatasync(v->data_fd) < 0)
+		return -errno;
+	return 0;
+}
+
+static int map_write_all(struct vol *v)
+{
+	size_t len = (size_t)v->nchunks;
+
+	for (size_t done = 0; done < len;) {
+		ssize_t n = pwrite(v->map_fd, v->map + done, len - done, (off_t)done);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		done += (size_t)n;
+	}
+	memset(v->dirty, 0, ((map_pages(v->nchunks) + 63) / 64) * 8);
+	return fdatasync(v->map_fd) < 0 ? -errno : 0;
+}
+
+int vol_open(int parent, const char *name, struct blk_engine *eng, const struct vol_keys *keys,
+	     struct vol **out)
+{
+	struct vol *v = calloc(1, sizeof(*v));
+	struct stat st;
+	int ret;
+
+	if (!v)
+		return -ENOMEM;
+	v->data_fd = v->map_fd = -1;
+	v->eng = eng;
+	pthread_mutex_init(&v->lock, NULL);
+	v->qtail = &v->queued;
+	v->dirfd = openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (v->dirfd < 0) {
+		ret = -errno;
+		goto out_free;
+	}
+	ret = hdr_read(v->dirfd, &v->hdr);
+	if (ret)
+		goto out_close;
+	v->chunk_size = v->hdr.chunk_size;
+	v->chunk_shift = (unsigned)__builtin_ctz(v->chunk_size);
+	v->nchunks = v->hdr.size >> v->chunk_shift;
+	atomic_init(&v->size, v->hdr.size);
+	if (v->hdr.flags & HDR_F_WRAPPED) {
+		ret = keys && keys->master ? crypt_unwrap(keys->master, v->hdr.wrapped_key, v->key)
+					   : -ENOKEY;
+		if (ret)
+			goto out_close;
+		v->encrypted = true;
+	} else if (v->hdr.flags & HDR_F_EPHEMERAL) {
+		if (!keys || !keys->ephemeral) {
+			ret = -ENOKEY;
+			goto out_close;
+		}
+		memcpy(v->key, keys->ephemeral, VOL_DATA_KEY_LEN);
+		v->encrypted = true;
+	}
+	v->simple = !v->encrypted && !v->has_base;
+	v->data_fd = openat(v->dirfd, "data", O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+	v->map_fd = openat(v->dirfd, "map", O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+	if (v->data_fd < 0 || v->map_fd < 0) {
+		ret = -errno;
+		goto out_close;
+	}
+	ret = -EUCLEAN;
+	if (fstat(v->data_fd, &st) < 0 || !S_ISREG(st.st_mode) || (uint64_t)st.st_size < v->hdr.size)
+		goto out_close;
+	if (fstat(v->map_fd, &st) < 0 || !S_ISREG(st.st_mode) || (uint64_t)st.st_size != v->nchunks)
+		goto out_close;
+	v->map = malloc(v->nchunks);
+	v->dirty = calloc((map_pages(v->nchunks) + 63) / 64, 8);
+	if (!v->map || !v->dirty) {
+		ret = -ENOMEM;
+		goto out_close;
+	}
+	if (pread(v->map_fd, v->map, v->nchunks, 0) != (ssize_t)v->nchunks) {
+		ret = -EIO;
+		goto out_close;
+	}
+	for (uint64_t c = 0; c < v->nchunks; c++) {
+		if ((v->map[c] & ~(MAP_STATE | MAP_CHANGED)) || map_state(v, c) == 3) {
+			ret = -EUCLEAN;
+			goto out_close;
+		}
+	}
+	if (!(v->hdr.flags & HDR_F_CLEAN)) {
+		log_warn("volume %s was not closed cleanly; recovering", name);
+		ret = vol_recover(v);
+		if (!ret)
+			ret = map_write_all(v);
+		if (ret)
+			goto out_close;
+	}
+	v->hdr.flags &= ~HDR_F_CLEAN;
+	ret = hdr_write(v);
+	if (ret)
+		goto out_close;
+	*out = v;
+	return 0;
+out_close:
+	if (v->data_fd >= 0)
+		close(v->data_fd);
+	if (v->map_fd >= 0)
+		close(v->map_fd);
+	close(v->dirfd);
+out_free:
+	free(v->map);
+	free(v->dirty);
+	pthread_mutex_destroy(&v->lock);
+	secure_zero(v->key, sizeof(v->key));
+	free(v);
+	return ret;
+}
+
+int vol_close(struct vol *v)
+{
+	int ret;
+
+	if (!v)
+		return 0;
+	while (atomic_load(&v->inflight))
+		usleep(1000);
+	ret = vol_fsync(v);
+	if (!ret) {
+		v->hdr.flags |= HDR_F_CLEAN;
+		ret = hdr_write(v);
+	}
+	close(v->data_fd);
+	close(v->map_fd);
+	close(v->dirfd);
+	free(v->map);
+	free(v->dirty);
+	pthread_mutex_destroy(&v->lock);
+	secure_zero(v->key, sizeof(v->key));
+	free(v);
+	return ret;
+}
+
+int vol_destroy(int parent, const char *name)
+{
+	return file_remove_tree(parent, name);
+}
+
+uint64_t vol_size(const struct vol *v)
+{
+	return atomic_load(&v->size);
+}
+
+bool vol_encrypted(const struct vol *v)
+{
+	return v->encrypted;
+}
+
+static bool range_ok(struct vol *v, uint64_t off, uint64_t len)
+{
+	uint64_t size = atomic_load(&v->size);
+
+	return off <= size && len <= size - off;
+}
+
+/* ---- read ---------------------------------------------------------------------------- */
+
+/* Queue a read of [off, off+len) of the data file into dst, decrypting if needed. */
+static int read_data(struct vol_io *io, uint8_t *dst, size_t len, uint64_t off)
+{
+	struct vol *v = io->v;
+	uint64_t a, b;
+	struct seg *s;
+	int ret;
+
+	if (!v->encrypted)
+		return seg_submit(io, BLK_READ, v->data_fd, dst, len, off, 0, NULL);
+	a = off & ~(uint64_t)(VOL_SECTOR - 1);
+	b = (off + len + VOL_SECTOR - 1) & ~(uint64_t)(VOL_SECTOR - 1);
+	if (a == off && b == off + len) {
+		ret = seg_submit(io, BLK_READ, v->data_fd, dst, len, off, 0, &s);
+		if (ret)
+			return ret;
+	} else {
+		uint8_t *bounce;
+		if (posix_memalign((void **)&bounce, VOL_SECTOR, b - a))
+			return -ENOMEM;
+		ret = seg_submit(io, BLK_READ, v->data_fd, bounce, b - a, a, 0, &s);
+		if (ret) {
+			free(bounce);
+			return ret;
+		}
+		s->bounce = bounce;
+		s->dst = dst;
+		s->skip = off - a;
+		s->dlen = len;
+	}
+	s->decrypt = true;
+	return seg_go(s);
+}
+
+/* Chunks planned per lock hold: bounds the run arrays below. */
+#define PLAN_CHUNKS 16
+
+void vol_read(struct vol *v, void *buf, size_t len, uint64_t off, vol_cb cb, void *arg)
+{
+	struct vol_io *io;
+	uint64_t end = off + len;
+	int ret = 0;
+
+	if (!range_ok(v, off, len))
+		return cb(arg, -EINVAL);
+	if (!len)
+		return cb(arg, 0);
+	io = io_new(v, cb, arg, (int)len);
+	if (!io)
+		return cb(arg, -ENOMEM);
+	if (v->simple) {
+		ret = seg_submit(io, BLK_READ, v->data_fd, buf, len, off, 0, NULL);
+		return io_put(io, ret);
+	}
+	/* Piece by piece: gather runs of PRESENT chunks under the lock and zero-fill the
+	 * rest, then submit the runs. */
+	for (uint64_t p = off; p < end && !ret;) {
+		uint64_t pend = MIN(end, ((p >> v->chunk_shift) + PLAN_CHUNKS) << v->chunk_shift);
+		struct {
+			uint64_t off, len;
+		} runs[PLAN_CHUNKS];
+		int n = 0;
+
+		pthread_mutex_lock(&v->lock);
+		for (uint64_t cs = p; cs < pend;) {
+			uint64_t c = cs >> v->chunk_shift;
+			uint64_t ce = MIN(pend, (c + 1) << v->chunk_shift);
+			if (map_state(v, c) != MAP_PRESENT)
+				memset((uint8_t *)buf + (cs - off), 0, ce - cs);
+			else if (n && runs[n - 1].off + runs[n - 1].len == cs)
+				runs[n - 1].len += ce - cs;
+			else {
+				runs[n].off = cs;
+				runs[n++].len = ce - cs;
+			}
+			cs = ce;
+		}
+		pthread_mutex_unlock(&v->lock);
+		for (int i = 0; i < n && !ret; i++)
+			ret = read_data(io, (uint8_t *)buf + (runs[i].off - off), runs[i].len,
+					runs[i].off);
+		p = pend;
+	}
+	io_put(io, ret);
+}
+
+/* ---- write --------------------------------------------------------------------------- */
+
+static void slow_finish(struct slow *s, int res)
+{
+	struct vol *v = s->v;
+	struct chunk_lock *l;
+	struct slow *next = NULL;
+
+	pthread_mutex_lock(&v->lock);
+	if (res >= 0 && s->idx < v->nchunks)
+		map_set(v, s->idx, MAP_PRESENT | MAP_CHANGED);
+	l = lock_find(v, s->idx);
+	if (l && l->waiters) {
+		next = l->waiters;
+		l->waiters = next->next;
+		if (!l->waiters)
+			l->wtail = &l->waiters;
+	} else if (l) {
+		struct chunk_lock **pp = &v->locks;
+		while (*pp != l)
+			pp = &(*pp)->next;
+		*pp = l->next;
+		free(l);
+	}
+	pthread_mutex_unlock(&v->lock);
+	free(s->cbuf);
+	io_put(s->io, res < 0 ? res : 0);
+	free(s);
+	if (next)
+		slow_run(next);
+}
+
+static void slow_write_done(struct blk_req *req, int res)
+{
+	slow_finish((struct slow *)req, res);
+}
+
+/* Merge the new bytes into cbuf (which holds chunk bytes [a, b)), encrypt, write back. */
+static void slow_write(struct slow *s)
+{
+	struct vol *v = s->v;
+	uint8_t *dst = s->cbuf + (s->o - s->a);
+	int ret;
+
+	if (s->src)
+		memcpy(dst, s->src, s->l);
+	else
+		memset(dst, 0, s->l);
+	if (v->encrypted) {
+		ret = crypt_xts(v->key, true, s->cbuf, s->b - s->a,
+				(s->idx << v->chunk_shift) + s->a);
+		if (ret)
+			return slow_finish(s, ret);
+	}
+	s->req = (struct blk_req){
+		.op = BLK_WRITE,
+		.fd = v->data_fd,
+		.buf = s->cbuf,
+		.len = s->b - s->a,
+		.off = (s->idx << v->chunk_shift) + s->a,
+		.done = slow_write_done,
+	};
+	ret = blk_submit(v->eng, &s->req);
+	if (ret)
+		slow_finish(s, ret);
+}
+
+static void slow_read_done(struct blk_req *req, int res)
+{
+	struct slow *s = (struct slow *)req;
+
+	if (res >= 0 && s->v->encrypted)
+		res = crypt_xts(s->v->key, false, s->cbuf, s->b - s->a, req->off);
+	if (res < 0)
+		return slow_finish(s, res);
+	slow_write(s);
+}
+
+/* Runs with the chunk lock held by s. */
+static void slow_run(struct slow *s)
+{
+	struct vol *v = s->v;
+	uint8_t st;
+	bool need_read = false;
+	int ret;
+
+	pthread_mutex_lock(&v->lock);
+	st = s->idx < v->nchunks ? map_state(v, s->idx) : MAP_ZERO;
+	pthread_mutex_unlock(&v->lock);
+	if (st == MAP_PRESENT) {
+		if (v->encrypted) {
+			s->a = s->o & ~(VOL_SECTOR - 1);
+			s->b = (s->o + s->l + VOL_SECTOR - 1) & ~(VOL_SECTOR - 1);
+			need_read = s->a != s->o || s->b != s->o + s->l;
+		} else {
+			s->a = s->o;
+			s->b = s->o + s->l;
+		}
+	} else {
+		/* ABSENT or ZERO: fill the whole chunk */
+		s->a = 0;
+		s->b = v->chunk_size;
+	}
+	if (posix_memalign((void **)&s->cbuf, VOL_SECTOR, s->b - s->a))
+		return slow_finish(s, -ENOMEM);
+	if (!need_read) {
+		if (st != MAP_PRESENT)
+			memset(s->cbuf, 0, s->b - s->a); /* no base: the old chunk is zeros */
+		return slow_write(s);
+	}
+	s->req = (struct blk_req){
+		.op = BLK_READ,
+		.fd = v->data_fd,
+		.buf = s->cbuf,
+		.len = s->b - s->a,
+		.off = (s->idx << v->chunk_shift) + s->a,
+		.done = slow_read_done,
+	};
+	ret = blk_submit(v->eng, &s->req);
+	if (ret)
+		slow_finish(s, ret);
+}
+
+/* Create a slow write for chunk c and take (or queue for) its lock. Under v->lock.
+ * Returns the slow write to run now, or NULL when it was queued (or on ENOMEM: *err). */
+static struct slow *slow_new(struct vol_io *io, uint64_t c, const uint8_t *src, uint32_t o,
+			     uint32_t l, int *err)
+{
+	struct vol *v = io->v;
+	struct slow *s = calloc(1, sizeof(*s));
+	struct chunk_lock *lk;
+
+	if (!s) {
+		*err = -ENOMEM;
+		return NULL;
+	}
+	s->io = io;
+	s->v = v;
+	s->idx = c;
+	s->src = src;
+	s->o = o;
+	s->l = l;
+	atomic_fetch_add(&io->pending, 1);
+	lk = lock_find(v, c);
+	if (lk) {
+		*lk->wtail = s;
+		lk->wtail = &s->next;
+		return NULL;
+	}
+	lk = calloc(1, sizeof(*lk));
+	if (!lk) {
+		atomic_fetch_sub(&io->pending, 1);
+		free(s);
+		*err = -ENOMEM;
+		return NULL;
+	}
+	lk->idx = c;
+	lk->wtail = &lk->waiters;
+	lk->next = v->locks;
+	v->locks = lk;
+	return s;
+}
+
+/*
+ * The chunk walk shared by writes and discards of non-simple volumes: each chunk either
+ * joins a fast run (returned in runs[]) or becomes a slow write (returned in slows).
+ * src == NULL means zeros (discard). [off, off+len) spans at most PLAN_CHUNKS chunks, so
+ * runs[] (PLAN_CHUNKS entries) cannot overflow. Under v->lock. On error, the slow writes
+ * already planned are still returned and must be run.
+ */
+struct run {
+	uint64_t off, len;
+	bool punch;
+};
+
+static int plan_chunks(struct vol_io *io, const uint8_t *src, uint64_t off, uint64_t len,
+		       struct run *runs, int *nruns, struct slow **slows)
+{
+	struct vol *v = io->v;
+	uint64_t end = off + len, last = (end - 1) >> v->chunk_shift;
+	int n = 0, err = 0;
+
+	for (uint64_t c = off >> v->chunk_shift; c <= last; c++) {
+		uint64_t cs = MAX(off, c << v->chunk_shift);
+		uint64_t ce = MIN(end, (c + 1) << v->chunk_shift);
+		uint8_t st = map_state(v, c);
+		bool whole = ce - cs == v->chunk_size;
+		bool locked = v->locks && lock_find(v, c);
+		bool fast, punch = false;
+
+		if (!src) {
+			/* discard: nothing to do where the chunk already reads as zeros */
+			if (!locked && (st == MAP_ZERO || (st == MAP_ABSENT && !v->has_base))) {
+				map_set(v, c, v->map[c] | MAP_CHANGED);
+				continue;
+			}
+			fast = !locked && whole;
+			punch = true;
+		} else {
+			fast = !locked && st == MAP_PRESENT &&
+			       (!v->encrypted || ((cs | ce) & (VOL_SECTOR - 1)) == 0);
+		}
+		if (fast) {
+			map_set(v, c, (punch ? MAP_ZERO : MAP_PRESENT) | MAP_CHANGED);
+			if (n && runs[n - 1].off + runs[n - 1].len == cs && runs[n - 1].punch == punch) {
+				runs[n - 1].len += ce - cs;
+				continue;
+			}
+			runs[n++] = (struct run){cs, ce - cs, punch};
+			continue;
+		}
+		struct slow *s = slow_new(io, c, src ? src + (cs - off) : NULL,
+					  (uint32_t)(cs - (c << v->chunk_shift)), (uint32_t)(ce - cs),
+					  &err);
+		if (err)
+			break;
+		if (s) {
+			s->next = *slows;
+			*slows = s;
+		}
+	}
+	*nruns = n;
+	return err;
+}
+
+/* Submit planned runs and start the slow writes. */
+static int run_plan(struct vol_io *io, uint8_t *buf, uint64_t off, struct run *runs, int nruns,
+		    struct slow *slows)
+{
+	struct vol *v = io->v;
+	int ret = 0;
+
+	for (int i = 0; i < nruns && !ret; i++) {
+		if (runs[i].punch) {
+			ret = seg_submit(io, BLK_FALLOC, v->data_fd, NULL, runs[i].len, runs[i].off,
+					 FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, NULL);
+			continue;
+		}
+		uint8_t *p = buf + (runs[i].off - off);
+		if (v->encrypted)
+			ret = crypt_xts(v->key, true, p, runs[i].len, runs[i].off);
+		if (!ret)
+			ret = seg_submit(io, BLK_WRITE, v->data_fd, p, runs[i].len, runs[i].off, 0,
+					 NULL);
+	}
+	/* slow writes already count in io->pending: run them even after an error */
+	while (slows) {
+		struct slow *s = slows;
+		slows = s->next;
+		s->next = NULL;
+		slow_run(s);
+	}
+	return ret;
+}
+
+/* Shared by vol_write (buf) and vol_discard (buf == NULL) once the range is validated. */
+static void write_or_discard(struct vol *v, uint8_t *buf, uint64_t len, uint64_t off,
+			     struct vol_io *io)
+{
+	uint64_t end = off + len;
+	int ret = 0;
+
+	if (v->simple) {
+		uint64_t first = off >> v->chunk_shift, last = (end - 1) >> v->chunk_shift;
+		pthread_mutex_lock(&v->lock);
+		for (uint64_t c = first; c <= last; c++) {
+			bool whole = (c << v->chunk_shift) >= off && ((c + 1) << v->chunk_shift) <= end;
+			uint8_t st = buf ? MAP_PRESENT : whole ? MAP_ZERO : map_state(v, c);
+			map_set(v, c, st | MAP_CHANGED);
+		}
+		pthread_mutex_unlock(&v->lock);
+		if (buf)
+			ret = seg_submit(io, BLK_WRITE, v->data_fd, buf, len, off, 0, NULL);
+		else
+			ret = seg_submit(io, BLK_FALLOC, v->data_fd, NULL, len, off,
+					 FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, NULL);
+		return io_put(io, ret);
+	}
+	for (uint64_t p = off; p < end && !ret;) {
+		uint64_t pend = MIN(end, ((p >> v->chunk_shift) + PLAN_CHUNKS) << v->chunk_shift);
+		struct run runs[PLAN_CHUNKS];
+		struct slow *slows = NULL;
+		int nruns = 0;
+
+		pthread_mutex_lock(&v->lock);
+		ret = plan_chunks(io, buf ? buf + (p - off) : NULL, p, pend - p, runs, &nruns,
+				  &slows);
+		pthread_mutex_unlock(&v->lock);
+		int r2 = run_plan(io, buf ? buf + (p - off) : NULL, p, runs, nruns, slows);
+		if (!ret)
+			ret = r2;
+		p = pend;
+	}
+	io_put(io, ret);
+}
+
+void vol_write(struct vol *v, void *buf, size_t len, uint64_t off, vol_cb cb, void *arg)
+{
+	struct vol_io *io;
+
+	if (!range_ok(v, off, len))
+		return cb(arg, -EINVAL);
+	if (!len)
+		return cb(arg, 0);
+	io = io_new(v, cb, arg, (int)len);
+	if (!io)
+		return cb(arg, -ENOMEM);
+	write_or_discard(v, buf, len, off, io);
+}
+
+void vol_discard(struct vol *v, uint64_t off, uint64_t len, vol_cb cb, void *arg)
+{
+	struct vol_io *io;
+
+	if (!range_ok(v, off, len))
+		return cb(arg, -EINVAL);
+	if (!len)
+		return cb(arg, 0);
+	io = io_new(v, cb, arg, 0);
+	if (!io)
+		return cb(arg, -ENOMEM);
+	write_or_discard(v, NULL, len, off, io);
+}
+
+/* ---- flush --------------------------------------------------------------------------- */
+
+struct flush_round {
+	struct vol *v;
+	struct flush_waiter *waiters;
+	size_t npages;
+	uint8_t *pages;	    /* npages * MAP_PAGE copies of the dirty map pages */
+	uint64_t *page_idx; /* their page numbers */
+	atomic_int pending;
+	atomic_int err;
+	struct blk_req fsync_req;
+	struct blk_req *writes;
+};
+
+static void flush_start(struct vol *v, struct flush_waiter *waiters);
+
+static void round_finish(struct flush_round *r, int res)
+{
+	struct vol *v = r->v;
+	struct flush_waiter *next;
+
+	pthread_mutex_lock(&v->lock);
+	if (res < 0 && !v->flush_err) {
+		log_err("flush failed: %s; this volume's later flushes will fail too",
+			strerror(-res));
+		v->flush_err = -EIO;
+	}
+	next = v->queued;
+	v->queued = NULL;
+	v->qtail = &v->queued;
+	if (!next)
+		v->flushing = false;
+	pthread_mutex_unlock(&v->lock);
+	for (struct flush_waiter *w = r->waiters, *n; w; w = n) {
+		n = w->next;
+		w->cb(w->arg, res < 0 ? -EIO : 0);
+		free(w);
+	}
+	free(r->pages);
+	free(r->page_idx);
+	free(r->writes);
+	free(r);
+	if (next)
+		flush_start(v, next);
+}
+
+static void map_fsync_done(struct blk_req *req, int res)
+{
+	struct flush_round *r = req->priv;
+
+	round_finish(r, res);
+}
+
+static void map_write_done(struct blk_req *req, int res)
+{
+	struct flush_round *r = req->priv;
+
+	if (res < 0) {
+		int zero = 0;
+		atomic_compare_exchange_strong(&r->err, &zero, res);
+	}
+	if (atomic_fetch_sub(&r->pending, 1) != 1)
+		return;
+	if (atomic_load(&r->err))
+		return round_finish(r, atomic_load(&r->err));
+	r->fsync_req = (struct blk_req){
+		.op = BLK_FSYNC, .fd = r->v->map_fd, .done = map_fsync_done, .priv = r};
+	if (blk_submit(r->v->eng, &r->fsync_req))
+		round_finish(r, -EIO);
+}
+
+static void data_fsync_done(struct blk_req *req, int res)
+{
+	struct flush_round *r = req->priv;
+	struct vol *v = r->v;
+
+	if (res < 0 || !r->npages)
+		return round_finish(r, res);
+	atomic_init(&r->pending, (int)r->npages);
+	for (size_t i = 0; i < r->npages; i++) {
+		uint64_t start = r->page_idx[i] * MAP_PAGE;
+		r->writes[i] = (struct blk_req){
+			.op = BLK_WRITE,
+			.fd = v->map_fd,
+			.buf = r->pages + i * MAP_PAGE,
+			.len = (size_t)MIN((uint64_t)MAP_PAGE, v->nchunks - start),
+			.off = start,
+			.done = map_write_done,
+			.priv = r,
+		};
+	}
+	for (size_t i = 0; i < r->npages; i++)
+		if (blk_submit(v->eng, &r->writes[i]))
+			map_write_done(&r->writes[i], -EIO);
+}
+
+/* Start a flush round for waiters: capture the dirty map pages, then fsync data. */
+static void flush_start(struct vol *v, struct flush_waiter *waiters)
+{
+	struct flush_round *r = calloc(1, sizeof(*r));
+	size_t words, n = 0;
+	int err;
+
+	if (!r)
+		goto out_nomem;
+	r->v = v;
+	r->waiters = waiters;
+	pthread_mutex_lock(&v->lock);
+	err = v->flush_err;
+	words = (map_pages(v->nchunks) + 63) / 64;
+	for (size_t i = 0; i < words; i++)
+		n += (size_t)__builtin_popcountll(v->dirty[i]);
+	if (!err && n) {
+		r->pages = malloc(n * MAP_PAGE);
+		r->page_idx = malloc(n * sizeof(uint64_t));
+		r->writes = calloc(n, sizeof(struct blk_req));
+		if (!r->pages || !r->page_idx || !r->writes) {
+			pthread_mutex_unlock(&v->lock);
+			free(r->pages);
+			free(r->page_idx);
+			free(r->writes);
+			free(r);
+			goto out_nomem;
+		}
+		for (size_t i = 0; i < words; i++) {
+			for (uint64_t bits = v->dirty[i]; bits; bits &= bits - 1) {
+				uint64_t page = i * 64 + (uint64_t)__builtin_ctzll(bits);
+				uint64_t start = page * MAP_PAGE;
+				memcpy(r->pages + r->npages * MAP_PAGE, v->map + start,
+				       (size_t)MIN((uint64_t)MAP_PAGE, v->nchunks - start));
+				r->page_idx[r->npages++] = page;
+			}
+			v->dirty[i] = 0;
+		}
+	}
+	pthread_mutex_unlock(&v->lock);
+	if (err)
+		return round_finish(r, err);
+	r->fsync_req = (struct blk_req){
+		.op = BLK_FSYNC, .fd = v->data_fd, .done = data_fsync_done, .priv = r};
+	if (blk_submit(v->eng, &r->fsync_req))
+		round_finish(r, -EIO);
+	return;
+out_nomem:
+	/* cannot even allocate: fail these waiters, keep the queue moving */
+	pthread_mutex_lock(&v->lock);
+	v->flushing = v->queued != NULL;
+	pthread_mutex_unlock(&v->lock);
+	for (struct flush_waiter *w = waiters, *nx; w; w = nx) {
+		nx = w->next;
+		w->cb(w->arg, -ENOMEM);
+		free(w);
+	}
+}
+
+void vol_flush(struct vol *v, vol_cb cb, void *arg)
+{
+	struct flush_waiter *w = calloc(1, sizeof(*w));
+
+	if (!w)
+		return cb(arg, -ENOMEM);
+	w->cb = cb;
+	w->arg = arg;
+	pthread_mutex_lock(&v->lock);
+	if (v->flushing) {
+		/* group commit: the next round serves every flush queued meanwhile */
+		*v->qtail = w;
+		v->qtail = &w->next;
+		pthread_mutex_unlock(&v->lock);
+		return;
+	}
+	v->flushing = true;
+	pthread_mutex_unlock(&v->lock);
+	flush_start(v, w);
+}
+
+/* ---- resize -------------------------------------------------------------------------- */
+
+int vol_resize(struct vol *v, uint64_t new_size)
+{
+	uint64_t n;
+	uint8_t *map;
+	uint64_t *dirty;
+	size_t old_words, new_words;
+	int ret = 0;
+
+	pthread_mutex_lock(&v->lock);
+	if (new_size < v->hdr.size || new_size % v->chunk_size || new_size > (1ull << 50)) {
+		ret = -EINVAL;
+		goto out_unlock;
+	}
+	if (new_size == v->hdr.size)
+		goto out_unlock;
+	n = new_size >> v->chunk_shift;
+	map = realloc(v->map, n);
+	if (!map) {
+		ret = -ENOMEM;
+		goto out_unlock;
+	}
+	v->map = map;
+	memset(map + v->nchunks, MAP_ABSENT, n - v->nchunks);
+	old_words = (map_pages(v->nchunks) + 63) / 64;
+	new_words = (map_pages(n) + 63) / 64;
+	dirty = realloc(v->dirty, new_words * 8);
+	if (!dirty) {
+		ret = -ENOMEM;
+		goto out_unlock;
+	}
+	v->dirty = dirty;
+	memset(dirty + old_words, 0, (new_words - old_words) * 8);
+	/* map and data grow first; the header is the commit point */
+	if (ftruncate(v->map_fd, (off_t)n) < 0 || fdatasync(v->map_fd) < 0 ||
+	    ftruncate(v->data_fd, (off_t)new_size) < 0 || fdatasync(v->data_fd) < 0) {
+		ret = -errno;
+		goto out_unlock;
+	}
+	v->hdr.size = new_size;
+	v->hdr.generation++;
+	ret = hdr_write(v);
+	if (ret) {
+		v->hdr.size = v->nchunks << v->chunk_shift;
+		goto out_unlock;
+	}
+	v->nchunks = n;
+	atomic_store(&v->size, new_size);
+out_unlock:
+	pthread_mutex_unlock(&v->lock);
+	return ret;
+}
+
+/* ---- synchronous wrappers ------------------------------------------------------------ */
+
+struct waiter {
+	pthread_mutex_t m;
+	pthread_cond_t c;
+	bool done;
+	int res;
+};
+
+static void waiter_cb(void *arg, int res)
+{
+	struct waiter *w = arg;
+
+	pthread_mutex_lock(&w->m);
+	w->res = res;
+	w->done = true;
+	pthread_cond_signal(&w->c);
+	pthread_mutex_unlock(&w->m);
+}
+
+static int waiter_wait(struct waiter *w)
+{
+	pthread_mutex_lock(&w->m);
+	while (!w->done)
+		pthread_cond_wait(&w->c, &w->m);
+	pthread_mutex_unlock(&w->m);
+	pthread_mutex_destroy(&w->m);
+	pthread_cond_destroy(&w->c);
+	return w->res;
+}
+
+#define WAITER_INIT {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false, 0}
+
+int vol_pread(struct vol *v, void *buf, size_t len, uint64_t off)
+{
+	struct waiter w = WAITER_INIT;
+
+	vol_read(v, buf, len, off, waiter_cb, &w);
+	return waiter_wait(&w);
+}
+
+int vol_pwrite(struct vol *v, const void *buf, size_t len, uint64_t off)
+{
+	struct waiter w = WAITER_INIT;
+	void *copy = malloc(len ? len : 1);
+	int ret;
+
+	if (!copy)
+		return -ENOMEM;
+	memcpy(copy, buf, len);
+	vol_write(v, copy, len, off, waiter_cb, &w);
+	ret = waiter_wait(&w);
+	free(copy);
+	return ret;
+}
+
+int vol_fsync(struct vol *v)
+{
+	struct waiter w = WAITER_INIT;
+
+	vol_flush(v, waiter_cb, &w);
+	return waiter_wait(&w);
+}

@@ -1,0 +1,698 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * act_volumes.c - the EBS volume actions: CreateVolume, DescribeVolumes, DeleteVolume,
+ * ModifyVolume; the served-volume table; start-up recovery of volumes.
+ *
+ * Design notes
+ * ------------
+ * Crash protocol (with catalog.c): create = volume directory (built under a temp name,
+ * renamed into place) -> catalog row -> served. Delete = refuse while the FUSE file is
+ * open -> row marked 'deleting' -> unserved and closed -> directory removed -> row deleted.
+ * At start, volumes_recover() removes directories that have no row (a create that never
+ * answered), finishes 'deleting' rows, and serves every other volume.
+ *
+ * Volume-type rules (sizes in GiB, IOPS, MiB/s) follow the EC2 documentation:
+ * gp2 1-16384, IOPS 3/GiB within 100-16000, not settable; gp3 1-16384, IOPS 3000-16000
+ * (<= 500/GiB), throughput 125-1000 (<= IOPS/4); io1 4-16384, IOPS 100-64000 (<= 50/GiB),
+ * required; io2 4-65536, IOPS 100-256000 (<= 1000/GiB), required; st1 and sc1 125-16384;
+ * standard 1-1024.
+ */
+#include "daemon/daemon_i.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#define GIB (1ull << 30)
+
+struct vtype {
+	const char *name;
+	int64_t min_gib, max_gib;
+	int64_t min_iops, max_iops, iops_per_gib; /* max_iops 0: IOPS not settable */
+	bool iops_required;
+};
+
+static const struct vtype vtypes[] = {
+	{"gp2", 1, 16384, 0, 0, 0, false},
+	{"gp3", 1, 16384, 3000, 16000, 500, false},
+	{"io1", 4, 16384, 100, 64000, 50, true},
+	{"io2", 4, 65536, 100, 256000, 1000, true},
+	{"st1", 125, 16384, 0, 0, 0, false},
+	{"sc1", 125, 16384, 0, 0, 0, false},
+	{"standard", 1, 1024, 0, 0, 0, false},
+};
+
+static const struct vtype *vtype_find(const char *name)
+{
+	for (size_t i = 0; i < ARRAY_SIZE(vtypes); i++)
+		if (!strcmp(vtypes[i].name, name))
+			return &vtypes[i];
+	return NULL;
+}
+
+/* ---- served-volume table ------------------------------------------------------------- */
+
+struct dvol *dvol_find(struct daemon *d, const char *id)
+{
+	for (struct dvol *v = d->vols; v; v = v->next)
+		if (!strcmp(v->id, id))
+			return v;
+	return NULL;
+}
+
+int dvol_serve(struct daemon *d, const char *id)
+{
+	struct vol_keys keys = {.master = d->master_key};
+	struct dvol *dv = calloc(1, sizeof(*dv));
+	int ret;
+
+	if (!dv)
+		return -ENOMEM;
+	snprintf(dv->id, sizeof(dv->id), "%s", id);
+	ret = vol_open(d->vols_fd, id, d->eng, &keys, &dv->vol);
+	if (ret)
+		goto out_free;
+	ret = volfs_add(d->fs, id, dv->vol);
+	if (ret)
+		goto out_close;
+	dv->next = d->vols;
+	d->vols = dv;
+	return 0;
+out_close:
+	vol_close(dv->vol);
+out_free:
+	free(dv);
+	return ret;
+}
+
+int dvol_unserve(struct daemon *d, const char *id)
+{
+	struct dvol **pp, *dv;
+	int ret;
+
+	for (pp = &d->vols; (dv = *pp); pp = &dv->next)
+		if (!strcmp(dv->id, id))
+			break;
+	if (!dv)
+		return -ENOENT;
+	ret = volfs_remove(d->fs, id);
+	if (ret && ret != -ENOENT)
+		return ret;
+	*pp = dv->next;
+	ret = vol_close(dv->vol);
+	free(dv);
+	return ret;
+}
+
+/* ---- JSON ---------------------------------------------------------------------------- */
+
+static json_object *volume_json(struct daemon *d, const struct cat_volume *v, bool attachments)
+{
+	json_object *o = json_object_new_object();
+	char path[4200];
+	const char *state = v->state;
+
+	if (!strcmp(state, "available") && volfs_open_count(d->fs, v->id) > 0)
+		state = "in-use";
+	if (attachments)
+		json_object_object_add(o, "Attachments", json_object_new_array());
+	json_object_object_add(o, "AvailabilityZone", json_object_new_string(v->az));
+	json_object_object_add(o, "CreateTime", json_object_new_string(v->create_time));
+	json_object_object_add(o, "Encrypted", json_object_new_boolean(v->encrypted));
+	json_object_object_add(o, "Size", json_object_new_int64((int64_t)v->size_gib));
+	json_object_object_add(o, "SnapshotId", json_object_new_string(v->snapshot_id));
+	json_object_object_add(o, "State", json_object_new_string(state));
+	json_object_object_add(o, "VolumeId", json_object_new_string(v->id));
+	if (v->iops)
+		json_object_object_add(o, "Iops", json_object_new_int(v->iops));
+	json_object_object_add(o, "VolumeType", json_object_new_string(v->type));
+	if (v->throughput)
+		json_object_object_add(o, "Throughput", json_object_new_int(v->throughput));
+	json_object_object_add(o, "MultiAttachEnabled", json_object_new_boolean(false));
+	snprintf(path, sizeof(path), "%s/mnt/%s", d->home, v->id);
+	json_object_object_add(o, "LocalPath", json_object_new_string(path));
+	return o;
+}
+
+/* Look a volume up for this request's account and region; records the EC2 error. */
+static int volume_lookup(struct api_req *r, const char *id, struct cat_volume *v)
+{
+	int ret;
+
+	if (check_id(r, "vol", "InvalidVolume", id))
+		return -1;
+	ret = cat_volume_get(r->d->cat, id, v);
+	if (ret == -ENOENT || (!ret && (strcmp(v->account, r->account) ||
+					strcmp(v->region, r->region) || !strcmp(v->state, "deleting"))))
+		return api_error(r, "InvalidVolume.NotFound", "The volume '%s' does not exist.", id);
+	if (ret)
+		return api_error(r, "InternalError", "catalog read failed: %s", strerror(-ret));
+	return 0;
+}
+
+/* Check size/IOPS/throughput against the type's rules; fills v->iops and v->throughput. */
+static int volume_rules(struct api_req *r, const struct vtype *t, int64_t size, bool has_iops,
+			int64_t iops, bool has_tput, int64_t tput, struct cat_volume *v)
+{
+	if (size < t->min_gib || size > t->max_gib)
+		return api_error(r, "InvalidParameterValue",
+				 "Volume size %lld GiB is invalid for %s volumes: valid range is "
+				 "%lld-%lld GiB.",
+				 (long long)size, t->name, (long long)t->min_gib,
+				 (long long)t->max_gib);
+	if (has_iops && !t->max_iops)
+		return api_error(r, "InvalidParameterCombination",
+				 "The parameter iops is not supported for %s volumes.", t->name);
+	if (!has_iops && t->iops_required)
+		return api_error(r, "MissingParameter",
+				 "The request must contain the parameter iops for %s volumes.",
+				 t->name);
+	if (has_tput && strcmp(t->name, "gp3"))
+		return api_error(r, "InvalidParameterCombination",
+				 "The parameter throughput is supported only for gp3 volumes.");
+	if (has_iops && (iops < t->min_iops || iops > t->max_iops ||
+			 iops > t->iops_per_gib * MAX(size, 6)))
+		return api_error(r, "InvalidParameterValue",
+				 "Iops %lld is invalid for a %lld GiB %s volume: valid range is "
+				 "%lld-%lld, at most %lld per GiB.",
+				 (long long)iops, (long long)size, t->name, (long long)t->min_iops,
+				 (long long)t->max_iops, (long long)t->iops_per_gib);
+	if (!strcmp(t->name, "gp2"))
+		v->iops = (int)MIN(16000, MAX(100, 3 * size));
+	else if (!strcmp(t->name, "gp3"))
+		v->iops = has_iops ? (int)iops : 3000;
+	else
+		v->iops = has_iops ? (int)iops : 0;
+	if (!strcmp(t->name, "gp3")) {
+		if (has_tput && (tput < 125 || tput > 1000 || tput > v->iops / 4))
+			return api_error(r, "InvalidParameterValue",
+					 "Throughput %lld MiB/s is invalid: valid range is 125-1000, "
+					 "at most IOPS/4.",
+					 (long long)tput);
+		v->throughput = has_tput ? (int)tput : 125;
+	} else {
+		v->throughput = 0;
+	}
+	return 0;
+}
+
+/* ---- actions ------------------------------------------------------------------------- */
+
+int act_create_volume(struct api_req *r)
+{
+	static const char *const allowed[] = {
+		"Size",	     "VolumeType",	 "Iops",     "Throughput",	  "Encrypted",
+		"KmsKeyId",  "AvailabilityZone", "SnapshotId", "TagSpecifications", "DryRun",
+		"MultiAttachEnabled", "ClientToken", NULL};
+	struct daemon *d = r->d;
+	const char *type = "gp2", *az = NULL, *snap = NULL;
+	int64_t size = 0, iops = 0, tput = 0;
+	int has_size, has_iops, has_tput;
+	bool encrypted = false;
+	struct cat_volume v = {0};
+	const struct vtype *t;
+	int ret;
+
+	if (params_allow(r, allowed) || (has_size = param_int(r, "Size", false, &size)) < 0 ||
+	    param_str(r, "VolumeType", false, &type) < 0 ||
+	    (has_iops = param_int(r, "Iops", false, &iops)) < 0 ||
+	    (has_tput = param_int(r, "Throughput", false, &tput)) < 0 ||
+	    param_bool(r, "Encrypted", &encrypted) < 0 ||
+	    param_str(r, "AvailabilityZone", false, &az) < 0 ||
+	    param_str(r, "SnapshotId", false, &snap) < 0)
+		return -1;
+	if (!type)
+		type = "gp2";
+	t = vtype_find(type);
+	if (!t)
+		return api_error(r, "InvalidParameterValue",
+				 "Value (%.32s) for parameter volumeType is invalid. Valid values: "
+				 "gp2, gp3, io1, io2, st1, sc1, standard.",
+				 type);
+	if (snap) {
+		if (check_id(r, "snap", "InvalidSnapshot", snap))
+			return -1;
+		return api_error(r, "InvalidSnapshot.NotFound", "The snapshot '%s' does not exist.",
+				 snap);
+	}
+	if (!has_size)
+		return api_error(r, "MissingParameter",
+				 "The request must contain the parameter size or snapshotId");
+	if (volume_rules(r, t, size, has_iops, iops, has_tput, tput, &v))
+		return -1;
+	if (az) {
+		size_t n = strlen(r->region);
+		if (strncmp(az, r->region, n) || strlen(az) != n + 1 || az[n] < 'a' || az[n] > 'f')
+			return api_error(r, "InvalidZone.NotFound",
+					 "The zone '%.64s' does not exist in region %s.", az,
+					 r->region);
+		snprintf(v.az, sizeof(v.az), "%s", az);
+	} else {
+		snprintf(v.az, sizeof(v.az), "%sa", r->region);
+	}
+	ret = id_new("vol", v.id);
+	if (ret)
+		return api_error(r, "InternalError", "cannot make an ID: %s", strerror(-ret));
+	snprintf(v.account, sizeof(v.account), "%s", r->account);
+	snprintf(v.region, sizeof(v.region), "%s", r->region);
+	snprintf(v.type, sizeof(v.type), "%s", t->name);
+	v.size_gib = (uint64_t)size;
+	v.encrypted = encrypted;
+	time_iso8601(v.create_time);
+	snprintf(v.state, sizeof(v.state), "available");
+
+	struct vol_params p = {.size = (uint64_t)size * GIB,
+			       .crypt = encrypted ? VOL_CRYPT_WRAPPED : VOL_CRYPT_NONE};
+	struct vol_keys keys = {.master = d->master_key};
+	ret = vol_create(d->vols_fd, v.id, &p, &keys);
+	if (ret)
+		return api_error(r, ret == -ENOSPC ? "InsufficientVolumeCapacity" : "InternalError",
+				 "cannot create the volume: %s", strerror(-ret));
+	ret = cat_volume_insert(d->cat, &v);
+	if (ret)
+		goto out_destroy;
+	ret = dvol_serve(d, v.id);
+	if (ret)
+		goto out_uncatalog;
+	r->result = volume_json(d, &v, false);
+	log_info("created %s (%llu GiB %s%s) for %s in %s", v.id, (unsigned long long)v.size_gib,
+		 v.type, v.encrypted ? ", encrypted" : "", v.account, v.region);
+	return 0;
+out_uncatalog:
+	cat_volume_delete(d->cat, v.id);
+out_destroy:
+	vol_destroy(d->vols_fd, v.id);
+	return api_error(r, "InternalError", "cannot create the volume: %s", strerror(-ret));
+}
+
+struct describe_ctx {
+	struct api_req *r;
+	json_object *ids;     /* requested IDs, or NULL */
+	json_object *filters; /* [{Name, Values}] or NULL */
+	json_object *out;
+	bool *seen;
+};
+
+static bool glob_match(const char *pat, const char *s)
+{
+	if (!*pat)
+		return !*s;
+	if (*pat == '*')
+		return glob_match(pat + 1, s) || (*s && glob_match(pat, s + 1));
+	if (*s && (*pat == '?' || *pat == *s))
+		return glob_match(pat + 1, s + 1);
+	return false;
+}
+
+/* The value of a DescribeVolumes filter for v, or NULL if the name is unknown. */
+static const char *volume_filter_value(const char *name, json_object *vj, char *buf, size_t cap)
+{
+	static const struct {
+		const char *filter, *field;
+	} map[] = {
+		{"volume-id", "VolumeId"},     {"status", "State"},
+		{"volume-type", "VolumeType"}, {"availability-zone", "AvailabilityZone"},
+		{"size", "Size"},	       {"snapshot-id", "SnapshotId"},
+		{"encrypted", "Encrypted"},    {"create-time", "CreateTime"},
+		{"iops", "Iops"},	       {"throughput", "Throughput"},
+	};
+	for (size_t i = 0; i < ARRAY_SIZE(map); i++) {
+		json_object *f;
+		if (strcmp(map[i].filter, name))
+			continue;
+		if (!json_object_object_get_ex(vj, map[i].field, &f))
+			return "";
+		snprintf(buf, cap, "%s", json_object_get_string(f));
+		return buf;
+	}
+	return NULL;
+}
+
+static int describe_one(void *arg, const struct cat_volume *v)
+{
+	struct describe_ctx *c = arg;
+	struct api_req *r = c->r;
+	json_object *vj;
+	bool match = true;
+
+	if (strcmp(v->account, r->account) || !strcmp(v->state, "deleting"))
+		return 0;
+	if (c->ids) {
+		bool wanted = false;
+		for (size_t i = 0; i < json_object_array_length(c->ids); i++) {
+			if (!strcmp(json_object_get_string(json_object_array_get_idx(c->ids, i)),
+				    v->id)) {
+				c->seen[i] = true;
+				wanted = true;
+			}
+		}
+		if (!wanted)
+			return 0;
+	}
+	vj = volume_json(r->d, v, true);
+	for (size_t i = 0; c->filters && match && i < json_object_array_length(c->filters); i++) {
+		json_object *f = json_object_array_get_idx(c->filters, i), *name, *values;
+		char buf[256];
+		const char *val;
+		bool any = false;
+
+		json_object_object_get_ex(f, "Name", &name);
+		json_object_object_get_ex(f, "Values", &values);
+		val = volume_filter_value(json_object_get_string(name), vj, buf, sizeof(buf));
+		for (size_t k = 0; val && k < json_object_array_length(values); k++)
+			any |= glob_match(json_object_get_string(json_object_array_get_idx(values, k)),
+					  val);
+		match = any;
+	}
+	if (match)
+		json_object_array_add(c->out, vj);
+	else
+		json_object_put(vj);
+	return 0;
+}
+
+/* Validate Filters: a list of {"Name": known, "Values": [strings]}. */
+static int check_filters(struct api_req *r, json_object **out)
+{
+	json_object *f = NULL;
+	char buf[8];
+
+	*out = NULL;
+	if (!json_object_object_get_ex(r->params, "Filters", &f))
+		return 0;
+	if (!json_object_is_type(f, json_type_array))
+		goto bad;
+	for (size_t i = 0; i < json_object_array_length(f); i++) {
+		json_object *e = json_object_array_get_idx(f, i), *name, *values;
+		if (!json_object_is_type(e, json_type_object) ||
+		    !json_object_object_get_ex(e, "Name", &name) ||
+		    !json_object_is_type(name, json_type_string) ||
+		    !json_object_object_get_ex(e, "Values", &values) ||
+		    !json_object_is_type(values, json_type_array))
+			goto bad;
+		for (size_t k = 0; k < json_object_array_length(values); k++)
+			if (!json_object_is_type(json_object_array_get_idx(values, k),
+						 json_type_string))
+				goto bad;
+		if (!volume_filter_value(json_object_get_string(name), json_object_new_object(),
+					 buf, sizeof(buf)) &&
+		    strncmp(json_object_get_string(name), "tag", 3))
+			return api_error(r, "InvalidParameterValue",
+					 "The filter '%.64s' is invalid",
+					 json_object_get_string(name));
+	}
+	*out = f;
+	return 0;
+bad:
+	return api_error(r, "InvalidParameterValue",
+			 "Filters must be a list of {\"Name\": ..., \"Values\": [...]}");
+}
+
+int act_describe_volumes(struct api_req *r)
+{
+	static const char *const allowed[] = {"VolumeIds", "Filters", "MaxResults", "NextToken",
+					      "DryRun", NULL};
+	struct describe_ctx c = {.r = r};
+	const char *token = NULL;
+	int64_t max = 0;
+	int has_max, ret;
+
+	if (params_allow(r, allowed) || param_str_list(r, "VolumeIds", &c.ids) < 0 ||
+	    check_filters(r, &c.filters) || (has_max = param_int(r, "MaxResults", false, &max)) < 0 ||
+	    param_str(r, "NextToken", false, &token) < 0)
+		return -1;
+	if (has_max && (max < 5 || max > 500))
+		return api_error(r, "InvalidParameterValue",
+				 "Value (%lld) for parameter maxResults is invalid. Expecting a value "
+				 "between 5 and 500.",
+				 (long long)max);
+	if (has_max && c.ids)
+		return api_error(r, "InvalidParameterCombination",
+				 "The parameter volumeIds cannot be used with maxResults");
+	if (token && check_id(r, "vol", "InvalidVolume", token) < 0)
+		return api_error(r, "InvalidParameterValue", "Invalid NextToken");
+	size_t nids = c.ids ? json_object_array_length(c.ids) : 0;
+	for (size_t i = 0; i < nids; i++)
+		if (check_id(r, "vol", "InvalidVolume",
+			     json_object_get_string(json_object_array_get_idx(c.ids, i))))
+			return -1;
+	c.seen = calloc(nids + 1, sizeof(bool));
+	c.out = json_object_new_array();
+	ret = cat_volume_each(r->d->cat, r->region, describe_one, &c);
+	for (size_t i = 0; !ret && i < nids; i++)
+		if (!c.seen[i])
+			ret = api_error(r, "InvalidVolume.NotFound",
+					"The volume '%s' does not exist.",
+					json_object_get_string(json_object_array_get_idx(c.ids, i)));
+	free(c.seen);
+	if (ret) {
+		json_object_put(c.out);
+		return ret < 0 && !r->code[0] ? api_error(r, "InternalError", "catalog read failed")
+					      : -1;
+	}
+	/* pagination: NextToken is the first VolumeId of the next page */
+	json_object *page = c.out, *next = NULL;
+	if (has_max || token) {
+		size_t n = json_object_array_length(c.out), start = 0;
+		if (token) {
+			while (start < n &&
+			       strcmp(json_object_get_string(json_object_object_get(
+					      json_object_array_get_idx(c.out, start), "VolumeId")),
+				      token))
+				start++;
+			if (start == n) {
+				json_object_put(c.out);
+				return api_error(r, "InvalidParameterValue", "Invalid NextToken");
+			}
+		}
+		size_t end = has_max ? MIN(n, start + (size_t)max) : n;
+		page = json_object_new_array();
+		for (size_t i = start; i < end; i++)
+			json_object_array_add(page, json_object_get(json_object_array_get_idx(c.out, i)));
+		if (end < n)
+			next = json_object_get(json_object_object_get(
+				json_object_array_get_idx(c.out, end), "VolumeId"));
+		json_object_put(c.out);
+	}
+	r->result = json_object_new_object();
+	json_object_object_add(r->result, "Volumes", page);
+	if (next)
+		json_object_object_add(r->result, "NextToken", next);
+	return 0;
+}
+
+int act_delete_volume(struct api_req *r)
+{
+	static const char *const allowed[] = {"VolumeId", "DryRun", NULL};
+	struct daemon *d = r->d;
+	struct cat_volume v;
+	const char *id;
+	int ret;
+
+	if (params_allow(r, allowed) || param_str(r, "VolumeId", true, &id) < 0 ||
+	    volume_lookup(r, id, &v))
+		return -1;
+	if (strcmp(v.state, "available"))
+		return api_error(r, "VolumeInUse", "Volume %s is currently %s.", id, v.state);
+	ret = dvol_unserve(d, id);
+	if (ret == -EBUSY)
+		return api_error(r, "VolumeInUse",
+				 "Volume %s is in use: its file %s/mnt/%s is open (attached to a loop "
+				 "device or opened by a program).",
+				 id, d->home, id);
+	if (ret && ret != -ENOENT)
+		log_warn("closing %s before delete: %s", id, strerror(-ret));
+	snprintf(v.state, sizeof(v.state), "deleting");
+	if (cat_volume_update(d->cat, &v))
+		return api_error(r, "InternalError", "catalog update failed");
+	ret = vol_destroy(d->vols_fd, id);
+	if (ret)
+		log_err("removing %s: %s (recovery at next start will retry)", id, strerror(-ret));
+	else
+		cat_volume_delete(d->cat, id);
+	log_info("deleted %s", id);
+	r->result = json_object_new_object();
+	return 0;
+}
+
+int act_modify_volume(struct api_req *r)
+{
+	static const char *const allowed[] = {"VolumeId", "Size",	"VolumeType", "Iops",
+					      "Throughput", "DryRun", "MultiAttachEnabled", NULL};
+	struct daemon *d = r->d;
+	const char *id, *type = NULL;
+	int64_t size = 0, iops = 0, tput = 0;
+	int has_size, has_iops, has_tput;
+	struct cat_volume v, nv;
+	const struct vtype *t;
+	struct dvol *dv;
+	char start[32], end[32];
+	int ret;
+
+	if (params_allow(r, allowed) || param_str(r, "VolumeId", true, &id) < 0 ||
+	    (has_size = param_int(r, "Size", false, &size)) < 0 ||
+	    param_str(r, "VolumeType", false, &type) < 0 ||
+	    (has_iops = param_int(r, "Iops", false, &iops)) < 0 ||
+	    (has_tput = param_int(r, "Throughput", false, &tput)) < 0 || volume_lookup(r, id, &v))
+		return -1;
+	if (!has_size && !type && !has_iops && !has_tput)
+		return api_error(r, "MissingParameter",
+				 "The request must contain at least one of size, volumeType, iops, "
+				 "throughput");
+	time_iso8601(start);
+	if (!has_size)
+		size = (int64_t)v.size_gib;
+	if (size < (int64_t)v.size_gib)
+		return api_error(r, "InvalidParameterValue",
+				 "New size (%lld GiB) cannot be smaller than the existing size (%llu "
+				 "GiB).",
+				 (long long)size, (unsigned long long)v.size_gib);
+	t = vtype_find(type ? type : v.type);
+	if (!t)
+		return api_error(r, "InvalidParameterValue",
+				 "Value (%.32s) for parameter volumeType is invalid.", type);
+	nv = v;
+	if (!has_iops && t->iops_required && v.iops) {
+		has_iops = 1;
+		iops = v.iops;
+	}
+	if (!has_tput && !strcmp(t->name, "gp3") && v.throughput) {
+		has_tput = 1;
+		tput = v.throughput;
+	}
+	if (!has_iops && !strcmp(t->name, "gp3") && !strcmp(v.type, "gp3")) {
+		has_iops = 1;
+		iops = v.iops;
+	}
+	if (volume_rules(r, t, size, has_iops, iops, has_tput, tput, &nv))
+		return -1;
+	dv = dvol_find(d, id);
+	if (!dv)
+		return api_error(r, "IncorrectState", "Volume %s is not being served", id);
+	if ((uint64_t)size != v.size_gib) {
+		ret = vol_resize(dv->vol, (uint64_t)size * GIB);
+		if (ret)
+			return api_error(r, "InternalError", "resize failed: %s", strerror(-ret));
+		volfs_resized(d->fs, id);
+	}
+	nv.size_gib = (uint64_t)size;
+	snprintf(nv.type, sizeof(nv.type), "%s", t->name);
+	if (cat_volume_update(d->cat, &nv))
+		return api_error(r, "InternalError", "catalog update failed");
+	time_iso8601(end);
+	json_object *m = json_object_new_object();
+	json_object_object_add(m, "VolumeId", json_object_new_string(id));
+	json_object_object_add(m, "ModificationState", json_object_new_string("completed"));
+	json_object_object_add(m, "TargetSize", json_object_new_int64((int64_t)nv.size_gib));
+	if (nv.iops)
+		json_object_object_add(m, "TargetIops", json_object_new_int(nv.iops));
+	json_object_object_add(m, "TargetVolumeType", json_object_new_string(nv.type));
+	if (nv.throughput)
+		json_object_object_add(m, "TargetThroughput", json_object_new_int(nv.throughput));
+	json_object_object_add(m, "OriginalSize", json_object_new_int64((int64_t)v.size_gib));
+	if (v.iops)
+		json_object_object_add(m, "OriginalIops", json_object_new_int(v.iops));
+	json_object_object_add(m, "OriginalVolumeType", json_object_new_string(v.type));
+	if (v.throughput)
+		json_object_object_add(m, "OriginalThroughput", json_object_new_int(v.throughput));
+	json_object_object_add(m, "Progress", json_object_new_int(100));
+	json_object_object_add(m, "StartTime", json_object_new_string(start));
+	json_object_object_add(m, "EndTime", json_object_new_string(end));
+	r->result = json_object_new_object();
+	json_object_object_add(r->result, "VolumeModification", m);
+	log_info("modified %s: %llu -> %lld GiB, %s -> %s", id, (unsigned long long)v.size_gib,
+		 (long long)size, v.type, nv.type);
+	return 0;
+}
+
+/* ---- recovery ------------------------------------------------------------------------ */
+
+struct recover_ctx {
+	struct daemon *d;
+	int served, failed;
+};
+
+static int recover_one(void *arg, const struct cat_volume *v)
+{
+	struct recover_ctx *c = arg;
+	int ret;
+
+	if (!id_valid("vol", v->id)) {
+		log_err("catalog holds a malformed volume id; refusing to touch it");
+		c->failed++;
+		return 0;
+	}
+	if (!strcmp(v->state, "deleting"))
+		return 0; /* finished below, outside the iteration */
+	ret = dvol_serve(c->d, v->id);
+	if (ret) {
+		log_err("volume %s cannot be served: %s", v->id, strerror(-ret));
+		c->failed++;
+	} else {
+		c->served++;
+	}
+	return 0;
+}
+
+struct deleting {
+	char ids[64][ID_MAX];
+	int n;
+};
+
+static int collect_deleting(void *arg, const struct cat_volume *v)
+{
+	struct deleting *del = arg;
+
+	if (strcmp(v->state, "deleting") || !id_valid("vol", v->id))
+		return 0;
+	snprintf(del->ids[del->n++], ID_MAX, "%s", v->id);
+	return del->n == (int)ARRAY_SIZE(del->ids); /* stop when full; the caller loops */
+}
+
+int volumes_recover(struct daemon *d)
+{
+	struct recover_ctx c = {.d = d};
+	struct dirent *de;
+	DIR *dir;
+	int dfd, ret;
+
+	/* directories without a catalog row: creates that never answered */
+	dfd = dup(d->vols_fd);
+	dir = dfd >= 0 ? fdopendir(dfd) : NULL;
+	while (dir && (de = readdir(dir))) {
+		struct cat_volume v;
+		if (de->d_name[0] == '.' && (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..")))
+			continue;
+		if (de->d_name[0] == '.' ||
+		    (id_valid("vol", de->d_name) && cat_volume_get(d->cat, de->d_name, &v) == -ENOENT)) {
+			log_warn("removing %s: left by an interrupted create", de->d_name);
+			file_remove_tree(d->vols_fd, de->d_name);
+		}
+	}
+	if (dir)
+		closedir(dir);
+	/* rows marked deleting: finish */
+	for (;;) {
+		struct deleting del = {.n = 0};
+		int progress = 0;
+		cat_volume_each(d->cat, NULL, collect_deleting, &del);
+		for (int i = 0; i < del.n; i++) {
+			if (vol_destroy(d->vols_fd, del.ids[i]) == 0 &&
+			    cat_volume_delete(d->cat, del.ids[i]) == 0) {
+				log_info("finished deleting %s", del.ids[i]);
+				progress++;
+			}
+		}
+		if (del.n < (int)ARRAY_SIZE(del.ids) || !progress)
+			break;
+	}
+	ret = cat_volume_each(d->cat, NULL, recover_one, &c);
+	if (ret)
+		return ret;
+	log_info("serving %d volume(s)%s", c.served, c.failed ? "; some failed, see above" : "");
+	return c.failed ? -EUCLEAN : 0;
+}

@@ -1,0 +1,194 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * api.c - request plumbing for ebsimd: the action table, EC2-style errors, parameter
+ * accessors and the common checks (account, region) every request passes first.
+ *
+ * Design notes
+ * ------------
+ * Every rule about what a request may contain lives here or in the action, never in the
+ * CLI. Parameters arrive as JSON values named as the EC2 API names them; a value of the
+ * wrong JSON type is InvalidParameterValue, an unknown name UnknownParameter, a missing
+ * required one MissingParameter. IDs pass check_id() before anything touches the disk.
+ */
+#include "daemon/daemon_i.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+static const char *const regions[] = {
+	"us-east-1",	  "us-east-2",	    "us-west-1",      "us-west-2",
+	"ca-central-1",	  "sa-east-1",	    "eu-west-1",      "eu-west-2",
+	"eu-west-3",	  "eu-central-1",   "eu-north-1",     "ap-south-1",
+	"ap-northeast-1", "ap-northeast-2", "ap-southeast-1", "ap-southeast-2",
+};
+
+struct action {
+	const char *name;
+	int (*fn)(struct api_req *r);
+};
+
+static const struct action actions[] = {
+	{"CreateVolume", act_create_volume},
+	{"DescribeVolumes", act_describe_volumes},
+	{"DeleteVolume", act_delete_volume},
+	{"ModifyVolume", act_modify_volume},
+};
+
+int api_error(struct api_req *r, const char *code, const char *fmt, ...)
+{
+	va_list ap;
+
+	snprintf(r->code, sizeof(r->code), "%s", code);
+	va_start(ap, fmt);
+	vsnprintf(r->message, sizeof(r->message), fmt, ap);
+	va_end(ap);
+	return -1;
+}
+
+static json_object *param_get(struct api_req *r, const char *name)
+{
+	json_object *v = NULL;
+
+	json_object_object_get_ex(r->params, name, &v);
+	return v;
+}
+
+int param_str(struct api_req *r, const char *name, bool required, const char **out)
+{
+	json_object *v = param_get(r, name);
+
+	*out = NULL;
+	if (!v) {
+		if (required)
+			return api_error(r, "MissingParameter",
+					 "The request must contain the parameter %s", name);
+		return 0;
+	}
+	if (!json_object_is_type(v, json_type_string))
+		return api_error(r, "InvalidParameterValue",
+				 "Invalid value for parameter %s: expected a string", name);
+	*out = json_object_get_string(v);
+	if (strlen(*out) != (size_t)json_object_get_string_len(v))
+		return api_error(r, "InvalidParameterValue",
+				 "Invalid value for parameter %s: contains a NUL character", name);
+	return 1;
+}
+
+int param_int(struct api_req *r, const char *name, bool required, int64_t *out)
+{
+	json_object *v = param_get(r, name);
+
+	if (!v) {
+		if (required)
+			return api_error(r, "MissingParameter",
+					 "The request must contain the parameter %s", name);
+		return 0;
+	}
+	if (!json_object_is_type(v, json_type_int)) {
+		const char *s = json_object_get_string(v);
+		return api_error(r, "InvalidParameterValue",
+				 "Invalid value '%.64s' for parameter %s: expected an integer",
+				 s ? s : "", name);
+	}
+	errno = 0;
+	*out = json_object_get_int64(v);
+	if (errno == EINVAL || *out == INT64_MAX || *out == INT64_MIN)
+		return api_error(r, "InvalidParameterValue",
+				 "Invalid value for parameter %s: out of range", name);
+	return 1;
+}
+
+int param_bool(struct api_req *r, const char *name, bool *out)
+{
+	json_object *v = param_get(r, name);
+
+	if (!v)
+		return 0;
+	if (!json_object_is_type(v, json_type_boolean))
+		return api_error(r, "InvalidParameterValue",
+				 "Invalid value for parameter %s: expected true or false", name);
+	*out = json_object_get_boolean(v);
+	return 1;
+}
+
+int param_str_list(struct api_req *r, const char *name, json_object **out)
+{
+	json_object *v = param_get(r, name);
+
+	*out = NULL;
+	if (!v)
+		return 0;
+	if (json_object_is_type(v, json_type_string)) {
+		/* one value: wrap it so callers see a list */
+		json_object *a = json_object_new_array();
+		json_object_array_add(a, json_object_get(v));
+		json_object_object_add(r->params, name, a);
+		v = a;
+	}
+	if (!json_object_is_type(v, json_type_array))
+		return api_error(r, "InvalidParameterValue",
+				 "Invalid value for parameter %s: expected a list of strings", name);
+	for (size_t i = 0; i < json_object_array_length(v); i++)
+		if (!json_object_is_type(json_object_array_get_idx(v, i), json_type_string))
+			return api_error(r, "InvalidParameterValue",
+					 "Invalid value for parameter %s: expected a list of strings",
+					 name);
+	*out = v;
+	return 1;
+}
+
+int params_allow(struct api_req *r, const char *const *names)
+{
+	json_object_object_foreach(r->params, key, val)
+	{
+		bool ok = false;
+		(void)val;
+		for (const char *const *n = names; *n && !ok; n++)
+			ok = !strcmp(*n, key);
+		if (!ok)
+			return api_error(r, "UnknownParameter",
+					 "The parameter %.64s is not recognized by %s", key, r->action);
+	}
+	return 0;
+}
+
+int check_id(struct api_req *r, const char *prefix, const char *kind, const char *id)
+{
+	char code[64];
+
+	if (id_valid(prefix, id))
+		return 0;
+	snprintf(code, sizeof(code), "%sID.Malformed", kind);
+	return api_error(r, code, "Invalid id: \"%.80s\" (expecting \"%s-...\")", id, prefix);
+}
+
+static bool account_ok(const char *a)
+{
+	if (!a || strlen(a) != 12)
+		return false;
+	for (int i = 0; i < 12; i++)
+		if (a[i] < '0' || a[i] > '9')
+			return false;
+	return true;
+}
+
+int api_dispatch(struct api_req *r)
+{
+	bool region_ok = false;
+
+	if (!account_ok(r->account))
+		return api_error(r, "AuthFailure",
+				 "The account '%.64s' is not valid: an account ID is 12 digits",
+				 r->account ? r->account : "");
+	for (size_t i = 0; r->region && i < ARRAY_SIZE(regions); i++)
+		region_ok |= !strcmp(regions[i], r->region);
+	if (!region_ok)
+		return api_error(r, "InvalidParameterValue",
+				 "The region '%.64s' does not exist in ebsim", r->region ? r->region : "");
+	for (size_t i = 0; i < ARRAY_SIZE(actions); i++)
+		if (!strcmp(actions[i].name, r->action))
+			return actions[i].fn(r);
+	return api_error(r, "InvalidAction", "The action %.64s is not valid for this web service.",
+			 r->action);
+}

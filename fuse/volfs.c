@@ -1,0 +1,636 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * volfs.c - FUSE low-level frontend: one regular file per volume in a flat directory.
+ *
+ * Design notes
+ * ------------
+ * One thread runs fuse_session_loop (single-threaded: measured fastest, PERF-NOTES). Data
+ * handlers (read, write, fsync, fallocate) never block on I/O: they hand the request to
+ * blockdev/ and return; the volume's completion, on an engine thread, sends the reply. So
+ * every request is answered exactly once, either inline (errors, metadata) or from the
+ * completion callback. fuse_reply_* is safe from any thread.
+ *
+ * Valid replies per op: lookup -> entry|err; getattr -> attr|err; open -> open|err;
+ * read -> buf|err; write -> write|err; fsync/flush/release/fallocate -> err (0 = ok);
+ * readdir -> buf|err; statfs -> statfs; setattr -> attr|err.
+ *
+ * Files are opened with FOPEN_DIRECT_IO: no page cache between the kernel and us, so an
+ * fsync reaches vol_flush with every acknowledged write already handed to the volume.
+ * Writes are copied out of libfuse's receive buffer (it is reused once the handler returns)
+ * into a sector-aligned buffer that the volume may encrypt in place.
+ *
+ * Inode table: fs->files, guarded by fs->lock (the control thread adds and removes, the
+ * FUSE thread looks up). Inode numbers are never reused within a mount. A file that is open
+ * cannot be removed (volfs_remove -> -EBUSY), so no I/O is in flight on a removed volume.
+ */
+#include "fuse/volfs.h"
+#include "blockdev/blockdev.h"
+#include "common/common.h"
+
+#define FUSE_USE_VERSION 35
+#include <fuse_lowlevel.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/sysmacros.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_IO (1u << 20)
+#define ATTR_TIMEOUT 1.0
+
+struct vfile {
+	char name[ID_MAX];
+	fuse_ino_t ino;
+	struct vol *vol;
+	int nopen;
+	struct vfile *next;
+};
+
+struct volfs {
+	struct fuse_session *se;
+	pthread_t thread;
+	bool running;
+	pthread_mutex_t lock;
+	struct vfile *files;
+	fuse_ino_t next_ino;
+	char mountpoint[4096];
+	dev_t dev; /* the mount's st_dev: its minor names the connection in fusectl */
+};
+
+struct ioreq {
+	fuse_req_t req;
+	void *buf;
+};
+
+static struct vfile *find_ino(struct volfs *fs, fuse_ino_t ino)
+{
+	for (struct vfile *f = fs->files; f; f = f->next)
+		if (f->ino == ino)
+			return f;
+	return NULL;
+}
+
+static struct vfile *find_name(struct volfs *fs, const char *name)
+{
+	for (struct vfile *f = fs->files; f; f = f->next)
+		if (!strcmp(f->name, name))
+			return f;
+	return NULL;
+}
+
+static void fill_attr(struct stat *st, fuse_ino_t ino, uint64_t size)
+{
+	memset(st, 0, sizeof(*st));
+	st->st_ino = ino;
+	if (ino == FUSE_ROOT_ID) {
+		st->st_mode = S_IFDIR | 0700;
+		st->st_nlink = 2;
+	} else {
+		st->st_mode = S_IFREG | 0600;
+		st->st_nlink = 1;
+		st->st_size = (off_t)size;
+		st->st_blocks = (blkcnt_t)(size / 512);
+	}
+	st->st_blksize = 4096;
+}
+
+/* Look up ino and return its volume (NULL: not found); if sizep, also its size. */
+static struct vol *ino_vol(struct volfs *fs, fuse_ino_t ino)
+{
+	struct vfile *f;
+	struct vol *v;
+
+	pthread_mutex_lock(&fs->lock);
+	f = find_ino(fs, ino);
+	v = f ? f->vol : NULL;
+	pthread_mutex_unlock(&fs->lock);
+	return v;
+}
+
+static void op_init(void *userdata, struct fuse_conn_info *conn)
+{
+	(void)userdata;
+	conn->max_write = MAX_IO;
+	conn->max_read = MAX_IO;
+	conn->max_readahead = MAX_IO;
+	conn->max_background = 256;
+	conn->congestion_threshold = 192;
+	if (conn->capable & FUSE_CAP_ASYNC_DIO)
+		conn->want |= FUSE_CAP_ASYNC_DIO;
+	if (conn->capable & FUSE_CAP_ASYNC_READ)
+		conn->want |= FUSE_CAP_ASYNC_READ;
+	conn->want &= ~(unsigned)FUSE_CAP_WRITEBACK_CACHE;
+}
+
+static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct volfs *fs = fuse_req_userdata(req);
+	struct fuse_entry_param e;
+	struct vfile *f;
+
+	if (parent != FUSE_ROOT_ID)
+		return (void)fuse_reply_err(req, ENOENT);
+	memset(&e, 0, sizeof(e));
+	pthread_mutex_lock(&fs->lock);
+	f = find_name(fs, name);
+	if (f) {
+		e.ino = f->ino;
+		fill_attr(&e.attr, f->ino, vol_size(f->vol));
+	}
+	pthread_mutex_unlock(&fs->lock);
+	if (!f)
+		return (void)fuse_reply_err(req, ENOENT);
+	e.attr_timeout = ATTR_TIMEOUT;
+	e.entry_timeout = ATTR_TIMEOUT;
+	fuse_reply_entry(req, &e);
+}
+
+static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct volfs *fs = fuse_req_userdata(req);
+	struct stat st;
+	struct vol *v = NULL;
+
+	(void)fi;
+	if (ino != FUSE_ROOT_ID && !(v = ino_vol(fs, ino)))
+		return (void)fuse_reply_err(req, ENOENT);
+	fill_attr(&st, ino, v ? vol_size(v) : 0);
+	fuse_reply_attr(req, &st, ATTR_TIMEOUT);
+}
+
+static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
+		       struct fuse_file_info *fi)
+{
+	struct volfs *fs = fuse_req_userdata(req);
+	struct vol *v = ino_vol(fs, ino);
+	struct stat st;
+
+	(void)fi;
+	if (!v)
+		return (void)fuse_reply_err(req, ENOENT);
+	/* a volume's size changes only through modify-volume; mode/owner are fixed */
+	if ((to_set & FUSE_SET_ATTR_SIZE) && (uint64_t)attr->st_size != vol_size(v))
+		return (void)fuse_reply_err(req, EPERM);
+	if (to_set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID))
+		return (void)fuse_reply_err(req, EPERM);
+	fill_attr(&st, ino, vol_size(v));
+	fuse_reply_attr(req, &st, ATTR_TIMEOUT);
+}
+
+static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		       struct fuse_file_info *fi)
+{
+	struct volfs *fs = fuse_req_userdata(req);
+	char *buf;
+	size_t used = 0;
+	off_t i = 0;
+
+	(void)fi;
+	if (ino != FUSE_ROOT_ID)
+		return (void)fuse_reply_err(req, ENOTDIR);
+	buf = malloc(size);
+	if (!buf)
+		return (void)fuse_reply_err(req, ENOMEM);
+	pthread_mutex_lock(&fs->lock);
+	/* entries: ".", "..", then the files in list order; off = index of the next one */
+	const char *dots[] = {".", ".."};
+	for (; i < 2; i++) {
+		if (i < off)
+			continue;
+		struct stat st = {.st_ino = FUSE_ROOT_ID, .st_mode = S_IFDIR};
+		size_t n = fuse_add_direntry(req, buf + used, size - used, dots[i], &st, i + 1);
+		if (n > size - used)
+			goto full;
+		used += n;
+	}
+	for (struct vfile *f = fs->files; f; f = f->next, i++) {
+		if (i < off)
+			continue;
+		struct stat st = {.st_ino = f->ino, .st_mode = S_IFREG};
+		size_t n = fuse_add_direntry(req, buf + used, size - used, f->name, &st, i + 1);
+		if (n > size - used)
+			goto full;
+		used += n;
+	}
+full:
+	pthread_mutex_unlock(&fs->lock);
+	fuse_reply_buf(req, buf, used);
+	free(buf);
+}
+
+static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct volfs *fs = fuse_req_userdata(req);
+	struct vfile *f;
+
+	pthread_mutex_lock(&fs->lock);
+	f = find_ino(fs, ino);
+	if (f)
+		f->nopen++;
+	pthread_mutex_unlock(&fs->lock);
+	if (!f)
+		return (void)fuse_reply_err(req, ENOENT);
+	fi->direct_io = 1;
+	fi->keep_cache = 0;
+	fi->nonseekable = 0;
+	if (fuse_reply_open(req, fi) == -ENOENT) {
+		/* the opener was interrupted: release will not come */
+		pthread_mutex_lock(&fs->lock);
+		f = find_ino(fs, ino);
+		if (f)
+			f->nopen--;
+		pthread_mutex_unlock(&fs->lock);
+	}
+}
+
+static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct volfs *fs = fuse_req_userdata(req);
+	struct vfile *f;
+
+	(void)fi;
+	pthread_mutex_lock(&fs->lock);
+	f = find_ino(fs, ino);
+	if (f && f->nopen > 0)
+		f->nopen--;
+	pthread_mutex_unlock(&fs->lock);
+	fuse_reply_err(req, 0);
+}
+
+static void read_done(void *arg, int res)
+{
+	struct ioreq *r = arg;
+
+	if (res < 0)
+		fuse_reply_err(r->req, -res);
+	else
+		fuse_reply_buf(r->req, r->buf, (size_t)res);
+	free(r->buf);
+	free(r);
+}
+
+static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		    struct fuse_file_info *fi)
+{
+	struct volfs *fs = fuse_req_userdata(req);
+	struct vol *v = ino_vol(fs, ino);
+	struct ioreq *r;
+	uint64_t vsize;
+
+	(void)fi;
+	if (!v)
+		return (void)fuse_reply_err(req, ENOENT);
+	vsize = vol_size(v);
+	if (off < 0)
+		return (void)fuse_reply_err(req, EINVAL);
+	if ((uint64_t)off >= vsize || !size)
+		return (void)fuse_reply_buf(req, NULL, 0);
+	size = (size_t)MIN((uint64_t)size, vsize - (uint64_t)off);
+	r = malloc(sizeof(*r));
+	if (!r || posix_memalign(&r->buf, 4096, size)) {
+		free(r);
+		return (void)fuse_reply_err(req, ENOMEM);
+	}
+	r->req = req;
+	vol_read(v, r->buf, size, (uint64_t)off, read_done, r);
+}
+
+static void write_done(void *arg, int res)
+{
+	struct ioreq *r = arg;
+
+	if (res < 0)
+		fuse_reply_err(r->req, -res);
+	else
+		fuse_reply_write(r->req, (size_t)res);
+	free(r->buf);
+	free(r);
+}
+
+static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
+		     struct fuse_file_info *fi)
+{
+	struct volfs *fs = fuse_req_userdata(req);
+	struct vol *v = ino_vol(fs, ino);
+	struct ioreq *r;
+
+	(void)fi;
+	if (!v)
+		return (void)fuse_reply_err(req, ENOENT);
+	if (off < 0)
+		return (void)fuse_reply_err(req, EINVAL);
+	if ((uint64_t)off + size > vol_size(v))
+		return (void)fuse_reply_err(req, ENOSPC); /* a block device does not grow */
+	r = malloc(sizeof(*r));
+	if (!r || posix_memalign(&r->buf, 4096, size ? size : 1)) {
+		free(r);
+		return (void)fuse_reply_err(req, ENOMEM);
+	}
+	memcpy(r->buf, buf, size);
+	r->req = req;
+	vol_write(v, r->buf, size, (uint64_t)off, write_done, r);
+}
+
+static void status_done(void *arg, int res)
+{
+	fuse_reply_err((fuse_req_t)arg, res < 0 ? -res : 0);
+}
+
+static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
+{
+	struct volfs *fs = fuse_req_userdata(req);
+	struct vol *v = ino_vol(fs, ino);
+
+	(void)datasync;
+	(void)fi;
+	if (!v)
+		return (void)fuse_reply_err(req, ENOENT);
+	vol_flush(v, status_done, req);
+}
+
+static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	/* close(2): nothing is cached here, and close does not promise durability */
+	(void)ino;
+	(void)fi;
+	fuse_reply_err(req, 0);
+}
+
+static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t len,
+			 struct fuse_file_info *fi)
+{
+	struct volfs *fs = fuse_req_userdata(req);
+	struct vol *v = ino_vol(fs, ino);
+	const int zero_modes = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE;
+
+	(void)fi;
+	if (!v)
+		return (void)fuse_reply_err(req, ENOENT);
+	if (off < 0 || len <= 0)
+		return (void)fuse_reply_err(req, EINVAL);
+	if ((uint64_t)off + (uint64_t)len > vol_size(v)) {
+		/* past the end: a block device cannot grow */
+		return (void)fuse_reply_err(req, (mode & FALLOC_FL_KEEP_SIZE) ? EINVAL : ENOSPC);
+	}
+	if (mode == 0 || mode == FALLOC_FL_KEEP_SIZE)
+		return (void)fuse_reply_err(req, 0); /* allocation: the volume is all there */
+	if ((mode & ~zero_modes) || ((mode & FALLOC_FL_PUNCH_HOLE) && !(mode & FALLOC_FL_KEEP_SIZE)))
+		return (void)fuse_reply_err(req, EOPNOTSUPP);
+	vol_discard(v, (uint64_t)off, (uint64_t)len, status_done, req);
+}
+
+static void op_statfs(fuse_req_t req, fuse_ino_t ino)
+{
+	struct volfs *fs = fuse_req_userdata(req);
+	struct statvfs sv;
+
+	(void)ino;
+	memset(&sv, 0, sizeof(sv));
+	sv.f_bsize = 4096;
+	sv.f_frsize = 4096;
+	sv.f_namemax = 255;
+	pthread_mutex_lock(&fs->lock);
+	for (struct vfile *f = fs->files; f; f = f->next) {
+		sv.f_blocks += vol_size(f->vol) / 4096;
+		sv.f_files++;
+	}
+	pthread_mutex_unlock(&fs->lock);
+	fuse_reply_statfs(req, &sv);
+}
+
+static const struct fuse_lowlevel_ops volfs_ops = {
+	.init = op_init,
+	.lookup = op_lookup,
+	.getattr = op_getattr,
+	.setattr = op_setattr,
+	.readdir = op_readdir,
+	.open = op_open,
+	.release = op_release,
+	.read = op_read,
+	.write = op_write,
+	.flush = op_flush,
+	.fsync = op_fsync,
+	.fallocate = op_fallocate,
+	.statfs = op_statfs,
+};
+
+static void *loop_thread(void *arg)
+{
+	struct volfs *fs = arg;
+
+	fuse_session_loop(fs->se);
+	return NULL;
+}
+
+int volfs_mount(const char *mountpoint, struct volfs **out)
+{
+	char maxread[64];
+	snprintf(maxread, sizeof(maxread), "-omax_read=%u", MAX_IO);
+	char *argv[] = {"ebsimd", "-odefault_permissions", "-ofsname=ebsim",
+			"-osubtype=ebsim", maxread, NULL};
+	struct fuse_args args = FUSE_ARGS_INIT(5, argv);
+	struct volfs *fs = calloc(1, sizeof(*fs));
+	int ret;
+
+	if (!fs)
+		return -ENOMEM;
+	pthread_mutex_init(&fs->lock, NULL);
+	fs->next_ino = FUSE_ROOT_ID + 1;
+	snprintf(fs->mountpoint, sizeof(fs->mountpoint), "%s", mountpoint);
+	fs->se = fuse_session_new(&args, &volfs_ops, sizeof(volfs_ops), fs);
+	if (!fs->se) {
+		ret = -EIO;
+		goto out_free;
+	}
+	if (fuse_session_mount(fs->se, mountpoint) != 0) {
+		ret = -EIO;
+		goto out_destroy;
+	}
+	ret = -pthread_create(&fs->thread, NULL, loop_thread, fs);
+	if (ret)
+		goto out_unmount;
+	struct stat st;
+	if (stat(mountpoint, &st) == 0)
+		fs->dev = st.st_dev;
+	fs->running = true;
+	*out = fs;
+	return 0;
+out_unmount:
+	fuse_session_unmount(fs->se);
+out_destroy:
+	fuse_session_destroy(fs->se);
+out_free:
+	pthread_mutex_destroy(&fs->lock);
+	free(fs);
+	return ret;
+}
+
+/* Abort the kernel connection (fusectl), failing whatever the kernel still sends. */
+static void conn_abort(dev_t dev)
+{
+	const char *dir = "/sys/fs/fuse/connections";
+	char path[128];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/%u/abort", dir, minor(dev));
+	if (access(path, W_OK) < 0)
+		mount("fusectl", dir, "fusectl", 0, NULL);
+	f = fopen(path, "we");
+	if (!f) {
+		log_warn("cannot abort FUSE connection %u: %s", minor(dev), strerror(errno));
+		return;
+	}
+	fputs("1", f);
+	fclose(f);
+}
+
+void volfs_unmount(struct volfs *fs)
+{
+	if (!fs)
+		return;
+	fuse_session_exit(fs->se);
+	/* The (lazy) unmount ends the connection, and the loop's read of /dev/fuse returns
+	 * ENODEV, once no file is open. A loop device may still hold one: then abort the
+	 * connection, as the kernel would if we died. */
+	fuse_session_unmount(fs->se);
+	if (fs->running) {
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_sec += 2;
+		if (pthread_timedjoin_np(fs->thread, NULL, &ts)) {
+			log_warn("volumes still open at unmount: aborting the FUSE connection");
+			conn_abort(fs->dev);
+			pthread_join(fs->thread, NULL);
+		}
+	}
+	fuse_session_destroy(fs->se);
+	while (fs->files) {
+		struct vfile *f = fs->files;
+		fs->files = f->next;
+		free(f);
+	}
+	pthread_mutex_destroy(&fs->lock);
+	free(fs);
+}
+
+int volfs_add(struct volfs *fs, const char *name, struct vol *v)
+{
+	struct vfile *f;
+
+	if (strlen(name) >= ID_MAX)
+		return -ENAMETOOLONG;
+	f = calloc(1, sizeof(*f));
+	if (!f)
+		return -ENOMEM;
+	strcpy(f->name, name);
+	f->vol = v;
+	pthread_mutex_lock(&fs->lock);
+	if (find_name(fs, name)) {
+		pthread_mutex_unlock(&fs->lock);
+		free(f);
+		return -EEXIST;
+	}
+	f->ino = fs->next_ino++;
+	/* append, so readdir offsets of existing entries stay stable */
+	struct vfile **pp = &fs->files;
+	while (*pp)
+		pp = &(*pp)->next;
+	*pp = f;
+	pthread_mutex_unlock(&fs->lock);
+	return 0;
+}
+
+int volfs_remove(struct volfs *fs, const char *name)
+{
+	struct vfile **pp, *f;
+	int ret = -ENOENT;
+
+	pthread_mutex_lock(&fs->lock);
+	for (pp = &fs->files; (f = *pp); pp = &f->next) {
+		if (strcmp(f->name, name))
+			continue;
+		if (f->nopen) {
+			ret = -EBUSY;
+			break;
+		}
+		*pp = f->next;
+		free(f);
+		ret = 0;
+		break;
+	}
+	pthread_mutex_unlock(&fs->lock);
+	if (!ret)
+		fuse_lowlevel_notify_inval_entry(fs->se, FUSE_ROOT_ID, name, strlen(name));
+	return ret;
+}
+
+int volfs_open_count(struct volfs *fs, const char *name)
+{
+	struct vfile *f;
+	int n;
+
+	pthread_mutex_lock(&fs->lock);
+	f = find_name(fs, name);
+	n = f ? f->nopen : 0;
+	pthread_mutex_unlock(&fs->lock);
+	return n;
+}
+
+void volfs_resized(struct volfs *fs, const char *name)
+{
+	struct vfile *f;
+	fuse_ino_t ino = 0;
+
+	pthread_mutex_lock(&fs->lock);
+	f = find_name(fs, name);
+	if (f)
+		ino = f->ino;
+	pthread_mutex_unlock(&fs->lock);
+	if (ino)
+		fuse_lowlevel_notify_inval_inode(fs->se, ino, 0, 0);
+}
+
+static bool is_mountpoint(const char *path)
+{
+	char line[8192], real[4096];
+	bool found = false;
+	FILE *f;
+
+	if (!realpath(path, real))
+		return false;
+	f = fopen("/proc/self/mountinfo", "re");
+	if (!f)
+		return false;
+	while (fgets(line, sizeof(line), f)) {
+		char mnt[4096];
+		/* id parent major:minor root mountpoint ... */
+		if (sscanf(line, "%*s %*s %*s %*s %4095s", mnt) == 1 && !strcmp(mnt, real))
+			found = true;
+	}
+	fclose(f);
+	return found;
+}
+
+int volfs_clear_stale(const char *path)
+{
+	struct stat st;
+
+	if (!is_mountpoint(path))
+		return 0;
+	if (stat(path, &st) == 0)
+		return -EBUSY; /* answers: a live server owns it */
+	if (errno != ENOTCONN && errno != ECONNABORTED)
+		return -errno;
+	if (umount2(path, MNT_DETACH) < 0)
+		return -errno;
+	return 1;
+}

@@ -1,0 +1,37 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * volfs.h - the FUSE frontend: one flat directory with one regular file per volume.
+ *
+ * Public API of fuse/. The daemon mounts it at <home>/mnt; each volume appears there as
+ * <home>/mnt/vol-..., a file of the volume's size that any tool can use: losetup
+ * --direct-io=on, qemu, fio. I/O is served asynchronously through blockdev/.
+ */
+#ifndef EBSIM_VOLFS_H
+#define EBSIM_VOLFS_H
+
+#include <stdint.h>
+
+struct vol;
+struct volfs;
+
+/* Mount at mountpoint (which must exist and not be mounted) and start serving. */
+int volfs_mount(const char *mountpoint, struct volfs **out);
+/* Stop serving and unmount; every volume must have been removed or be idle. */
+void volfs_unmount(struct volfs *fs);
+
+/* Expose v as mountpoint/name. -EEXIST if the name is taken. */
+int volfs_add(struct volfs *fs, const char *name, struct vol *v);
+/* Stop exposing name; -EBUSY while the file is open (a loop device holds it open),
+ * -ENOENT if unknown. On success the vol is the caller's again. */
+int volfs_remove(struct volfs *fs, const char *name);
+/* How many open file handles the kernel holds on name (0 if unknown). */
+int volfs_open_count(struct volfs *fs, const char *name);
+/* Tell the kernel that name's size changed (after vol_resize). */
+void volfs_resized(struct volfs *fs, const char *name);
+
+/* Stale-mount handling at start-up: if path is a mount point of a FUSE file system whose
+ * server is gone (ENOTCONN), detach it. Returns 1 if something was cleared, 0 if nothing
+ * was mounted, -errno on failure (e.g. -EBUSY: a live server is mounted there). */
+int volfs_clear_stale(const char *path);
+
+#endif

@@ -1,0 +1,284 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * catalog.c - SQLite-backed catalog (see catalog.h).
+ *
+ * Design notes
+ * ------------
+ * Schema versioned with PRAGMA user_version; a database whose version is newer than this
+ * build, or that fails PRAGMA quick_check at open, is refused (-EUCLEAN) rather than
+ * guessed at. journal_mode=WAL, synchronous=FULL: a committed transaction is durable when
+ * sqlite3_step returns. One connection, used by the daemon's control thread only (callers
+ * serialise), opened with SQLITE_OPEN_NOMUTEX and O_NOFOLLOW semantics.
+ *
+ * Crash protocol with the volume files (daemon/): a volume's directory is created before
+ * its row is inserted, and its row is marked 'deleting' before the directory is removed;
+ * recovery at start removes directories without a row and finishes 'deleting' rows.
+ */
+#include "persistence/catalog.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <sqlite3.h>
+
+#define SCHEMA_VERSION 1
+
+struct cat {
+	sqlite3 *db;
+};
+
+static const char schema[] =
+	"CREATE TABLE IF NOT EXISTS volumes ("
+	" seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+	" id TEXT UNIQUE NOT NULL, account TEXT NOT NULL, region TEXT NOT NULL,"
+	" az TEXT NOT NULL, size_gib INTEGER NOT NULL, type TEXT NOT NULL,"
+	" iops INTEGER NOT NULL, throughput INTEGER NOT NULL, encrypted INTEGER NOT NULL,"
+	" create_time TEXT NOT NULL, snapshot_id TEXT NOT NULL, state TEXT NOT NULL);";
+
+static int exec(struct cat *c, const char *sql)
+{
+	char *err = NULL;
+
+	if (sqlite3_exec(c->db, sql, NULL, NULL, &err) != SQLITE_OK) {
+		log_err("catalog: %s: %s", sql, err ? err : "?");
+		sqlite3_free(err);
+		return -EIO;
+	}
+	return 0;
+}
+
+static int get_int(struct cat *c, const char *sql, int *out)
+{
+	sqlite3_stmt *st;
+	int ret = -EIO;
+
+	if (sqlite3_prepare_v2(c->db, sql, -1, &st, NULL) != SQLITE_OK)
+		return -EIO;
+	if (sqlite3_step(st) == SQLITE_ROW) {
+		*out = sqlite3_column_int(st, 0);
+		ret = 0;
+	}
+	sqlite3_finalize(st);
+	return ret;
+}
+
+int cat_open(const char *path, struct cat **out)
+{
+	struct cat *c = calloc(1, sizeof(*c));
+	sqlite3_stmt *st;
+	int version = 0, ret = -EUCLEAN;
+
+	if (!c)
+		return -ENOMEM;
+	if (sqlite3_open_v2(path, &c->db,
+			    SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX |
+				    SQLITE_OPEN_NOFOLLOW,
+			    NULL) != SQLITE_OK) {
+		log_err("catalog %s: %s", path, c->db ? sqlite3_errmsg(c->db) : "cannot open");
+		goto out_close;
+	}
+	sqlite3_busy_timeout(c->db, 5000);
+	if (sqlite3_prepare_v2(c->db, "PRAGMA quick_check", -1, &st, NULL) != SQLITE_OK) {
+		log_err("catalog %s is not a database: %s", path, sqlite3_errmsg(c->db));
+		goto out_close;
+	}
+	if (sqlite3_step(st) != SQLITE_ROW ||
+	    strcmp((const char *)sqlite3_column_text(st, 0), "ok")) {
+		log_err("catalog %s failed its integrity check", path);
+		sqlite3_finalize(st);
+		goto out_close;
+	}
+	sqlite3_finalize(st);
+	if (get_int(c, "PRAGMA user_version", &version) || version > SCHEMA_VERSION) {
+		log_err("catalog %s has schema version %d; this ebsimd knows %d", path, version,
+			SCHEMA_VERSION);
+		goto out_close;
+	}
+	if (exec(c, "PRAGMA journal_mode=WAL") || exec(c, "PRAGMA synchronous=FULL") ||
+	    exec(c, "PRAGMA foreign_keys=ON") || exec(c, schema))
+		goto out_close;
+	if (version < SCHEMA_VERSION) {
+		char sql[64];
+		snprintf(sql, sizeof(sql), "PRAGMA user_version=%d", SCHEMA_VERSION);
+		if (exec(c, sql))
+			goto out_close;
+	}
+	*out = c;
+	return 0;
+out_close:
+	sqlite3_close(c->db);
+	free(c);
+	return ret;
+}
+
+void cat_close(struct cat *c)
+{
+	if (!c)
+		return;
+	sqlite3_close(c->db);
+	free(c);
+}
+
+int cat_begin(struct cat *c)
+{
+	return exec(c, "BEGIN IMMEDIATE");
+}
+
+int cat_commit(struct cat *c)
+{
+	return exec(c, "COMMIT");
+}
+
+void cat_rollback(struct cat *c)
+{
+	exec(c, "ROLLBACK");
+}
+
+static void copy_col(sqlite3_stmt *st, int col, char *dst, size_t cap)
+{
+	const unsigned char *t = sqlite3_column_text(st, col);
+
+	snprintf(dst, cap, "%s", t ? (const char *)t : "");
+}
+
+#define VOL_COLS                                                                           \
+	"id, account, region, az, size_gib, type, iops, throughput, encrypted, create_time,"  \
+	" snapshot_id, state"
+
+static void vol_from_row(sqlite3_stmt *st, struct cat_volume *v)
+{
+	memset(v, 0, sizeof(*v));
+	copy_col(st, 0, v->id, sizeof(v->id));
+	copy_col(st, 1, v->account, sizeof(v->account));
+	copy_col(st, 2, v->region, sizeof(v->region));
+	copy_col(st, 3, v->az, sizeof(v->az));
+	v->size_gib = (uint64_t)sqlite3_column_int64(st, 4);
+	copy_col(st, 5, v->type, sizeof(v->type));
+	v->iops = sqlite3_column_int(st, 6);
+	v->throughput = sqlite3_column_int(st, 7);
+	v->encrypted = sqlite3_column_int(st, 8) != 0;
+	copy_col(st, 9, v->create_time, sizeof(v->create_time));
+	copy_col(st, 10, v->snapshot_id, sizeof(v->snapshot_id));
+	copy_col(st, 11, v->state, sizeof(v->state));
+}
+
+static int vol_bind(sqlite3_stmt *st, const struct cat_volume *v)
+{
+	int i = 1;
+
+	sqlite3_bind_text(st, i++, v->id, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, i++, v->account, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, i++, v->region, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, i++, v->az, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, i++, (sqlite3_int64)v->size_gib);
+	sqlite3_bind_text(st, i++, v->type, -1, SQLITE_STATIC);
+	sqlite3_bind_int(st, i++, v->iops);
+	sqlite3_bind_int(st, i++, v->throughput);
+	sqlite3_bind_int(st, i++, v->encrypted);
+	sqlite3_bind_text(st, i++, v->create_time, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, i++, v->snapshot_id, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, i++, v->state, -1, SQLITE_STATIC);
+	return i;
+}
+
+static int step_done(struct cat *c, sqlite3_stmt *st)
+{
+	int rc = sqlite3_step(st);
+
+	sqlite3_finalize(st);
+	if (rc == SQLITE_CONSTRAINT)
+		return -EEXIST;
+	if (rc != SQLITE_DONE) {
+		log_err("catalog: %s", sqlite3_errmsg(c->db));
+		return -EIO;
+	}
+	return sqlite3_changes(c->db) ? 0 : -ENOENT;
+}
+
+int cat_volume_insert(struct cat *c, const struct cat_volume *v)
+{
+	sqlite3_stmt *st;
+
+	if (sqlite3_prepare_v2(c->db,
+			       "INSERT INTO volumes (" VOL_COLS
+			       ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+			       -1, &st, NULL) != SQLITE_OK)
+		return -EIO;
+	vol_bind(st, v);
+	return step_done(c, st);
+}
+
+int cat_volume_update(struct cat *c, const struct cat_volume *v)
+{
+	sqlite3_stmt *st;
+	int i;
+
+	if (sqlite3_prepare_v2(c->db,
+			       "UPDATE volumes SET id=?1, account=?2, region=?3, az=?4, size_gib=?5,"
+			       " type=?6, iops=?7, throughput=?8, encrypted=?9, create_time=?10,"
+			       " snapshot_id=?11, state=?12 WHERE id=?13",
+			       -1, &st, NULL) != SQLITE_OK)
+		return -EIO;
+	i = vol_bind(st, v);
+	sqlite3_bind_text(st, i, v->id, -1, SQLITE_STATIC);
+	return step_done(c, st);
+}
+
+int cat_volume_delete(struct cat *c, const char *id)
+{
+	sqlite3_stmt *st;
+
+	if (sqlite3_prepare_v2(c->db, "DELETE FROM volumes WHERE id=?", -1, &st, NULL) !=
+	    SQLITE_OK)
+		return -EIO;
+	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+	return step_done(c, st);
+}
+
+int cat_volume_get(struct cat *c, const char *id, struct cat_volume *out)
+{
+	sqlite3_stmt *st;
+	int rc, ret;
+
+	if (sqlite3_prepare_v2(c->db, "SELECT " VOL_COLS " FROM volumes WHERE id=?", -1, &st,
+			       NULL) != SQLITE_OK)
+		return -EIO;
+	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		vol_from_row(st, out);
+		ret = 0;
+	} else {
+		ret = rc == SQLITE_DONE ? -ENOENT : -EIO;
+	}
+	sqlite3_finalize(st);
+	return ret;
+}
+
+int cat_volume_each(struct cat *c, const char *region,
+		    int (*fn)(void *arg, const struct cat_volume *v), void *arg)
+{
+	sqlite3_stmt *st;
+	int rc, ret = 0;
+
+	if (sqlite3_prepare_v2(c->db,
+			       "SELECT " VOL_COLS " FROM volumes WHERE ?1 IS NULL OR region=?1"
+			       " ORDER BY seq",
+			       -1, &st, NULL) != SQLITE_OK)
+		return -EIO;
+	if (region)
+		sqlite3_bind_text(st, 1, region, -1, SQLITE_STATIC);
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		struct cat_volume v;
+		vol_from_row(st, &v);
+		ret = fn(arg, &v);
+		if (ret)
+			break;
+	}
+	if (!ret && rc != SQLITE_DONE)
+		ret = -EIO;
+	sqlite3_finalize(st);
+	return ret;
+}

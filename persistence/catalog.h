@@ -1,0 +1,54 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * catalog.h - the catalog: what exists (volumes now; snapshots, images and instances as
+ * they land), kept in SQLite in WAL mode with synchronous=FULL, so a row that a reply
+ * announced survives a crash.
+ *
+ * Public API of persistence/.
+ */
+#ifndef EBSIM_CATALOG_H
+#define EBSIM_CATALOG_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "common/common.h"
+
+struct cat;
+
+/* Open (creating if needed) the catalog database at path. -EUCLEAN when the file is not a
+ * usable ebsim catalog (damaged, or from a newer schema). */
+int cat_open(const char *path, struct cat **out);
+void cat_close(struct cat *c);
+
+/* Group several changes atomically. */
+int cat_begin(struct cat *c);
+int cat_commit(struct cat *c);
+void cat_rollback(struct cat *c);
+
+struct cat_volume {
+	char id[ID_MAX];
+	char account[16];
+	char region[32];
+	char az[40];
+	uint64_t size_gib;
+	char type[16];
+	int iops;	/* 0: not applicable to the type */
+	int throughput; /* MiB/s, gp3 only; 0 otherwise */
+	bool encrypted;
+	char create_time[32];
+	char snapshot_id[ID_MAX]; /* "" when created empty */
+	char state[16];		  /* creating | available | in-use | deleting */
+};
+
+int cat_volume_insert(struct cat *c, const struct cat_volume *v);
+int cat_volume_update(struct cat *c, const struct cat_volume *v);
+int cat_volume_delete(struct cat *c, const char *id);
+/* -ENOENT when absent. */
+int cat_volume_get(struct cat *c, const char *id, struct cat_volume *out);
+/* Call fn for each volume, in creation order; region NULL = all regions. fn returns
+ * non-zero to stop, and that value is returned. */
+int cat_volume_each(struct cat *c, const char *region,
+		    int (*fn)(void *arg, const struct cat_volume *v), void *arg);
+
+#endif
