@@ -177,6 +177,15 @@ static int start(struct daemon *d, const char *engine, int *lfd)
 	char path[4200];
 	int ret;
 
+	/* a crashed daemon's mount answers ENOTCONN to everything: clear it first */
+	snprintf(path, sizeof(path), "%s/mnt", d->home);
+	ret = volfs_clear_stale(path);
+	if (ret == 1)
+		log_warn("cleared a stale FUSE mount at %s left by a previous daemon", path);
+	else if (ret < 0) {
+		log_err("%s is mounted and in use: %s", path, strerror(-ret));
+		return ret;
+	}
 	ret = mkdir_mode(d->home_fd, "volumes", 0700);
 	if (!ret)
 		ret = mkdir_mode(d->home_fd, "mnt", 0755);
@@ -206,13 +215,6 @@ static int start(struct daemon *d, const char *engine, int *lfd)
 		return ret;
 	}
 	snprintf(path, sizeof(path), "%s/mnt", d->home);
-	ret = volfs_clear_stale(path);
-	if (ret == 1)
-		log_warn("cleared a stale FUSE mount at %s left by a previous daemon", path);
-	else if (ret < 0) {
-		log_err("%s is mounted and in use: %s", path, strerror(-ret));
-		return ret;
-	}
 	ret = volfs_mount(path, &d->fs);
 	if (ret) {
 		log_err("cannot mount FUSE at %s: %s", path, strerror(-ret));
@@ -362,6 +364,7 @@ int main(int argc, char **argv)
 	sigaddset(&mask, SIGHUP);
 	pthread_sigmask(SIG_BLOCK, &mask, NULL);
 	signal(SIGPIPE, SIG_IGN);
+	umask(077);
 	int sfd = signalfd(-1, &mask, SFD_CLOEXEC);
 
 	log_info("starting on %s with the %s engine", d.home, engine);

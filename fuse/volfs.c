@@ -595,18 +595,24 @@ void volfs_resized(struct volfs *fs, const char *name)
 	if (f)
 		ino = f->ino;
 	pthread_mutex_unlock(&fs->lock);
-	if (ino)
-		fuse_lowlevel_notify_inval_inode(fs->se, ino, 0, 0);
+	if (!ino)
+		return;
+	fuse_lowlevel_notify_inval_inode(fs->se, ino, 0, 0);
+	/* The kernel keeps the old i_size until someone asks again, and the loop driver
+	 * (LOOP_SET_CAPACITY) reads i_size without asking: ask now. */
+	char path[4200];
+	struct stat st;
+	snprintf(path, sizeof(path), "%s/%s", fs->mountpoint, name);
+	stat(path, &st);
 }
 
-static bool is_mountpoint(const char *path)
+/* path must be canonical (no symlinks, no ..): a dead mount cannot be resolved. */
+static bool is_mountpoint(const char *real)
 {
-	char line[8192], real[4096];
+	char line[8192];
 	bool found = false;
 	FILE *f;
 
-	if (!realpath(path, real))
-		return false;
 	f = fopen("/proc/self/mountinfo", "re");
 	if (!f)
 		return false;

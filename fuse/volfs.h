@@ -31,7 +31,8 @@ void volfs_resized(struct volfs *fs, const char *name);
 
 /* Stale-mount handling at start-up: if path is a mount point of a FUSE file system whose
  * server is gone (ENOTCONN), detach it. Returns 1 if something was cleared, 0 if nothing
- * was mounted, -errno on failure (e.g. -EBUSY: a live server is mounted there). */
+ * was mounted, -errno on failure (e.g. -EBUSY: a live server is mounted there). path must
+ * be canonical: a dead mount point cannot be resolved. */
 int volfs_clear_stale(const char *path);
 
 #endif
