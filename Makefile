@@ -12,9 +12,23 @@
 ifeq ($(SAN),1)
 B       ?= build-asan
 SANFLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+else ifeq ($(SAN),thread)
+B       ?= build-tsan
+SANFLAGS = -fsanitize=thread
 else
 B       ?= build
 SANFLAGS =
+endif
+# Test-only variants: CRASH=1 compiles the named crash points in (build-crash/);
+# LYING=1 plants a flush that reports success without syncing (build-lying/), which the
+# crash suite must catch.
+ifeq ($(CRASH),1)
+B       := $(B)-crash
+EXTRA_CFLAGS += -DEBSIM_CRASH_POINTS
+endif
+ifeq ($(LYING),1)
+B       := $(B)-lying
+EXTRA_CFLAGS += -DEBSIM_LYING_FSYNC
 endif
 
 ifneq ($(V),1)
@@ -101,7 +115,7 @@ fmt:
 	clang-format -i $$(git ls-files '*.c' '*.h')
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-*
 
 .PHONY: all unit check asan test stress demo bench deps fmt clean
 .SECONDARY:

@@ -244,3 +244,21 @@ int file_remove_tree(int dirfd, const char *name)
 		fsync(dirfd);
 	return ret;
 }
+
+#ifdef EBSIM_CRASH_POINTS
+#include <signal.h>
+#include <stdatomic.h>
+
+void crash_point(const char *name)
+{
+	static atomic_int hits;
+	const char *at = getenv("EBSIM_CRASH_AT"), *after = getenv("EBSIM_CRASH_AFTER");
+
+	if (!at || strcmp(at, name))
+		return;
+	if (atomic_fetch_add(&hits, 1) + 1 >= (after ? atoi(after) : 1)) {
+		log_warn("crash point %s reached: SIGKILL", name);
+		kill(getpid(), SIGKILL);
+	}
+}
+#endif

@@ -57,4 +57,17 @@ int rand_bytes(void *buf, size_t len);
 /* Overwrite memory that held secrets, in a way the compiler keeps. */
 void secure_zero(void *p, size_t len);
 
+/* --- test-only crash points ------------------------------------------------------------ */
+/*
+ * Built only with -DEBSIM_CRASH_POINTS (make CRASH=1): crash_point("name") kills the
+ * process with SIGKILL on its Nth hit when EBSIM_CRASH_AT=name and EBSIM_CRASH_AFTER=N
+ * (default 1) are set in the environment. Names in use: after-data-write,
+ * after-data-fsync, after-map-persist, in-catalog-txn, before-reply.
+ */
+#ifdef EBSIM_CRASH_POINTS
+void crash_point(const char *name);
+#else
+#define crash_point(name) ((void)0)
+#endif
+
 #endif

@@ -272,6 +272,7 @@ int act_create_volume(struct api_req *r)
 	if (ret)
 		return api_error(r, ret == -ENOSPC ? "InsufficientVolumeCapacity" : "InternalError",
 				 "cannot create the volume: %s", strerror(-ret));
+	crash_point("in-catalog-txn"); /* the volume exists on disk, its row does not yet */
 	ret = cat_volume_insert(d->cat, &v);
 	if (ret)
 		goto out_destroy;

@@ -179,6 +179,7 @@ void ctl_serve_one(struct daemon *d, int lfd)
 	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 	line = read_line(fd, &len);
 	reply = ctl_handle(d, line ? line : "", line ? len : CTL_MAX_MSG + 1);
+	crash_point("before-reply");
 	out = json_object_to_json_string_ext(reply, JSON_C_TO_STRING_PLAIN |
 							    JSON_C_TO_STRING_NOSLASHESCAPE);
 	if (!send_all(fd, out, strlen(out)))
