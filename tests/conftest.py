@@ -1,0 +1,263 @@
+# SPDX-License-Identifier: MIT
+"""Shared pytest fixtures for ebsim: a private home and daemon per test, and a tracker of
+every loop device and mount a test creates, so teardown removes exactly those.
+
+Design notes
+------------
+- Each test gets its own home under /tmp (``home`` fixture) and, through ``daemon``, its
+  own ebsimd, which is killed by PID at teardown (never by name).
+- ``Resources`` records loop devices and mounts by exact name; teardown unmounts, then
+  detaches, in reverse order, and ignores what is already gone.
+- Before a test writes into a mount point it calls ``res.assert_mounted(path)``: writing
+  into an unmounted directory would fill the root disk instead.
+- At teardown the daemon log is scanned for unexpected "error:" lines (tests that provoke
+  errors on purpose pass ``expect_log_errors=True`` via ``daemon.expect_errors()``).
+- Binaries come from $EBSIM_BUILD (default: build/ at the repository root).
+"""
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUILD = os.environ.get("EBSIM_BUILD", os.path.join(ROOT, "build"))
+EBSIMD = os.path.join(BUILD, "ebsimd")
+EBSIM = os.path.join(BUILD, "ebsim")
+STRESS = os.environ.get("EBSIM_STRESS") == "1"
+
+
+def sha256_file(path, chunk=1 << 20):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                return h.hexdigest()
+            h.update(b)
+
+
+def run(cmd, check=True, **kw):
+    """Run a command; on failure raise with its output (so the test log shows why)."""
+    p = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{cmd} -> {p.returncode}\nstdout: {p.stdout}\nstderr: {p.stderr}")
+    return p
+
+
+def is_mounted(path):
+    real = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            if line.split()[4] == real:
+                return True
+    return False
+
+
+class Resources:
+    """Loop devices and mounts made by one test, removed at teardown by exact name."""
+
+    def __init__(self):
+        self.items = []  # ("mount", path) | ("loop", dev)
+
+    def losetup(self, path, direct_io=True):
+        cmd = ["losetup", "-f", "--show"]
+        if direct_io:
+            cmd.append("--direct-io=on")
+        dev = run(cmd + [path]).stdout.strip()
+        self.items.append(("loop", dev))
+        return dev
+
+    def mount(self, dev, path, opts=None):
+        os.makedirs(path, exist_ok=True)
+        cmd = ["mount"] + (["-o", opts] if opts else []) + [dev, path]
+        run(cmd)
+        self.items.append(("mount", path))
+        return path
+
+    def umount(self, path, lazy=False):
+        run(["umount"] + (["-l"] if lazy else []) + [path])
+        self.items.remove(("mount", path))
+
+    def detach(self, dev):
+        run(["losetup", "-d", dev])
+        self.items.remove(("loop", dev))
+
+    def assert_mounted(self, path):
+        assert is_mounted(path), f"{path} is not a mount point: refusing to write into it"
+
+    def cleanup(self):
+        for kind, what in reversed(self.items):
+            if kind == "mount" and is_mounted(what):
+                subprocess.run(["umount", what], capture_output=True)
+                if is_mounted(what):
+                    subprocess.run(["umount", "-l", what], capture_output=True)
+            elif kind == "loop":
+                subprocess.run(["losetup", "-d", what], capture_output=True)
+        self.items = []
+
+
+class CliResult:
+    def __init__(self, p):
+        self.rc = p.returncode
+        self.out = p.stdout
+        self.err = p.stderr
+        self.json = None
+        if self.rc == 0 and p.stdout.strip():
+            self.json = json.loads(p.stdout)
+
+    def error_code(self):
+        """The EC2 code in 'An error occurred (CODE) when calling ...', or None."""
+        marker = "An error occurred ("
+        i = self.err.find(marker)
+        if i < 0:
+            return None
+        return self.err[i + len(marker):].split(")", 1)[0]
+
+
+class Daemon:
+    """One ebsimd on one home; started, stopped and killed by PID."""
+
+    def __init__(self, home, engine="io_uring", ebsimd=EBSIMD, ebsim=EBSIM,
+                 account="123456789012", region="us-east-1"):
+        self.home = home
+        self.engine = engine
+        self.ebsimd = ebsimd
+        self.ebsim = ebsim
+        self.account = account
+        self.region = region
+        self.pid = None
+        self.allow_errors = False
+        self.log_offset = 0
+
+    def start(self, extra=(), env=None):
+        p = run([self.ebsimd, "--home", self.home, "--io-engine", self.engine, *extra],
+                check=False, env=env)
+        if p.returncode != 0:
+            raise AssertionError(f"ebsimd failed to start: {p.stderr}\n{self.log()}")
+        with open(os.path.join(self.home, "ebsimd.pid")) as f:
+            self.pid = int(f.read())
+        assert is_mounted(os.path.join(self.home, "mnt"))
+        return self
+
+    def stop(self):
+        """Clean stop (SIGTERM via --stop), waiting for the daemon to finish."""
+        run([self.ebsimd, "--home", self.home, "--stop"])
+        self._wait_gone()
+
+    def kill9(self):
+        os.kill(self.pid, signal.SIGKILL)
+        self._wait_gone()
+
+    def _wait_gone(self):
+        for _ in range(600):
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                break
+            # reap if it is our child (it is not: ebsimd daemonizes), else poll
+            time.sleep(0.05)
+        else:
+            raise AssertionError(f"ebsimd {self.pid} did not exit")
+        self.pid = None
+
+    def alive(self):
+        if not self.pid:
+            return False
+        try:
+            os.kill(self.pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+
+    def cli(self, *args, account=None, region=None, env=None):
+        cmd = [self.ebsim, "--home", self.home, "--account", account or self.account,
+               "--region", region or self.region, *map(str, args)]
+        return CliResult(subprocess.run(cmd, capture_output=True, text=True, env=env))
+
+    def ok(self, *args, **kw):
+        r = self.cli(*args, **kw)
+        assert r.rc == 0, f"ebsim {args} -> {r.rc}: {r.err}"
+        return r.json
+
+    def create_volume(self, size=1, *extra):
+        return self.ok("create-volume", "--size", size, *extra)
+
+    def log(self):
+        try:
+            with open(os.path.join(self.home, "ebsimd.log")) as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def expect_errors(self):
+        self.allow_errors = True
+
+    def unexpected_log_errors(self):
+        if self.allow_errors:
+            return []
+        return [l for l in self.log().splitlines() if " error: " in l]
+
+
+@pytest.fixture
+def home():
+    d = tempfile.mkdtemp(prefix="ebsim-test-", dir="/tmp")
+    yield d
+    mnt = os.path.join(d, "mnt")
+    if is_mounted(mnt):
+        subprocess.run(["umount", "-l", mnt], capture_output=True)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def res():
+    r = Resources()
+    yield r
+    r.cleanup()
+
+
+def _teardown_daemon(d):
+    if d.alive():
+        try:
+            d.stop()
+        except AssertionError:
+            os.kill(d.pid, signal.SIGKILL)
+            d._wait_gone()
+
+
+@pytest.fixture
+def daemon(home, res):
+    """A running ebsimd (io_uring) on a private home. Teardown: loops/mounts first (res is
+    torn down after this fixture because this fixture depends on it), then the daemon."""
+    d = Daemon(home).start()
+    yield d
+    res.cleanup()
+    _teardown_daemon(d)
+    errors = d.unexpected_log_errors()
+    assert not errors, "unexpected errors in ebsimd.log:\n" + "\n".join(errors)
+
+
+@pytest.fixture
+def make_daemon(home, res):
+    """Factory for tests that choose the engine or start/stop daemons themselves."""
+    made = []
+
+    def factory(engine="io_uring", start=True, subhome=None):
+        h = home if subhome is None else os.path.join(home, subhome)
+        os.makedirs(h, exist_ok=True)
+        d = Daemon(h, engine=engine)
+        made.append(d)
+        return d.start() if start else d
+
+    yield factory
+    res.cleanup()
+    for d in made:
+        _teardown_daemon(d)
+        mnt = os.path.join(d.home, "mnt")
+        if is_mounted(mnt):
+            subprocess.run(["umount", "-l", mnt], capture_output=True)
