@@ -1,0 +1,1911 @@
+/* SPDX-License-Identifier: MIT */
+/* ebsim.c - the ebsim CLI: awscli-style commands sent to ebsimd as one JSON request each. */
+/*
+ * Design notes
+ * ------------
+ * Command line.  `ebsim [global options] <command> [parameters]`, parsed in one pass
+ * without getopt.  Global options (--home, --region, --account, --debug, --help, --version)
+ * are recognised anywhere, as awscli does; every other `--option` is looked up in the
+ * command's option table.  Options take `--opt value` or `--opt=value`; list options take
+ * the words up to the next `--option` (argparse's nargs='+'), and repeating them appends.
+ * The parser does not stop at the first problem: it keeps the first usage error and the
+ * unknown words, so that --help and --version win wherever they appear and all unknown
+ * words are reported together.
+ *
+ * The registry.  cli_verbs[] is the one place a command is described: its kebab-case name,
+ * its EC2 action, its help text, its output fields and its options.  An option's type
+ * decides how its text becomes JSON:
+ *   integer   "8" -> 8; text that is not a decimal int64 goes as the raw string
+ *   string    as is
+ *   boolean   --x -> true, --no-x -> false
+ *   list      words -> ["a", "b"]; a word that starts with '[' is read as a JSON array
+ *   json      parsed strictly; text that does not parse goes as the raw string
+ *   filters   Name=n,Values=a,b (awscli shorthand) or JSON, one filter per word
+ * The CLI does no semantic checks (ctl_proto.h): ebsimd is the one place where rules live,
+ * so bad values travel as strings and come back as InvalidParameterValue.  Only shorthand
+ * that cannot be parsed at all is refused here, as awscli refuses it (exit 252).
+ *
+ * Transport and output.  One connection per call: the request line out, one reply line
+ * (at most CLI_REPLY_MAX bytes) back.  Result is printed as awscli prints it, which is
+ * Python's json.dumps(indent=4, ensure_ascii=False): keys in the daemon's order, "/" not
+ * escaped, and an empty object prints nothing.  Exit codes are awscli's (ctl_proto.h).
+ *
+ * Hostile input.  Arguments may come from anyone, or from a fuzzer: they are never copied
+ * into fixed-size buffers, user text echoed in a message is cut to CLI_ECHO_MAX bytes, JSON
+ * nesting is bounded by CLI_JSON_DEPTH on the way in and out (so the recursive printer is
+ * bounded too), and every allocation is checked; running out of memory exits 255.
+ */
+#include "common/common.h"
+#include "common/ctl_proto.h"
+
+#include <errno.h>
+#include <json-c/json.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define EBSIM_VERSION "0.1.0"
+
+#define CLI_ECHO_MAX 200	 /* longest piece of user text quoted in a message */
+#define CLI_ERR_MAX 1024	 /* room for one usage error message */
+#define CLI_UNKNOWN_MAX 32	 /* unknown words listed in one message */
+#define CLI_JSON_DEPTH 64	 /* deepest JSON nesting read from the user or the daemon */
+#define CLI_REPLY_MAX (64 << 20) /* longest reply line accepted from ebsimd */
+#define CLI_REPLY_MAX_TEXT "64 MiB"
+#define CLI_PARAM_MAX 64	     /* longest EC2 parameter name */
+#define CLI_HELP_WIDTH 79	     /* help text is wrapped to this many columns */
+#define CLI_EXIT_NOMEM EXIT_NODAEMON /* awscli exits 255 on any unexpected failure */
+
+/* --- the command registry ------------------------------------------------------------ */
+
+enum cli_type {
+	CLI_INTEGER,
+	CLI_STRING,
+	CLI_BOOLEAN,
+	CLI_LIST,
+	CLI_JSON,
+	CLI_FILTERS,
+};
+
+struct cli_opt {
+	const char *name; /* kebab-case, without the leading "--" */
+	enum cli_type type;
+	bool required;
+	const char *param; /* EC2 parameter name; NULL: the name in PascalCase */
+	const char *help;
+};
+
+/* One field of a command's output, for the OUTPUT section of its help. */
+struct cli_field {
+	int depth; /* 0 for a top-level key, 1 for a key inside it, ... */
+	const char *name;
+	const char *type;
+	const char *help;
+};
+
+struct cli_verb {
+	const char *name;   /* kebab-case, as typed */
+	const char *action; /* the EC2 API action, PascalCase */
+	const char *summary;
+	const char *description;
+	const struct cli_opt *opts;	/* ends with an entry whose name is NULL */
+	const struct cli_field *output; /* ends with a NULL name; NULL: prints nothing */
+	const char *examples;
+};
+
+/* Help text: blank lines separate paragraphs, which are wrapped; a line that starts with a
+ * space is printed as it is, less that space; a line that starts with "* " is a bullet with
+ * a hanging indent. */
+
+/* The tables below are laid out by hand: clang-format mangles nested initializers. */
+/* clang-format off */
+#define TAG_FIELDS(d)                                                                          \
+	{d, "Tags", "list", "The tags of the resource."},                                      \
+	    {d + 1, "Key", "string", "The key of the tag."},                                   \
+	    {d + 1, "Value", "string", "The value of the tag."}
+
+#define VOLUME_FIELDS(d)                                                                       \
+	{d, "VolumeId", "string", "The ID of the volume: vol- and 17 hexadecimal digits."},    \
+	    {d, "Size", "integer", "The size of the volume, in GiB."},                         \
+	    {d, "SnapshotId", "string",                                                        \
+	     "The snapshot the volume was created from, or an empty string."},                 \
+	    {d, "AvailabilityZone", "string", "The Availability Zone of the volume."},         \
+	    {d, "State", "string",                                                             \
+	     "creating, available, in-use, deleting, deleted or error."},                      \
+	    {d, "CreateTime", "timestamp",                                                     \
+	     "When the volume was created, ISO 8601 in UTC, e.g. 2026-11-28T17:44:59.000Z."},  \
+	    {d, "VolumeType", "string", "gp2, gp3, io1, io2, st1, sc1 or standard."},          \
+	    {d, "Iops", "integer",                                                             \
+	     "The provisioned IOPS (io1, io2, gp3), or the baseline IOPS of a gp2 volume."},   \
+	    {d, "Throughput", "integer", "The provisioned throughput of a gp3 volume, MiB/s."}, \
+	    {d, "Encrypted", "boolean", "Whether the volume is encrypted."},                   \
+	    {d, "KmsKeyId", "string",                                                          \
+	     "The key ID given when the volume was created, if any (encrypted volumes)."},     \
+	    {d, "MultiAttachEnabled", "boolean", "Whether Multi-Attach is enabled."},          \
+	    {d, "Attachments", "list", "The instances the volume is attached to."},            \
+	    {d + 1, "InstanceId", "string", "The ID of the instance."},                        \
+	    {d + 1, "Device", "string", "The device name, e.g. /dev/sdf."},                    \
+	    {d + 1, "State", "string", "attaching, attached, detaching or detached."},         \
+	    {d + 1, "AttachTime", "timestamp", "When the attachment started."},                \
+	    {d + 1, "DeleteOnTermination", "boolean",                                          \
+	     "Whether the volume is deleted when the instance terminates."},                   \
+	    {d + 1, "VolumeId", "string", "The ID of the volume."},                            \
+	    TAG_FIELDS(d)
+
+#define VOLUME_TYPE_HELP                                                                       \
+	"The volume type: gp2 (General Purpose SSD), gp3 (General Purpose SSD with "           \
+	"provisioned IOPS and throughput), io1 or io2 (Provisioned IOPS SSD), st1 (Throughput "  \
+	"Optimized HDD), sc1 (Cold HDD) or standard (Magnetic)."
+
+static const struct cli_verb cli_verbs[] = {
+	{
+		.name = "create-volume",
+		.action = "CreateVolume",
+		.summary = "Creates an EBS volume, empty or restored from a snapshot.",
+		.description =
+			"Creates an EBS volume: a block device that lives until it is deleted, "
+			"independently of any instance. ebsimd keeps it as a sparse file under its "
+			"home directory, so a new volume uses no space until it is written and "
+			"reads as zeros where it was never written.\n"
+			"\n"
+			"Give --size to create an empty volume, --snapshot-id to restore one from a "
+			"snapshot, or both to restore a snapshot into a larger volume. A restored "
+			"volume can be used at once: each block is read from the snapshot the first "
+			"time it is touched and kept in the volume from then on (EBS calls this lazy "
+			"loading).\n"
+			"\n"
+			"The volume type defaults to gp2. --iops applies to io1, io2 and gp3 and is "
+			"required for io1 and io2; --throughput applies to gp3 only. ebsimd checks "
+			"the size, IOPS and throughput against the limits EC2 sets for each type and "
+			"answers InvalidParameterValue when they do not fit.\n"
+			"\n"
+			"--encrypted encrypts the volume with AES-256-XTS under a key of its own, "
+			"which is stored wrapped by the master key of the ebsim home. A volume "
+			"restored from an encrypted snapshot is always encrypted.\n"
+			"\n"
+			"The volume belongs to the account and region of the request (--account, "
+			"--region). Check its State with describe-volumes before using it.",
+		.opts = (const struct cli_opt[]){
+			{"size", CLI_INTEGER, false, NULL,
+			 "The size of the volume, in GiB. Required unless --snapshot-id is given; "
+			 "with a snapshot it defaults to the snapshot's size and may not be "
+			 "smaller."},
+			{"volume-type", CLI_STRING, false, NULL,
+			 VOLUME_TYPE_HELP " The default is gp2."},
+			{"iops", CLI_INTEGER, false, NULL,
+			 "The I/O operations per second to provision. Required for io1 and io2, "
+			 "optional for gp3 (EC2's baseline of 3,000 when omitted), refused for the "
+			 "other types."},
+			{"throughput", CLI_INTEGER, false, NULL,
+			 "The throughput to provision, in MiB/s, for gp3 volumes only (EC2's "
+			 "baseline of 125 when omitted)."},
+			{"encrypted", CLI_BOOLEAN, false, NULL,
+			 "Whether to encrypt the volume. A volume restored from an encrypted "
+			 "snapshot is encrypted whatever this says."},
+			{"availability-zone", CLI_STRING, false, NULL,
+			 "The Availability Zone in which to create the volume, for example "
+			 "us-east-1a. It must belong to the region of the request; an instance can "
+			 "attach only the volumes of its own zone."},
+			{"snapshot-id", CLI_STRING, false, NULL,
+			 "The snapshot from which to restore the volume."},
+			{"kms-key-id", CLI_STRING, false, NULL,
+			 "The KMS key to encrypt the volume with. ebsim has no KMS: the value is "
+			 "accepted so that awscli scripts run unchanged and is passed to ebsimd as "
+			 "KmsKeyId; the volume key is wrapped by the home's master key either way."},
+			{"tag-specifications", CLI_JSON, false, NULL,
+			 "Tags to put on the new volume, as JSON, for example "
+			 "[{\"ResourceType\":\"volume\",\"Tags\":[{\"Key\":\"Name\",\"Value\":\"data\"}]}]. "
+			 "awscli's shorthand syntax is not accepted for this option."},
+			{NULL, 0, false, NULL, NULL},
+		},
+		.output = (const struct cli_field[]){
+			VOLUME_FIELDS(0),
+			{0, NULL, NULL, NULL},
+		},
+		.examples =
+			"To create an empty 8 GiB gp3 volume\n"
+			"\n"
+			"    ebsim create-volume --size 8 --volume-type gp3 \\\n"
+			"        --availability-zone us-east-1a\n"
+			"\n"
+			"Output:\n"
+			"\n"
+			"    {\n"
+			"        \"VolumeId\": \"vol-0123456789abcdef0\",\n"
+			"        \"Size\": 8,\n"
+			"        \"SnapshotId\": \"\",\n"
+			"        \"AvailabilityZone\": \"us-east-1a\",\n"
+			"        \"State\": \"creating\",\n"
+			"        \"CreateTime\": \"2026-11-28T17:44:59.000Z\",\n"
+			"        \"VolumeType\": \"gp3\",\n"
+			"        \"Iops\": 3000,\n"
+			"        \"Throughput\": 125,\n"
+			"        \"Encrypted\": false,\n"
+			"        \"MultiAttachEnabled\": false,\n"
+			"        \"Tags\": []\n"
+			"    }\n"
+			"\n"
+			"To restore an encrypted snapshot into a larger, tagged volume\n"
+			"\n"
+			"    ebsim create-volume --snapshot-id snap-0123456789abcdef0 --size 100 \\\n"
+			"        --availability-zone us-east-1a --encrypted \\\n"
+			"        --tag-specifications '[{\"ResourceType\":\"volume\",\n"
+			"            \"Tags\":[{\"Key\":\"Name\",\"Value\":\"restored\"}]}]'\n"
+			"\n"
+			"To create an io2 volume with 4,000 provisioned IOPS\n"
+			"\n"
+			"    ebsim create-volume --volume-type io2 --iops 4000 --size 100 \\\n"
+			"        --availability-zone us-east-1a\n",
+	},
+	{
+		.name = "describe-volumes",
+		.action = "DescribeVolumes",
+		.summary = "Describes volumes: all of them, the ones named, or those matching filters.",
+		.description =
+			"Describes the volumes of the account in the region of the request: all of "
+			"them, the ones named by --volume-ids, or the ones that match --filters. If "
+			"a volume named by --volume-ids does not exist, the whole call fails with "
+			"InvalidVolume.NotFound.\n"
+			"\n"
+			"A volume is listed when it matches every filter, and it matches a filter "
+			"when it matches any of the filter's values. The filter names are EC2's:\n"
+			"\n"
+			"* attachment.attach-time, attachment.delete-on-termination, "
+			"attachment.device, attachment.instance-id, attachment.status (attaching | "
+			"attached | detaching)\n"
+			"* availability-zone, create-time, encrypted, multi-attach-enabled, size (in "
+			"GiB), snapshot-id, volume-id, volume-type\n"
+			"* status (creating | available | in-use | deleting | deleted | error)\n"
+			"* tag:<key> (the value of the tag <key>), tag-key (the volume has a tag with "
+			"this key)\n"
+			"\n"
+			"Unlike awscli, ebsim does not fetch the pages of a long answer for you. With "
+			"--max-results the reply holds at most that many volumes, and a NextToken "
+			"when more remain: pass it back with --next-token to get the next page. "
+			"--max-results cannot be combined with --volume-ids.",
+		.opts = (const struct cli_opt[]){
+			{"volume-ids", CLI_LIST, false, NULL,
+			 "The IDs of the volumes to describe, separated by spaces."},
+			{"filters", CLI_FILTERS, false, NULL,
+			 "Filters, each in awscli's shorthand, Name=string,Values=string,string, "
+			 "or in JSON, [{\"Name\":\"string\",\"Values\":[\"string\",...]},...]. "
+			 "Give several words, or repeat --filters, to combine filters."},
+			{"max-results", CLI_INTEGER, false, NULL,
+			 "The largest number of volumes in one reply (EC2 accepts 5 to 500). The "
+			 "reply carries a NextToken when more volumes remain."},
+			{"next-token", CLI_STRING, false, NULL,
+			 "The NextToken of the previous reply, to get the next page."},
+			{NULL, 0, false, NULL, NULL},
+		},
+		.output = (const struct cli_field[]){
+			{0, "Volumes", "list", "The volumes, each described as follows."},
+			VOLUME_FIELDS(1),
+			{0, "NextToken", "string",
+			 "The token to pass to --next-token for the next page; absent on the last "
+			 "page."},
+			{0, NULL, NULL, NULL},
+		},
+		.examples =
+			"To describe every volume\n"
+			"\n"
+			"    ebsim describe-volumes\n"
+			"\n"
+			"To describe two volumes\n"
+			"\n"
+			"    ebsim describe-volumes --volume-ids vol-0123456789abcdef0 \\\n"
+			"        vol-0fedcba9876543210\n"
+			"\n"
+			"To list the volumes that are attached or available, in one zone\n"
+			"\n"
+			"    ebsim describe-volumes --filters Name=status,Values=in-use,available \\\n"
+			"        Name=availability-zone,Values=us-east-1a\n"
+			"\n"
+			"The same with JSON\n"
+			"\n"
+			"    ebsim describe-volumes --filters '[{\"Name\":\"status\",\n"
+			"        \"Values\":[\"in-use\",\"available\"]},\n"
+			"        {\"Name\":\"availability-zone\",\"Values\":[\"us-east-1a\"]}]'\n"
+			"\n"
+			"To find the volumes tagged Name=data\n"
+			"\n"
+			"    ebsim describe-volumes --filters Name=tag:Name,Values=data\n",
+	},
+	{
+		.name = "delete-volume",
+		.action = "DeleteVolume",
+		.summary = "Deletes a volume that is not attached to an instance.",
+		.description =
+			"Deletes a volume and its data; there is no undo. The volume must be in the "
+			"available state, attached to no instance: detach it first, or the call "
+			"fails with VolumeInUse. Snapshots taken from the volume are not affected.\n"
+			"\n"
+			"On success nothing is printed.",
+		.opts = (const struct cli_opt[]){
+			{"volume-id", CLI_STRING, true, NULL, "The ID of the volume to delete."},
+			{NULL, 0, false, NULL, NULL},
+		},
+		.output = NULL,
+		.examples = "To delete a volume\n"
+			    "\n"
+			    "    ebsim delete-volume --volume-id vol-0123456789abcdef0\n"
+			    "\n"
+			    "This prints nothing when it succeeds.\n",
+	},
+	{
+		.name = "modify-volume",
+		.action = "ModifyVolume",
+		.summary = "Changes the size, type, IOPS or throughput of a volume.",
+		.description =
+			"Changes the size, the type, the IOPS or the throughput of a volume, whether "
+			"or not it is attached, without stopping its instance. Give only what should "
+			"change; the rest is kept. The new values must fit the limits of the "
+			"(new) volume type, as for create-volume.\n"
+			"\n"
+			"A volume can grow but not shrink. After growing it, grow the partition and "
+			"the file system on it to use the new space (for example with growpart and "
+			"resize2fs, or xfs_growfs).\n"
+			"\n"
+			"The reply describes the modification. Its ModificationState goes from "
+			"modifying to optimizing to completed, or to failed; the new size can be "
+			"used from the optimizing state on.",
+		.opts = (const struct cli_opt[]){
+			{"volume-id", CLI_STRING, true, NULL, "The ID of the volume to modify."},
+			{"size", CLI_INTEGER, false, NULL,
+			 "The new size, in GiB; not smaller than the current size."},
+			{"volume-type", CLI_STRING, false, NULL, VOLUME_TYPE_HELP},
+			{"iops", CLI_INTEGER, false, NULL,
+			 "The new provisioned IOPS, for io1, io2 and gp3 volumes."},
+			{"throughput", CLI_INTEGER, false, NULL,
+			 "The new provisioned throughput, in MiB/s, for gp3 volumes."},
+			{NULL, 0, false, NULL, NULL},
+		},
+		.output = (const struct cli_field[]){
+			{0, "VolumeModification", "structure", "The modification."},
+			{1, "VolumeId", "string", "The ID of the volume."},
+			{1, "ModificationState", "string",
+			 "modifying, optimizing, completed or failed."},
+			{1, "StatusMessage", "string", "Why the modification failed, if it did."},
+			{1, "TargetSize", "integer", "The size being moved to, in GiB."},
+			{1, "TargetIops", "integer", "The IOPS being moved to."},
+			{1, "TargetVolumeType", "string", "The volume type being moved to."},
+			{1, "TargetThroughput", "integer", "The throughput being moved to, MiB/s."},
+			{1, "OriginalSize", "integer", "The size before the modification, in GiB."},
+			{1, "OriginalIops", "integer", "The IOPS before the modification."},
+			{1, "OriginalVolumeType", "string", "The type before the modification."},
+			{1, "OriginalThroughput", "integer",
+			 "The throughput before the modification, MiB/s."},
+			{1, "Progress", "integer", "How far the modification is, in percent."},
+			{1, "StartTime", "timestamp", "When the modification started."},
+			{1, "EndTime", "timestamp", "When the modification completed."},
+			{0, NULL, NULL, NULL},
+		},
+		.examples =
+			"To grow a volume to 200 GiB and make it gp3\n"
+			"\n"
+			"    ebsim modify-volume --volume-id vol-0123456789abcdef0 --size 200 \\\n"
+			"        --volume-type gp3\n"
+			"\n"
+			"Output:\n"
+			"\n"
+			"    {\n"
+			"        \"VolumeModification\": {\n"
+			"            \"VolumeId\": \"vol-0123456789abcdef0\",\n"
+			"            \"ModificationState\": \"modifying\",\n"
+			"            \"TargetSize\": 200,\n"
+			"            \"TargetIops\": 3000,\n"
+			"            \"TargetVolumeType\": \"gp3\",\n"
+			"            \"TargetThroughput\": 125,\n"
+			"            \"OriginalSize\": 100,\n"
+			"            \"OriginalIops\": 300,\n"
+			"            \"OriginalVolumeType\": \"gp2\",\n"
+			"            \"Progress\": 0,\n"
+			"            \"StartTime\": \"2026-11-28T17:44:59.000Z\"\n"
+			"        }\n"
+			"    }\n",
+	},
+};
+
+/* clang-format on */
+
+/* Keys whose value is a list even when the shorthand gives one value (Values=a). */
+static const char *const cli_filter_list_keys[] = {"Values", NULL};
+
+/* --- parse state ---------------------------------------------------------------------- */
+
+struct cli {
+	const char *home, *region, *account;
+	const char *verb_word;	     /* the command as typed; NULL when none was */
+	const struct cli_verb *verb; /* NULL when verb_word names no command */
+	bool help, version, debug;
+	bool help_word;		   /* `ebsim help [command]` */
+	size_t nopts;		   /* options of verb */
+	struct json_object **vals; /* per option: its JSON value (NULL is JSON null) */
+	bool *given;		   /* per option: it was on the command line */
+	char err[CLI_ERR_MAX];	   /* the first usage error, "" when none */
+	bool err_bare;		   /* err is printed without the usage lines */
+	const char *unknown[CLI_UNKNOWN_MAX];
+	size_t nunknown; /* may exceed CLI_UNKNOWN_MAX; the rest are counted */
+};
+
+static int cli_nomem(void)
+{
+	fputs("ebsim: out of memory\n", stderr);
+	return CLI_EXIT_NOMEM;
+}
+
+/* Echo length of user text: at most CLI_ECHO_MAX bytes of it appear in a message. */
+static int cli_echo_len(const char *s)
+{
+	return (int)strnlen(s, CLI_ECHO_MAX);
+}
+
+static void cli_set_err(struct cli *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Keep only the first error: later ones are usually consequences of it. */
+static void cli_set_err(struct cli *c, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (c->err[0])
+		return;
+	va_start(ap, fmt);
+	vsnprintf(c->err, sizeof(c->err), fmt, ap);
+	va_end(ap);
+}
+
+static const struct cli_verb *cli_find_verb(const char *name)
+{
+	for (size_t i = 0; i < ARRAY_SIZE(cli_verbs); i++)
+		if (strcmp(cli_verbs[i].name, name) == 0)
+			return &cli_verbs[i];
+	return NULL;
+}
+
+/* "volume-ids" -> "VolumeIds". The names are ours (the registry), so they fit. */
+static void cli_param_name(const struct cli_opt *o, char out[CLI_PARAM_MAX])
+{
+	size_t n = 0;
+	bool up = true;
+
+	if (o->param) {
+		snprintf(out, CLI_PARAM_MAX, "%s", o->param);
+		return;
+	}
+	for (const char *p = o->name; *p && n + 1 < CLI_PARAM_MAX; p++) {
+		if (*p == '-') {
+			up = true;
+			continue;
+		}
+		out[n++] = up && *p >= 'a' && *p <= 'z' ? (char)(*p - 'a' + 'A') : *p;
+		up = false;
+	}
+	out[n] = '\0';
+}
+
+/* --- JSON values from text --------------------------------------------------------------- */
+
+/* Parse all of s (NUL-terminated at len) as strict JSON. Returns true and *out (NULL for a
+ * JSON null) on success; else false, and *why (if not NULL) says what went wrong. */
+static bool cli_json_parse(const char *s, size_t len, struct json_object **out, const char **why)
+{
+	struct json_tokener *tok;
+	struct json_object *o;
+	enum json_tokener_error jerr;
+	bool ok;
+
+	*out = NULL;
+	if (why)
+		*why = "too long";
+	if (len > INT_MAX - 1)
+		return false;
+	if (why)
+		*why = "out of memory";
+	tok = json_tokener_new_ex(CLI_JSON_DEPTH);
+	if (!tok)
+		return false;
+	json_tokener_set_flags(tok, JSON_TOKENER_STRICT);
+	/* Include the terminating NUL: it tells the tokener that a bare number has ended. */
+	o = json_tokener_parse_ex(tok, s, (int)len + 1);
+	jerr = json_tokener_get_error(tok);
+	ok = jerr == json_tokener_success && json_tokener_get_parse_end(tok) >= len;
+	if (why)
+		*why = jerr == json_tokener_success ? "text after the JSON value"
+						    : json_tokener_error_desc(jerr);
+	json_tokener_free(tok);
+	if (!ok) {
+		json_object_put(o);
+		return false;
+	}
+	*out = o;
+	return true;
+}
+
+/* Add v to array a; on failure v is released and -ENOMEM returned. */
+static int cli_array_add(struct json_object *a, struct json_object *v)
+{
+	if (json_object_array_add(a, v) < 0) {
+		json_object_put(v);
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+/* Add key: v to object o; on failure v is released and -ENOMEM returned. */
+static int cli_object_add(struct json_object *o, const char *key, struct json_object *v)
+{
+	if (json_object_object_add(o, key, v) < 0) {
+		json_object_put(v);
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+/* A decimal integer becomes a JSON integer; anything else stays a string. NULL: no memory. */
+static struct json_object *cli_integer(const char *s)
+{
+	const char *p = s;
+	long long v;
+	char *end;
+
+	if (*p == '+' || *p == '-')
+		p++;
+	if (!*p)
+		return json_object_new_string(s);
+	for (const char *q = p; *q; q++)
+		if (*q < '0' || *q > '9')
+			return json_object_new_string(s);
+	errno = 0;
+	v = strtoll(s, &end, 10);
+	if (errno || *end)
+		return json_object_new_string(s);
+	return json_object_new_int64(v);
+}
+
+/* JSON text becomes its value; text that does not parse is sent as a string, and ebsimd
+ * answers InvalidParameterValue. Returns 0 or -ENOMEM. */
+static int cli_json_value(const char *s, struct json_object **out)
+{
+	if (cli_json_parse(s, strlen(s), out, NULL))
+		return 0;
+	*out = json_object_new_string(s);
+	return *out ? 0 : -ENOMEM;
+}
+
+/* Whether a word (after leading blanks) starts with one of the characters in set. */
+static bool cli_starts_with(const char *s, const char *set)
+{
+	s += strspn(s, " \t\n");
+	return *s && strchr(set, *s);
+}
+
+/* Append a word of JSON to list a: the elements of an array, or the value itself; a word
+ * that does not parse is appended as a string. */
+static int cli_append_json(struct json_object *a, const char *s)
+{
+	struct json_object *v;
+	size_t n;
+	int ret;
+
+	ret = cli_json_value(s, &v);
+	if (ret < 0)
+		return ret;
+	if (!json_object_is_type(v, json_type_array))
+		return cli_array_add(a, v);
+	n = json_object_array_length(v);
+	for (size_t i = 0; i < n; i++) {
+		ret = cli_array_add(a, json_object_get(json_object_array_get_idx(v, i)));
+		if (ret < 0)
+			break;
+	}
+	json_object_put(v);
+	return ret;
+}
+
+/* --- awscli shorthand: Name=status,Values=available,in-use -------------------------------- */
+
+struct cli_sh {
+	const char *s;
+	size_t len, pos;
+	const char *const *list_keys;
+	char err[96]; /* what was expected, what was found */
+};
+
+static void cli_sh_ws(struct cli_sh *p)
+{
+	while (p->pos < p->len && (p->s[p->pos] == ' ' || p->s[p->pos] == '\t'))
+		p->pos++;
+}
+
+static int cli_sh_fail(struct cli_sh *p, const char *expected)
+{
+	if (p->pos < p->len)
+		snprintf(p->err, sizeof(p->err), "Expected: '%s', received: '%c'", expected,
+			 p->s[p->pos]);
+	else
+		snprintf(p->err, sizeof(p->err), "Expected: '%s', received: 'EOF'", expected);
+	return -EINVAL;
+}
+
+static struct json_object *cli_sh_string(const struct cli_sh *p, size_t start, size_t end)
+{
+	if (end - start > INT_MAX)
+		return NULL;
+	return json_object_new_string_len(p->s + start, (int)(end - start));
+}
+
+/* One value: 'quoted', "quoted", or bare up to ',' (or ']' inside [a,b]). */
+static int cli_sh_value(struct cli_sh *p, bool in_brackets, struct json_object **out)
+{
+	size_t start, end;
+
+	cli_sh_ws(p);
+	if (p->pos < p->len && (p->s[p->pos] == '"' || p->s[p->pos] == '\'')) {
+		char q = p->s[p->pos++];
+
+		start = p->pos;
+		while (p->pos < p->len && p->s[p->pos] != q)
+			p->pos++;
+		if (p->pos == p->len)
+			return cli_sh_fail(p, q == '"' ? "\"" : "'");
+		end = p->pos++;
+		cli_sh_ws(p);
+	} else {
+		start = p->pos;
+		while (p->pos < p->len && p->s[p->pos] != ',' &&
+		       !(in_brackets && p->s[p->pos] == ']'))
+			p->pos++;
+		end = p->pos;
+		while (end > start && (p->s[end - 1] == ' ' || p->s[end - 1] == '\t'))
+			end--;
+	}
+	*out = cli_sh_string(p, start, end);
+	return *out ? 0 : -ENOMEM;
+}
+
+/* At a ',' after a value: does a new key=value follow, or another value of the list? */
+static bool cli_sh_key_follows(const struct cli_sh *p)
+{
+	size_t q = p->pos + 1;
+
+	while (q < p->len && (p->s[q] == ' ' || p->s[q] == '\t'))
+		q++;
+	if (q < p->len && (p->s[q] == '"' || p->s[q] == '\''))
+		return false;
+	for (; q < p->len && p->s[q] != ','; q++)
+		if (p->s[q] == '=')
+			return true;
+	return false;
+}
+
+/* [a,b,c] */
+static int cli_sh_brackets(struct cli_sh *p, struct json_object *list)
+{
+	struct json_object *v;
+	int ret;
+
+	p->pos++; /* '[' */
+	cli_sh_ws(p);
+	if (p->pos < p->len && p->s[p->pos] == ']') {
+		p->pos++;
+		return 0;
+	}
+	for (;;) {
+		ret = cli_sh_value(p, true, &v);
+		if (ret < 0)
+			return ret;
+		ret = cli_array_add(list, v);
+		if (ret < 0)
+			return ret;
+		if (p->pos < p->len && p->s[p->pos] == ',') {
+			p->pos++;
+			continue;
+		}
+		if (p->pos < p->len && p->s[p->pos] == ']') {
+			p->pos++;
+			return 0;
+		}
+		return cli_sh_fail(p, "]");
+	}
+}
+
+static bool cli_sh_is_list_key(const struct cli_sh *p, const char *key)
+{
+	for (const char *const *k = p->list_keys; k && *k; k++)
+		if (strcmp(*k, key) == 0)
+			return true;
+	return false;
+}
+
+/* key=value: a value, a,b,c or [a,b,c]. Adds the pair to obj. */
+static int cli_sh_pair(struct cli_sh *p, struct json_object *obj)
+{
+	struct json_object *first = NULL, *list = NULL, *v;
+	size_t kstart, kend;
+	char *key;
+	int ret;
+
+	cli_sh_ws(p);
+	kstart = p->pos;
+	while (p->pos < p->len && p->s[p->pos] != '=' && p->s[p->pos] != ',')
+		p->pos++;
+	kend = p->pos;
+	while (kend > kstart && (p->s[kend - 1] == ' ' || p->s[kend - 1] == '\t'))
+		kend--;
+	if (p->pos == p->len || p->s[p->pos] != '=')
+		return cli_sh_fail(p, "=");
+	if (kend == kstart)
+		return cli_sh_fail(p, "a parameter name");
+	key = strndup(p->s + kstart, kend - kstart);
+	if (!key)
+		return -ENOMEM;
+	p->pos++; /* '=' */
+	cli_sh_ws(p);
+	if (p->pos < p->len && p->s[p->pos] == '[') {
+		ret = -ENOMEM;
+		list = json_object_new_array();
+		if (!list)
+			goto out_free_key;
+		ret = cli_sh_brackets(p, list);
+		if (ret < 0)
+			goto out_put;
+	} else {
+		ret = cli_sh_value(p, false, &first);
+		if (ret < 0)
+			goto out_free_key;
+		while (p->pos < p->len && p->s[p->pos] == ',' && !cli_sh_key_follows(p)) {
+			p->pos++;
+			if (!list) {
+				ret = -ENOMEM;
+				list = json_object_new_array();
+				if (!list)
+					goto out_put;
+				ret = cli_array_add(list, first);
+				first = NULL;
+				if (ret < 0)
+					goto out_put;
+			}
+			ret = cli_sh_value(p, false, &v);
+			if (ret < 0)
+				goto out_put;
+			ret = cli_array_add(list, v);
+			if (ret < 0)
+				goto out_put;
+		}
+		if (!list && cli_sh_is_list_key(p, key)) {
+			ret = -ENOMEM;
+			list = json_object_new_array();
+			if (!list)
+				goto out_put;
+			ret = cli_array_add(list, first);
+			first = NULL;
+			if (ret < 0)
+				goto out_put;
+		}
+	}
+	ret = cli_object_add(obj, key, list ? list : first);
+	list = first = NULL;
+out_put:
+	json_object_put(list);
+	json_object_put(first);
+out_free_key:
+	free(key);
+	return ret;
+}
+
+/* Parse one shorthand word into an object. 0, -EINVAL (p->err says why) or -ENOMEM. */
+static int cli_shorthand(struct cli_sh *p, struct json_object **out)
+{
+	struct json_object *obj = json_object_new_object();
+	int ret;
+
+	*out = NULL;
+	if (!obj)
+		return -ENOMEM;
+	for (;;) {
+		ret = cli_sh_pair(p, obj);
+		if (ret < 0)
+			goto out_put;
+		cli_sh_ws(p);
+		if (p->pos == p->len)
+			break;
+		if (p->s[p->pos] != ',') {
+			ret = cli_sh_fail(p, ",");
+			goto out_put;
+		}
+		p->pos++;
+	}
+	*out = obj;
+	return 0;
+out_put:
+	json_object_put(obj);
+	return ret;
+}
+
+/* --- command-line parsing ------------------------------------------------------------ */
+
+static bool cli_is_option(const char *w)
+{
+	return w[0] == '-' && w[1] == '-';
+}
+
+static void cli_add_unknown(struct cli *c, const char *w)
+{
+	if (c->nunknown < CLI_UNKNOWN_MAX)
+		c->unknown[c->nunknown] = w;
+	if (c->nunknown < SIZE_MAX)
+		c->nunknown++;
+}
+
+/* Whether the option word's name (nlen bytes at a) is name. */
+static bool cli_name_is(const char *a, size_t nlen, const char *name)
+{
+	return strlen(name) == nlen && memcmp(a, name, nlen) == 0;
+}
+
+/* One value of the filters option: JSON, or a shorthand word. */
+static int cli_add_filter(struct cli *c, const struct cli_opt *o, struct json_object *list,
+			  const char *w)
+{
+	struct cli_sh p = {.s = w, .len = strlen(w), .list_keys = cli_filter_list_keys};
+	struct json_object *f;
+	int ret;
+
+	if (cli_starts_with(w, "[{"))
+		return cli_append_json(list, w);
+	ret = cli_shorthand(&p, &f);
+	if (ret == -EINVAL) {
+		/* awscli's format: the input, then a caret under the place it went wrong. */
+		int echo = cli_echo_len(w);
+
+		if (!c->err[0])
+			c->err_bare = true;
+		if (p.pos <= (size_t)echo)
+			cli_set_err(c, "Error parsing parameter '--%s': %s for input:\n%.*s\n%*s^",
+				    o->name, p.err, echo, w, (int)p.pos, "");
+		else
+			cli_set_err(c, "Error parsing parameter '--%s': %s for input:\n%.*s...",
+				    o->name, p.err, echo, w);
+		return 0;
+	}
+	if (ret < 0)
+		return ret;
+	return cli_array_add(list, f);
+}
+
+/* Convert one value word of option k and store or append it. 0 or -ENOMEM. */
+static int cli_store(struct cli *c, size_t k, const char *w)
+{
+	const struct cli_opt *o = &c->verb->opts[k];
+	struct json_object *v = NULL;
+	int ret;
+
+	switch (o->type) {
+	case CLI_LIST:
+	case CLI_FILTERS:
+		if (!c->vals[k]) {
+			c->vals[k] = json_object_new_array();
+			if (!c->vals[k])
+				return -ENOMEM;
+		}
+		c->given[k] = true;
+		if (o->type == CLI_FILTERS)
+			return cli_add_filter(c, o, c->vals[k], w);
+		if (cli_starts_with(w, "["))
+			return cli_append_json(c->vals[k], w);
+		v = json_object_new_string(w);
+		return v ? cli_array_add(c->vals[k], v) : -ENOMEM;
+	case CLI_INTEGER:
+		v = cli_integer(w);
+		if (!v)
+			return -ENOMEM;
+		break;
+	case CLI_JSON:
+		ret = cli_json_value(w, &v);
+		if (ret < 0)
+			return ret;
+		break;
+	case CLI_STRING:
+	case CLI_BOOLEAN: /* not reached: booleans take no value */
+		v = json_object_new_string(w);
+		if (!v)
+			return -ENOMEM;
+		break;
+	}
+	/* A repeated single-valued option: the last one wins, as in argparse. */
+	json_object_put(c->vals[k]);
+	c->vals[k] = v;
+	c->given[k] = true;
+	return 0;
+}
+
+/* Option k of the command, at argv[i]; inl is the text after '=' or NULL. Returns the index
+ * of the last word consumed, or -ENOMEM. */
+static int cli_take(struct cli *c, size_t k, bool negated, int argc, char **argv, int i,
+		    const char *inl)
+{
+	const struct cli_opt *o = &c->verb->opts[k];
+	int ret, j;
+
+	if (o->type == CLI_BOOLEAN) {
+		if (inl) {
+			cli_set_err(c, "argument --%s%s: ignored explicit argument '%.*s'",
+				    negated ? "no-" : "", o->name, cli_echo_len(inl), inl);
+			return i;
+		}
+		json_object_put(c->vals[k]);
+		c->vals[k] = json_object_new_boolean(!negated);
+		if (!c->vals[k])
+			return -ENOMEM;
+		c->given[k] = true;
+		return i;
+	}
+	if (inl) {
+		ret = cli_store(c, k, inl);
+		return ret < 0 ? ret : i;
+	}
+	if (o->type == CLI_LIST || o->type == CLI_FILTERS) {
+		for (j = i + 1; j < argc && !cli_is_option(argv[j]); j++) {
+			ret = cli_store(c, k, argv[j]);
+			if (ret < 0)
+				return ret;
+		}
+		if (j == i + 1)
+			cli_set_err(c, "argument --%s: expected at least one argument", o->name);
+		return j - 1;
+	}
+	if (i + 1 >= argc || cli_is_option(argv[i + 1])) {
+		cli_set_err(c, "argument --%s: expected one argument", o->name);
+		return i;
+	}
+	ret = cli_store(c, k, argv[i + 1]);
+	return ret < 0 ? ret : i + 1;
+}
+
+/* A global option that takes a value: --home, --region, --account. */
+static int cli_take_global(struct cli *c, const char **dst, const char *name, int argc, char **argv,
+			   int i, const char *inl)
+{
+	const char *v = inl ? inl : i + 1 < argc ? argv[i + 1] : NULL;
+
+	if (!v || (!inl && cli_is_option(v))) {
+		cli_set_err(c, "argument --%s: expected one argument", name);
+		return i;
+	}
+	/* An empty region or account is ebsimd's to refuse; an empty home names no socket. */
+	if (!*v && dst == &c->home)
+		cli_set_err(c, "argument --home: expected a directory, not an empty string");
+	*dst = v;
+	return inl ? i : i + 1;
+}
+
+/* The option word at argv[i]. Returns the index of the last word consumed, or -ENOMEM. */
+static int cli_option(struct cli *c, int argc, char **argv, int i)
+{
+	const char *a = argv[i] + 2;
+	const char *eq = strchr(a, '=');
+	size_t nlen = eq ? (size_t)(eq - a) : strlen(a);
+	const char *inl = eq ? eq + 1 : NULL;
+
+	if (cli_name_is(a, nlen, "help")) {
+		c->help = true;
+		return i;
+	}
+	if (cli_name_is(a, nlen, "version")) {
+		c->version = true;
+		return i;
+	}
+	if (cli_name_is(a, nlen, "debug")) {
+		c->debug = true;
+		return i;
+	}
+	if (cli_name_is(a, nlen, "home"))
+		return cli_take_global(c, &c->home, "home", argc, argv, i, inl);
+	if (cli_name_is(a, nlen, "region"))
+		return cli_take_global(c, &c->region, "region", argc, argv, i, inl);
+	if (cli_name_is(a, nlen, "account"))
+		return cli_take_global(c, &c->account, "account", argc, argv, i, inl);
+	if (c->verb) {
+		for (size_t k = 0; k < c->nopts; k++)
+			if (cli_name_is(a, nlen, c->verb->opts[k].name))
+				return cli_take(c, k, false, argc, argv, i, inl);
+		for (size_t k = 0; k < c->nopts; k++)
+			if (c->verb->opts[k].type == CLI_BOOLEAN && nlen > 3 &&
+			    memcmp(a, "no-", 3) == 0 &&
+			    cli_name_is(a + 3, nlen - 3, c->verb->opts[k].name))
+				return cli_take(c, k, true, argc, argv, i, inl);
+	}
+	cli_add_unknown(c, argv[i]);
+	return i;
+}
+
+static int cli_set_verb(struct cli *c, const char *w)
+{
+	c->verb_word = w;
+	c->verb = cli_find_verb(w);
+	if (!c->verb)
+		return 0;
+	while (c->verb->opts[c->nopts].name)
+		c->nopts++;
+	c->vals = calloc(c->nopts + 1, sizeof(*c->vals));
+	c->given = calloc(c->nopts + 1, sizeof(*c->given));
+	return c->vals && c->given ? 0 : -ENOMEM;
+}
+
+/* One pass over argv. 0 or -ENOMEM; usage problems are recorded in c, not returned. */
+static int cli_parse(struct cli *c, int argc, char **argv)
+{
+	int ret;
+
+	for (int i = 1; i < argc; i++) {
+		const char *w = argv[i];
+
+		if (cli_is_option(w)) {
+			i = cli_option(c, argc, argv, i);
+			if (i < 0)
+				return i;
+		} else if (!c->verb_word) {
+			if (!c->help_word && strcmp(w, "help") == 0) {
+				c->help_word = c->help = true;
+				continue;
+			}
+			ret = cli_set_verb(c, w);
+			if (ret < 0)
+				return ret;
+		} else if (c->help_word) {
+			continue; /* `ebsim help create-volume more words`: ignored */
+		} else if (c->verb && strcmp(w, "help") == 0) {
+			c->help = true; /* `ebsim create-volume help`, as in awscli */
+		} else {
+			cli_add_unknown(c, w);
+		}
+	}
+	return 0;
+}
+
+static void cli_free(struct cli *c)
+{
+	if (c->vals)
+		for (size_t k = 0; k < c->nopts; k++)
+			json_object_put(c->vals[k]);
+	free(c->vals);
+	free(c->given);
+}
+
+/* --- usage errors --------------------------------------------------------------------- */
+
+static int cli_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int cli_usage_error(const char *fmt, ...)
+{
+	va_list ap;
+
+	fputs("usage: ebsim [options] <command> [parameters]\n"
+	      "To see help text, you can run:\n"
+	      "\n"
+	      "  ebsim help\n"
+	      "  ebsim <command> help\n"
+	      "  ebsim <command> --help\n"
+	      "\n"
+	      "ebsim: error: ",
+	      stderr);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	return EXIT_USAGE;
+}
+
+/* Edit distance, for "maybe you meant"; only called on short words. */
+static size_t cli_distance(const char *a, const char *b)
+{
+	size_t la = strlen(a), lb = strlen(b);
+	size_t row[64];
+
+	if (lb >= ARRAY_SIZE(row))
+		return SIZE_MAX;
+	for (size_t j = 0; j <= lb; j++)
+		row[j] = j;
+	for (size_t i = 1; i <= la; i++) {
+		size_t diag = row[0];
+
+		row[0] = i;
+		for (size_t j = 1; j <= lb; j++) {
+			size_t up = row[j];
+			size_t best = diag + (a[i - 1] != b[j - 1]);
+
+			best = MIN(best, up + 1);
+			best = MIN(best, row[j - 1] + 1);
+			row[j] = best;
+			diag = up;
+		}
+	}
+	return row[lb];
+}
+
+static int cli_bad_verb(const char *w)
+{
+	size_t len = strlen(w);
+	bool any = false;
+	char list[1024] = "";
+	size_t used = 0;
+
+	if (len < 64) {
+		for (size_t i = 0; i < ARRAY_SIZE(cli_verbs); i++) {
+			const char *name = cli_verbs[i].name;
+			size_t d = cli_distance(w, name);
+			int n;
+
+			if (d > MAX(len / 4, (size_t)1) && !(len >= 3 && strstr(name, w)))
+				continue;
+			n = snprintf(list + used, sizeof(list) - used, "\n  * %s", name);
+			if (n < 0 || (size_t)n >= sizeof(list) - used)
+				break;
+			used += (size_t)n;
+			any = true;
+		}
+	}
+	if (any)
+		return cli_usage_error(
+		    "argument command: Invalid choice: '%.*s', maybe you meant:\n%s",
+		    cli_echo_len(w), w, list);
+	return cli_usage_error("argument command: Invalid choice: '%.*s'. "
+			       "Run 'ebsim help' to see the available commands.",
+			       cli_echo_len(w), w);
+}
+
+/* Everything the parser recorded, in argparse's order. 0 when the command can run. */
+static int cli_check(struct cli *c)
+{
+	char list[CLI_ERR_MAX];
+	size_t used = 0;
+
+	if (c->err[0]) {
+		if (!c->err_bare)
+			return cli_usage_error("%s", c->err);
+		fprintf(stderr, "\n%s\n", c->err);
+		return EXIT_USAGE;
+	}
+	if (!c->verb_word)
+		return cli_usage_error("the following arguments are required: command");
+	if (!c->verb)
+		return cli_bad_verb(c->verb_word);
+	list[0] = '\0';
+	for (size_t k = 0; k < c->nopts; k++) {
+		int n;
+
+		if (!c->verb->opts[k].required || c->given[k])
+			continue;
+		n = snprintf(list + used, sizeof(list) - used, "%s--%s", used ? ", " : "",
+			     c->verb->opts[k].name);
+		if (n < 0 || (size_t)n >= sizeof(list) - used)
+			break;
+		used += (size_t)n;
+	}
+	if (used)
+		return cli_usage_error("the following arguments are required: %s", list);
+	if (c->nunknown) {
+		for (size_t k = 0; k < MIN(c->nunknown, (size_t)CLI_UNKNOWN_MAX); k++) {
+			int n =
+			    snprintf(list + used, sizeof(list) - used, "%s%.*s", used ? ", " : "",
+				     cli_echo_len(c->unknown[k]), c->unknown[k]);
+
+			if (n < 0 || (size_t)n >= sizeof(list) - used)
+				break;
+			used += (size_t)n;
+		}
+		return cli_usage_error("Unknown options: %s%s", list,
+				       c->nunknown > CLI_UNKNOWN_MAX ? ", ..." : "");
+	}
+	return 0;
+}
+
+/* --- help ----------------------------------------------------------------------------- */
+
+static void cli_spaces(FILE *f, int n)
+{
+	for (int i = 0; i < n; i++)
+		putc(' ', f);
+}
+
+/* Print the words of [p, end) filling lines to CLI_HELP_WIDTH; *col is the current column
+ * (0: at the start of a line, which then gets indent spaces). */
+static void cli_fill(FILE *f, int *col, int indent, const char *p, const char *end)
+{
+	while (p < end) {
+		const char *w;
+		int wl;
+
+		while (p < end && *p == ' ')
+			p++;
+		if (p == end)
+			break;
+		w = p;
+		while (p < end && *p != ' ')
+			p++;
+		wl = (int)(p - w);
+		if (*col && *col + 1 + wl > CLI_HELP_WIDTH) {
+			putc('\n', f);
+			*col = 0;
+		}
+		if (*col) {
+			putc(' ', f);
+			(*col)++;
+		} else {
+			cli_spaces(f, indent);
+			*col = indent;
+		}
+		fwrite(w, 1, (size_t)wl, f);
+		*col += wl;
+	}
+}
+
+/* Print help text (see the registry for its conventions) at the given indent. */
+static void cli_wrap(FILE *f, int indent, const char *text)
+{
+	const char *p = text;
+	int col = 0;
+
+	while (*p) {
+		const char *nl = strchrnul(p, '\n');
+
+		if (nl == p || *p == ' ' || (p[0] == '*' && p[1] == ' ')) {
+			if (col)
+				putc('\n', f);
+			col = 0;
+		}
+		if (nl == p) {
+			putc('\n', f);
+		} else if (*p == ' ') {
+			cli_spaces(f, indent);
+			fprintf(f, "%.*s\n", (int)(nl - p - 1), p + 1);
+		} else if (p[0] == '*' && p[1] == ' ') {
+			cli_spaces(f, indent);
+			putc('*', f); /* cli_fill adds the space */
+			col = indent + 1;
+			cli_fill(f, &col, indent + 2, p + 2, nl);
+			putc('\n', f);
+			col = 0;
+		} else {
+			cli_fill(f, &col, indent, p, nl);
+		}
+		p = *nl ? nl + 1 : nl;
+	}
+	if (col)
+		putc('\n', f);
+}
+
+static const char *cli_type_name(enum cli_type t)
+{
+	switch (t) {
+	case CLI_INTEGER:
+		return "integer";
+	case CLI_STRING:
+		return "string";
+	case CLI_BOOLEAN:
+		return "boolean";
+	case CLI_LIST:
+		return "list";
+	case CLI_JSON:
+		return "JSON";
+	case CLI_FILTERS:
+		return "list of filters";
+	}
+	return "?";
+}
+
+/* Definition lists: a term line, printed at 7 columns, then lines that start with "   ",
+ * wrapped at 10. */
+static const char cli_global_help[] =
+    "--home <dir>\n"
+    "   The ebsim home directory: the daemon's state and its control socket, "
+    "<dir>/" CTL_SOCK_NAME ". Default: $EBSIM_HOME, else " EBSIM_DEFAULT_HOME ".\n"
+    "\n"
+    "--region <region>\n"
+    "   The region of the request, e.g. eu-west-1. Resources live in one region and "
+    "other regions do not see them. Default: $EBSIM_REGION, else " EBSIM_DEFAULT_REGION ".\n"
+    "\n"
+    "--account <id>\n"
+    "   The 12-digit account the request acts for; resources belong to an account. "
+    "Default: $EBSIM_ACCOUNT, else " EBSIM_DEFAULT_ACCOUNT ".\n"
+    "\n"
+    "--debug\n"
+    "   Print the request sent to ebsimd and the raw reply on standard error.\n"
+    "\n"
+    "--help\n"
+    "   Print help: this page, or the page of the command it follows.\n"
+    "\n"
+    "--version\n"
+    "   Print the version of ebsim and exit.\n";
+
+static const char cli_env_help[] =
+    "EBSIM_HOME, EBSIM_REGION, EBSIM_ACCOUNT\n"
+    "   The defaults of --home, --region and --account. An empty variable counts as "
+    "unset.\n";
+
+static const char cli_exit_help[] =
+    "0\n"
+    "   Success.\n"
+    "\n"
+    "252\n"
+    "   Usage error: an unknown command or option, a missing required option, an option "
+    "without its value, or shorthand that cannot be parsed.\n"
+    "\n"
+    "254\n"
+    "   ebsimd answered with an error; it is printed on standard error.\n"
+    "\n"
+    "255\n"
+    "   ebsimd cannot be reached, the connection broke, or the reply is malformed.\n";
+
+static void cli_deflist(FILE *f, const char *p)
+{
+	int col;
+
+	while (*p) {
+		const char *nl = strchrnul(p, '\n');
+
+		if (nl == p) {
+			putc('\n', f);
+		} else if (p[0] == ' ') {
+			col = 0;
+			cli_fill(f, &col, 10, p, nl);
+			putc('\n', f);
+		} else {
+			fprintf(f, "       %.*s\n", (int)(nl - p), p);
+		}
+		p = *nl ? nl + 1 : nl;
+	}
+}
+
+static int cli_help_overview(void)
+{
+	FILE *f = stdout;
+	int width = 0;
+
+	fputs("NAME\n", f);
+	cli_wrap(f, 7,
+		 "ebsim - the command-line client of ebsimd, which models Amazon EC2 "
+		 "storage on one Linux host");
+	fputs("\nSYNOPSIS\n", f);
+	cli_wrap(f, 10,
+		 " ebsim [global options] <command> [parameters]\n"
+		 " ebsim help [<command>]\n"
+		 " ebsim <command> --help\n"
+		 " ebsim --version");
+	fputs("\nDESCRIPTION\n", f);
+	cli_wrap(f, 7,
+		 "ebsim speaks the language of the AWS CLI (aws ec2 ...) to ebsimd, the daemon "
+		 "that keeps EBS-like volumes, snapshots, instances and AMIs on this host with "
+		 "real block devices and real data. The commands are the EC2 API actions in "
+		 "kebab-case and take awscli's option names; their output is the JSON awscli "
+		 "prints, so scripts written for one work with the other.\n"
+		 "\n"
+		 "Each command sends one request to the daemon of the home directory (--home) "
+		 "over its control socket and prints the Result on standard output. A service "
+		 "error is printed on standard error the way awscli prints it:\n"
+		 "\n"
+		 "   An error occurred (InvalidVolume.NotFound) when calling the\n"
+		 "   DescribeVolumes operation: The volume 'vol-...' does not exist.\n"
+		 "\n"
+		 "Options take their value as the next word or after '=' (--size 8 or "
+		 "--size=8). A list option takes every word up to the next option (--volume-ids "
+		 "vol-1 vol-2) and may be repeated. A boolean option --x has a negative form "
+		 "--no-x. Global options may come before or after the command.");
+	fputs("\nGLOBAL OPTIONS\n", f);
+	cli_deflist(f, cli_global_help);
+	fputs("\nENVIRONMENT\n", f);
+	cli_deflist(f, cli_env_help);
+	fputs("\nEXIT STATUS\n", f);
+	cli_deflist(f, cli_exit_help);
+	fputs("\nAVAILABLE COMMANDS\n", f);
+	for (size_t i = 0; i < ARRAY_SIZE(cli_verbs); i++)
+		width = MAX(width, (int)strlen(cli_verbs[i].name));
+	for (size_t i = 0; i < ARRAY_SIZE(cli_verbs); i++) {
+		int col;
+
+		/* cli_fill puts a space before the first word: the second of the two. */
+		fprintf(f, "       o %-*s ", width, cli_verbs[i].name);
+		col = 7 + 2 + width + 1;
+		cli_fill(f, &col, 7 + 2 + width + 2, cli_verbs[i].summary,
+			 cli_verbs[i].summary + strlen(cli_verbs[i].summary));
+		putc('\n', f);
+	}
+	fputs("\nSee 'ebsim <command> --help' for the options and output of a command.\n", f);
+	return 0;
+}
+
+static void cli_synopsis_opt(FILE *f, const struct cli_opt *o)
+{
+	const char *open = o->required ? "" : "[";
+	const char *close = o->required ? "" : "]";
+
+	fputs("          ", f);
+	switch (o->type) {
+	case CLI_BOOLEAN:
+		fprintf(f, "[--%s | --no-%s]\n", o->name, o->name);
+		break;
+	case CLI_LIST:
+	case CLI_FILTERS:
+		fprintf(f, "%s--%s <value> [<value> ...]%s\n", open, o->name, close);
+		break;
+	default:
+		fprintf(f, "%s--%s <value>%s\n", open, o->name, close);
+		break;
+	}
+}
+
+static int cli_help_verb(const struct cli_verb *v)
+{
+	FILE *f = stdout;
+	char param[CLI_PARAM_MAX];
+	int col = fprintf(f, "NAME\n       %s -", v->name) - 5;
+
+	cli_fill(f, &col, 7, v->summary, v->summary + strlen(v->summary));
+	putc('\n', f);
+	fprintf(f, "\nSYNOPSIS\n          ebsim %s\n", v->name);
+	for (const struct cli_opt *o = v->opts; o->name; o++)
+		cli_synopsis_opt(f, o);
+	fputs("          [global options]\n", f);
+	fputs("\nDESCRIPTION\n", f);
+	cli_wrap(f, 7, v->description);
+	fprintf(f, "\n       EC2 API action: %s.\n", v->action);
+	fputs("\nOPTIONS\n", f);
+	for (const struct cli_opt *o = v->opts; o->name; o++) {
+		cli_param_name(o, param);
+		if (o->type == CLI_BOOLEAN)
+			fprintf(f, "       --%s | --no-%s (%s)", o->name, o->name,
+				cli_type_name(o->type));
+		else
+			fprintf(f, "       --%s (%s)", o->name, cli_type_name(o->type));
+		fprintf(f, "%s -> %s\n", o->required ? " [required]" : "", param);
+		cli_wrap(f, 10, o->help);
+		putc('\n', f);
+	}
+	fputs("GLOBAL OPTIONS\n", f);
+	cli_wrap(f, 7, "--home, --region, --account, --debug: see 'ebsim help'.");
+	fputs("\nOUTPUT\n", f);
+	if (!v->output)
+		cli_wrap(f, 7, "None: on success the command prints nothing.");
+	for (const struct cli_field *o = v->output; o && o->name; o++) {
+		fprintf(f, "%*s%s -> (%s)\n", 7 + 3 * o->depth, "", o->name, o->type);
+		cli_wrap(f, 10 + 3 * o->depth, o->help);
+		putc('\n', f);
+	}
+	fputs(v->output ? "EXAMPLES\n" : "\nEXAMPLES\n", f);
+	cli_wrap(f, 7, v->examples);
+	return 0;
+}
+
+/* --- printing the result -------------------------------------------------------------- */
+
+/* A JSON string as Python's json.dumps(ensure_ascii=False) writes it. */
+static void cli_put_string(FILE *f, const char *s, size_t len)
+{
+	putc('"', f);
+	for (size_t i = 0; i < len; i++) {
+		unsigned char ch = (unsigned char)s[i];
+
+		switch (ch) {
+		case '"':
+			fputs("\\\"", f);
+			break;
+		case '\\':
+			fputs("\\\\", f);
+			break;
+		case '\b':
+			fputs("\\b", f);
+			break;
+		case '\f':
+			fputs("\\f", f);
+			break;
+		case '\n':
+			fputs("\\n", f);
+			break;
+		case '\r':
+			fputs("\\r", f);
+			break;
+		case '\t':
+			fputs("\\t", f);
+			break;
+		default:
+			if (ch < 0x20)
+				fprintf(f, "\\u%04x", ch);
+			else
+				putc(ch, f);
+		}
+	}
+	putc('"', f);
+}
+
+/* awscli's layout: 4-space indent, "key": value, empty containers as {} and [].
+ * Recursion is bounded by CLI_JSON_DEPTH, the tokener's limit. 0 or -ENOMEM. */
+static int cli_put_json(FILE *f, struct json_object *o, int level)
+{
+	const char *s;
+	size_t n;
+	bool first = true;
+
+	switch (json_object_get_type(o)) {
+	case json_type_object:
+		if (json_object_object_length(o) == 0) {
+			fputs("{}", f);
+			return 0;
+		}
+		fputs("{\n", f);
+		json_object_object_foreach(o, key, val)
+		{
+			if (!first)
+				fputs(",\n", f);
+			first = false;
+			cli_spaces(f, 4 * (level + 1));
+			cli_put_string(f, key, strlen(key));
+			fputs(": ", f);
+			if (cli_put_json(f, val, level + 1) < 0)
+				return -ENOMEM;
+		}
+		putc('\n', f);
+		cli_spaces(f, 4 * level);
+		putc('}', f);
+		return 0;
+	case json_type_array:
+		n = json_object_array_length(o);
+		if (n == 0) {
+			fputs("[]", f);
+			return 0;
+		}
+		fputs("[\n", f);
+		for (size_t i = 0; i < n; i++) {
+			if (i)
+				fputs(",\n", f);
+			cli_spaces(f, 4 * (level + 1));
+			if (cli_put_json(f, json_object_array_get_idx(o, i), level + 1) < 0)
+				return -ENOMEM;
+		}
+		putc('\n', f);
+		cli_spaces(f, 4 * level);
+		putc(']', f);
+		return 0;
+	case json_type_string:
+		cli_put_string(f, json_object_get_string(o), (size_t)json_object_get_string_len(o));
+		return 0;
+	case json_type_null:
+		fputs("null", f);
+		return 0;
+	default: /* numbers and booleans: json-c keeps the daemon's spelling of numbers */
+		s = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN);
+		if (!s)
+			return -ENOMEM;
+		fputs(s, f);
+		return 0;
+	}
+}
+
+/* --- talking to ebsimd ---------------------------------------------------------------- */
+
+static int cli_connect(const char *path)
+{
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	size_t len = strlen(path);
+	int fd, ret;
+
+	if (len >= sizeof(sa.sun_path))
+		return -ENAMETOOLONG;
+	memcpy(sa.sun_path, path, len + 1);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		ret = -errno;
+		close(fd);
+		return ret;
+	}
+	return fd;
+}
+
+static int cli_send_all(int fd, const char *buf, size_t len)
+{
+	while (len) {
+		ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		buf += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+/* Read the reply line (without its '\n') into a malloc'd, NUL-terminated buffer. A reply cut
+ * by EOF is returned as it is, for the parser to judge. 0, -EMSGSIZE or -errno. */
+static int cli_recv_line(int fd, char **out, size_t *outlen)
+{
+	size_t len = 0, cap = 0;
+	char *buf = NULL, *nl;
+	int ret;
+
+	for (;;) {
+		ssize_t n;
+
+		if (cap - len < 2) {
+			size_t ncap = cap ? cap * 2 : 65536;
+			char *nbuf;
+
+			if (cap >= (size_t)CLI_REPLY_MAX + 1) {
+				ret = -EMSGSIZE;
+				goto out_free;
+			}
+			ncap = MIN(ncap, (size_t)CLI_REPLY_MAX + 1);
+			nbuf = realloc(buf, ncap);
+			if (!nbuf) {
+				ret = -ENOMEM;
+				goto out_free;
+			}
+			buf = nbuf;
+			cap = ncap;
+		}
+		n = read(fd, buf + len, cap - len - 1);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			ret = -errno;
+			goto out_free;
+		}
+		if (n == 0)
+			break;
+		nl = memchr(buf + len, '\n', (size_t)n);
+		if (nl) {
+			len = (size_t)(nl - buf);
+			break;
+		}
+		len += (size_t)n;
+	}
+	buf[len] = '\0';
+	*out = buf;
+	*outlen = len;
+	return 0;
+out_free:
+	free(buf);
+	return ret;
+}
+
+/* Print s for a shell: as is when it is plain, else in single quotes. */
+static void cli_put_shell_word(FILE *f, const char *s)
+{
+	if (*s && strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+			    "/._-+:@%,=") == strlen(s)) {
+		fputs(s, f);
+		return;
+	}
+	putc('\'', f);
+	for (; *s; s++) {
+		if (*s == '\'')
+			fputs("'\\''", f);
+		else
+			putc(*s, f);
+	}
+	putc('\'', f);
+}
+
+static int cli_no_daemon(const struct cli *c, const char *path, int err)
+{
+	fprintf(stderr, "ebsim: cannot reach ebsimd at %s (%s).\nStart it with: ebsimd --home ",
+		path, strerror(-err));
+	cli_put_shell_word(stderr, c->home);
+	fputc('\n', stderr);
+	return EXIT_NODAEMON;
+}
+
+static int cli_bad_reply(const char *path, const char *why)
+{
+	fprintf(stderr, "ebsim: malformed reply from ebsimd at %s: %s.\n", path, why);
+	return EXIT_NODAEMON;
+}
+
+/* Judge the reply and print it. Returns the exit code. */
+static int cli_answer(const struct cli *c, const char *path, const char *text, size_t len)
+{
+	struct json_object *reply, *res, *err, *code, *msg;
+	char why[160];
+	const char *jwhy;
+	int ret;
+
+	if (len == 0)
+		return cli_bad_reply(path, "the connection was closed without a reply");
+	if (!cli_json_parse(text, len, &reply, &jwhy)) {
+		snprintf(why, sizeof(why), "not JSON (%s)", jwhy);
+		return cli_bad_reply(path, why);
+	}
+	if (!json_object_is_type(reply, json_type_object)) {
+		ret = cli_bad_reply(path, "not a JSON object");
+		goto out_put;
+	}
+	if (json_object_object_get_ex(reply, "Error", &err)) {
+		if (!json_object_object_get_ex(err, "Code", &code) ||
+		    !json_object_is_type(code, json_type_string)) {
+			ret = cli_bad_reply(path, "an Error without a string Code");
+			goto out_put;
+		}
+		json_object_object_get_ex(err, "Message", &msg);
+		fprintf(stderr, "\nAn error occurred (%s) when calling the %s operation: %s\n",
+			json_object_get_string(code), c->verb->action,
+			json_object_is_type(msg, json_type_string) ? json_object_get_string(msg)
+								   : "");
+		ret = EXIT_SERVICE;
+		goto out_put;
+	}
+	if (!json_object_object_get_ex(reply, "Result", &res)) {
+		ret = cli_bad_reply(path, "neither Result nor Error");
+		goto out_put;
+	}
+	ret = 0;
+	/* awscli prints nothing for an empty response (DeleteVolume). */
+	if (json_object_is_type(res, json_type_object) && json_object_object_length(res) == 0)
+		goto out_put;
+	if (cli_put_json(stdout, res, 0) < 0) {
+		ret = cli_nomem();
+		goto out_put;
+	}
+	putchar('\n');
+out_put:
+	json_object_put(reply);
+	return ret;
+}
+
+static int cli_add_string(struct json_object *o, const char *key, const char *s)
+{
+	struct json_object *v = json_object_new_string(s);
+
+	return v ? cli_object_add(o, key, v) : -ENOMEM;
+}
+
+/* The request object, its Params in the registry's order. NULL: no memory. */
+static struct json_object *cli_request(const struct cli *c)
+{
+	struct json_object *req, *params;
+	char param[CLI_PARAM_MAX];
+
+	req = json_object_new_object();
+	if (!req)
+		return NULL;
+	if (cli_add_string(req, "Action", c->verb->action) < 0 ||
+	    cli_add_string(req, "Account", c->account) < 0 ||
+	    cli_add_string(req, "Region", c->region) < 0)
+		goto out_put_req;
+	params = json_object_new_object();
+	if (!params || cli_object_add(req, "Params", params) < 0)
+		goto out_put_req;
+	/* params now belongs to req */
+	for (size_t k = 0; k < c->nopts; k++) {
+		if (!c->given[k])
+			continue;
+		cli_param_name(&c->verb->opts[k], param);
+		if (cli_object_add(params, param, json_object_get(c->vals[k])) < 0)
+			goto out_put_req;
+	}
+	return req;
+out_put_req:
+	json_object_put(req);
+	return NULL;
+}
+
+/* "<home>/ebsimd.sock", without doubling a trailing '/'. NULL: no memory. */
+static char *cli_sock_path(const char *home)
+{
+	size_t hl = strlen(home);
+	char *path;
+
+	while (hl > 1 && home[hl - 1] == '/')
+		hl--;
+	if (hl > INT_MAX)
+		hl = INT_MAX;
+	if (asprintf(&path, "%.*s%s" CTL_SOCK_NAME, (int)hl, home,
+		     hl == 1 && home[0] == '/' ? "" : "/") < 0)
+		return NULL;
+	return path;
+}
+
+/* Send the request, print the answer. Returns the exit code. */
+static int cli_run(const struct cli *c)
+{
+	struct json_object *req;
+	const char *text;
+	char *path, *reply = NULL;
+	size_t len, rlen = 0;
+	int fd, ret;
+
+	req = cli_request(c);
+	if (!req)
+		return cli_nomem();
+	path = cli_sock_path(c->home);
+	text = json_object_to_json_string_length(
+	    req, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE, &len);
+	if (!path || !text) {
+		ret = cli_nomem();
+		goto out_free_path;
+	}
+	if (len + 1 > CTL_MAX_MSG) {
+		ret = cli_usage_error("the request is %zu bytes, more than the %d that ebsimd "
+				      "accepts",
+				      len + 1, CTL_MAX_MSG);
+		goto out_free_path;
+	}
+	if (c->debug)
+		fprintf(stderr, "ebsim: request to %s: %s\n", path, text);
+	fd = cli_connect(path);
+	if (fd < 0) {
+		ret = cli_no_daemon(c, path, fd);
+		goto out_free_path;
+	}
+	ret = cli_send_all(fd, text, len);
+	if (!ret)
+		ret = cli_send_all(fd, "\n", 1);
+	if (!ret)
+		ret = cli_recv_line(fd, &reply, &rlen);
+	close(fd);
+	if (ret == -EMSGSIZE) {
+		ret = cli_bad_reply(path, "longer than the limit of " CLI_REPLY_MAX_TEXT);
+	} else if (ret == -ENOMEM) {
+		ret = cli_nomem();
+	} else if (ret < 0) {
+		fprintf(stderr, "ebsim: lost the connection to ebsimd at %s (%s).\n", path,
+			strerror(-ret));
+		ret = EXIT_NODAEMON;
+	} else {
+		if (c->debug)
+			fprintf(stderr, "ebsim: reply: %s\n", reply ? reply : "");
+		ret = cli_answer(c, path, reply, rlen);
+		free(reply);
+	}
+out_free_path:
+	free(path);
+	json_object_put(req);
+	return ret;
+}
+
+static const char *cli_env(const char *name, const char *def)
+{
+	const char *v = getenv(name);
+
+	return v && *v ? v : def;
+}
+
+int main(int argc, char **argv)
+{
+	struct cli c = {
+	    .home = cli_env("EBSIM_HOME", EBSIM_DEFAULT_HOME),
+	    .region = cli_env("EBSIM_REGION", EBSIM_DEFAULT_REGION),
+	    .account = cli_env("EBSIM_ACCOUNT", EBSIM_DEFAULT_ACCOUNT),
+	};
+	int ret;
+
+	if (cli_parse(&c, argc, argv) < 0) {
+		ret = cli_nomem();
+		goto out;
+	}
+	if (c.version) {
+		printf("ebsim %s\n", EBSIM_VERSION);
+		ret = 0;
+	} else if (c.help && c.verb_word && !c.verb) {
+		ret = cli_bad_verb(c.verb_word);
+	} else if (c.help) {
+		ret = c.verb ? cli_help_verb(c.verb) : cli_help_overview();
+	} else {
+		ret = cli_check(&c);
+		if (!ret)
+			ret = cli_run(&c);
+	}
+out:
+	cli_free(&c);
+	if (fflush(stdout) != 0 || ferror(stdout)) {
+		fprintf(stderr, "ebsim: error writing to standard output: %s\n", strerror(errno));
+		if (!ret)
+			ret = EXIT_NODAEMON;
+	}
+	return ret;
+}
