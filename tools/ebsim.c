@@ -21,6 +21,9 @@
  *   list      words -> ["a", "b"]; a word that starts with '[' is read as a JSON array
  *   json      parsed strictly; text that does not parse goes as the raw string
  *   filters   Name=n,Values=a,b (awscli shorthand) or JSON, one filter per word
+ *   flag      --x -> true; no value and no --no-x form
+ * An option whose param is CLI_LOCAL is ebsim's own (initialize-volume --no-wait): it is
+ * parsed and shown in the help like the others but never sent to ebsimd.
  * The CLI does no semantic checks (ctl_proto.h): ebsimd is the one place where rules live,
  * so bad values travel as strings and come back as InvalidParameterValue.  Only shorthand
  * that cannot be parsed at all is refused here, as awscli refuses it (exit 252).
@@ -29,6 +32,9 @@
  * (at most CLI_REPLY_MAX bytes) back.  Result is printed as awscli prints it, which is
  * Python's json.dumps(indent=4, ensure_ascii=False): keys in the daemon's order, "/" not
  * escaped, and an empty object prints nothing.  Exit codes are awscli's (ctl_proto.h).
+ * A verb with a finish hook prints the Result itself and picks the exit code: check exits
+ * 0, 2 or 3 as qemu-img check does, and initialize-volume, on a terminal, polls
+ * DescribeVolumes and draws a progress bar on stderr until the volume is initialized.
  *
  * Hostile input.  Arguments may come from anyone, or from a fuzzer: they are never copied
  * into fixed-size buffers, user text echoed in a message is cut to CLI_ECHO_MAX bytes, JSON
@@ -41,6 +47,7 @@
 #include <errno.h>
 #include <json-c/json.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -48,6 +55,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #define EBSIM_VERSION "0.1.0"
@@ -61,6 +69,11 @@
 #define CLI_PARAM_MAX 64	     /* longest EC2 parameter name */
 #define CLI_HELP_WIDTH 79	     /* help text is wrapped to this many columns */
 #define CLI_EXIT_NOMEM EXIT_NODAEMON /* awscli exits 255 on any unexpected failure */
+#define CLI_EXIT_CORRUPT 2	     /* check: corrupt or missing data (qemu-img check) */
+#define CLI_EXIT_LEAKS 3	     /* check: leaked objects only (qemu-img check) */
+#define CLI_EXIT_INTERRUPTED 130     /* SIGINT while initialize-volume waits, as awscli */
+#define CLI_POLL_NS 500000000L	     /* initialize-volume: DescribeVolumes every 0.5 s */
+#define CLI_BAR_WIDTH 40	     /* initialize-volume: cells in the progress bar */
 
 /* --- the command registry ------------------------------------------------------------ */
 
@@ -71,13 +84,17 @@ enum cli_type {
 	CLI_LIST,
 	CLI_JSON,
 	CLI_FILTERS,
+	CLI_FLAG,
 };
+
+/* The param of an option that ebsim handles itself and does not send. */
+#define CLI_LOCAL ""
 
 struct cli_opt {
 	const char *name; /* kebab-case, without the leading "--" */
 	enum cli_type type;
 	bool required;
-	const char *param; /* EC2 parameter name; NULL: the name in PascalCase */
+	const char *param; /* EC2 parameter name; NULL: the name in PascalCase; CLI_LOCAL */
 	const char *help;
 };
 
@@ -89,15 +106,24 @@ struct cli_field {
 	const char *help;
 };
 
+struct cli;
+
 struct cli_verb {
 	const char *name;   /* kebab-case, as typed */
 	const char *action; /* the EC2 API action, PascalCase */
+	const char *api;    /* whose action it is, for the help; NULL: "EC2 API" */
 	const char *summary;
 	const char *description;
 	const struct cli_opt *opts;	/* ends with an entry whose name is NULL */
 	const struct cli_field *output; /* ends with a NULL name; NULL: prints nothing */
 	const char *examples;
+	/* Prints the Result and returns the exit code; NULL: print it, exit 0. res stays
+	 * the caller's, but the hook may change it. */
+	int (*finish)(const struct cli *c, struct json_object *res);
 };
+
+static int cli_finish_init(const struct cli *c, struct json_object *res);
+static int cli_finish_check(const struct cli *c, struct json_object *res);
 
 /* Help text: blank lines separate paragraphs, which are wrapped; a line that starts with a
  * space is printed as it is, less that space; a line that starts with "* " is a bullet with
@@ -136,7 +162,76 @@ struct cli_verb {
 	    {d + 1, "DeleteOnTermination", "boolean",                                          \
 	     "Whether the volume is deleted when the instance terminates."},                   \
 	    {d + 1, "VolumeId", "string", "The ID of the volume."},                            \
+	    {d, "LocalPath", "string",                                                         \
+	     "ebsim only: the volume as a file on this host, HOME/mnt/<volume-id> on "         \
+	     "ebsimd's FUSE file system. Reads and writes go to the volume: attach it with "   \
+	     "losetup --direct-io=on, or hand it to qemu (-drive "                             \
+	     "file=...,format=raw,cache=none) or fio."},                                       \
+	    {d, "InitializationStatusDetails", "structure",                                    \
+	     "Present while a volume restored from a snapshot still reads some of its blocks " \
+	     "from the snapshot, and while initialize-volume runs on it."},                    \
+	    {d + 1, "InitializationType", "string", "default."},                               \
+	    {d + 1, "Progress", "integer",                                                     \
+	     "The share of the snapshot's blocks already in the volume, in percent."},         \
+	    {d + 1, "State", "string",                                                         \
+	     "lazy (blocks are fetched when first touched), initializing (initialize-volume "  \
+	     "is fetching the rest) or completed."},                                           \
+	    {d + 1, "EstimatedTimeToCompleteInSeconds", "integer",                             \
+	     "While initializing: the estimated seconds left."},                               \
 	    TAG_FIELDS(d)
+
+#define SNAPSHOT_FIELDS(d)                                                                     \
+	{d, "Description", "string", "The description of the snapshot, or an empty string."},  \
+	    {d, "Encrypted", "boolean",                                                        \
+	     "Whether the snapshot is encrypted: it is when its volume was."},                 \
+	    {d, "OwnerId", "string", "The account that owns the snapshot."},                   \
+	    {d, "Progress", "string",                                                          \
+	     "How much of the data is copied, in percent with a % sign, e.g. \"45%\"; "        \
+	     "\"100%\" once completed."},                                                      \
+	    {d, "SnapshotId", "string", "The ID of the snapshot: snap- and 17 hexadecimal "    \
+	     "digits."},                                                                       \
+	    {d, "StartTime", "timestamp",                                                      \
+	     "When the snapshot was started, ISO 8601 in UTC. Its data is the volume's data "  \
+	     "at that moment."},                                                               \
+	    {d, "State", "string",                                                             \
+	     "pending (the data is being copied), completed (the snapshot can be used) or "    \
+	     "error (see StateMessage)."},                                                     \
+	    {d, "StateMessage", "string", "Why the snapshot is in the error state."},          \
+	    {d, "VolumeId", "string",                                                          \
+	     "The volume the snapshot was taken from (for a copy: the source's volume)."},     \
+	    {d, "VolumeSize", "integer", "The size of that volume, in GiB."},                  \
+	    {d, "StorageTier", "string", "standard."},                                         \
+	    {d, "DataSize", "integer",                                                         \
+	     "ebsim only: the bytes of data this snapshot added to the region's store; data "  \
+	     "it shares with its parent or with any other snapshot is not counted. For a "     \
+	     "copy, the bytes copied into the region. 0 while pending."},                      \
+	    {d, "ParentSnapshotId", "string",                                                  \
+	     "ebsim only: for an incremental snapshot, the earlier snapshot of the same "      \
+	     "volume it builds on; absent for a full snapshot."},                              \
+	    {d, "SourceSnapshot", "string",                                                    \
+	     "ebsim only: for a copy, where it was copied from, as <region>/<snapshot-id>."}
+
+#define DIRECT_API_HELP                                                                        \
+	"This is an action of the EBS direct API (in awscli, aws ebs ...). It sees a "         \
+	"snapshot as a sequence of 512 KiB blocks: block i holds the bytes from i * 524288 "   \
+	"up to (i + 1) * 524288 of the volume, so BlockIndex = offset / 524288. A block "      \
+	"never written, or written with zeros only, holds no data: it reads as zeros, and "    \
+	"list-snapshot-blocks does not list it."
+
+#define PAGING_OPTS(what)                                                                      \
+	{"max-results", CLI_INTEGER, false, NULL,                                              \
+	 "The largest number of " what " in one reply, 100 to 10000 (the default). The "       \
+	 "reply carries a NextToken when more remain."},                                       \
+	    {"next-token", CLI_STRING, false, NULL,                                            \
+	     "The NextToken of the previous reply, to get the next page."},                    \
+	    {"starting-block-index", CLI_INTEGER, false, NULL,                                 \
+	     "The block index to start at: blocks before it are not listed. Default 0."}
+
+#define BLOCKS_TAIL_FIELDS                                                                     \
+	{0, "VolumeSize", "integer", "The size of the snapshot's volume, in GiB."},            \
+	    {0, "BlockSize", "integer", "The size of a block, in bytes: always 524288."},      \
+	    {0, "NextToken", "string",                                                         \
+	     "The token to pass to --next-token for the next page; absent on the last page."}
 
 #define VOLUME_TYPE_HELP                                                                       \
 	"The volume type: gp2 (General Purpose SSD), gp3 (General Purpose SSD with "           \
@@ -228,6 +323,7 @@ static const struct cli_verb cli_verbs[] = {
 			"        \"Throughput\": 125,\n"
 			"        \"Encrypted\": false,\n"
 			"        \"MultiAttachEnabled\": false,\n"
+			"        \"LocalPath\": \"/var/lib/ebsim/mnt/vol-0123456789abcdef0\",\n"
 			"        \"Tags\": []\n"
 			"    }\n"
 			"\n"
@@ -409,6 +505,548 @@ static const struct cli_verb cli_verbs[] = {
 			"        }\n"
 			"    }\n",
 	},
+	{
+		.name = "initialize-volume",
+		.action = "InitializeVolume",
+		.summary = "Fetches every block of a restored volume from its snapshot now.",
+		.description =
+			"A volume restored from a snapshot is usable at once, but each block is read "
+			"from the snapshot the first time it is touched (lazy loading), so the first "
+			"pass over the volume is slower than the next ones. On EC2 this is avoided by "
+			"initializing the volume: reading every block once, e.g. with fio or dd, or "
+			"with a provisioned volume initialization rate. initialize-volume asks ebsimd "
+			"to do it: ebsimd starts copying, in the background, every chunk that the "
+			"volume still reads from its snapshot, and replies at once. The volume stays "
+			"usable meanwhile; blocks written in the meantime are not overwritten. Once "
+			"completed, the volume no longer depends on the snapshot.\n"
+			"\n"
+			"The reply has the volume's InitializationStatusDetails, which describe-volumes "
+			"shows too until the initialization completes. Calling initialize-volume again "
+			"while it runs just reports the progress; for a volume that was not restored "
+			"from a snapshot, or is already initialized, the reply says completed, 100.\n"
+			"\n"
+			"When standard error is a terminal, ebsim then waits: it asks describe-volumes "
+			"every 0.5 s and draws a progress bar on standard error,\n"
+			"\n"
+			" [################........................]  40%  ETA 12s\n"
+			"\n"
+			"until Progress reaches 100 or the details disappear, then prints the reply "
+			"with the last InitializationStatusDetails. It also stops waiting, with a "
+			"note, when the initialization stops without completing (State is no longer "
+			"initializing). Interrupting the wait (Ctrl-C) exits 130 and does not stop "
+			"the initialization. When standard error is not a terminal, or with "
+			"--no-wait, ebsim prints the first reply and returns at once: follow the "
+			"progress with describe-volumes.",
+		.opts = (const struct cli_opt[]){
+			{"volume-id", CLI_STRING, true, NULL, "The ID of the volume to initialize."},
+			{"no-wait", CLI_FLAG, false, CLI_LOCAL,
+			 "Print the first reply and return at once, even on a terminal."},
+			{NULL, 0, false, NULL, NULL},
+		},
+		.output = (const struct cli_field[]){
+			{0, "VolumeId", "string", "The ID of the volume."},
+			{0, "InitializationStatusDetails", "structure",
+			 "How far the initialization is."},
+			{1, "InitializationType", "string", "default."},
+			{1, "Progress", "integer",
+			 "The share of the snapshot's blocks already in the volume, in percent."},
+			{1, "State", "string",
+			 "initializing (the copy runs), completed, or lazy (some blocks still "
+			 "come from the snapshot and nothing is copying them: the initialization "
+			 "stopped, e.g. because ebsimd was restarted; run initialize-volume "
+			 "again)."},
+			{1, "EstimatedTimeToCompleteInSeconds", "integer",
+			 "While initializing, once some progress is made: the estimated seconds "
+			 "left."},
+			{0, NULL, NULL, NULL},
+		},
+		.examples =
+			"To initialize a restored volume without waiting\n"
+			"\n"
+			"    ebsim initialize-volume --volume-id vol-0123456789abcdef0 --no-wait\n"
+			"\n"
+			"Output:\n"
+			"\n"
+			"    {\n"
+			"        \"VolumeId\": \"vol-0123456789abcdef0\",\n"
+			"        \"InitializationStatusDetails\": {\n"
+			"            \"InitializationType\": \"default\",\n"
+			"            \"Progress\": 3,\n"
+			"            \"State\": \"initializing\"\n"
+			"        }\n"
+			"    }\n"
+			"\n"
+			"To follow its progress\n"
+			"\n"
+			"    ebsim describe-volumes --volume-ids vol-0123456789abcdef0 |\n"
+			"        jq .Volumes[0].InitializationStatusDetails\n"
+			"\n"
+			"To initialize a volume and wait, with a progress bar, in a terminal\n"
+			"\n"
+			"    ebsim initialize-volume --volume-id vol-0123456789abcdef0\n",
+		.finish = cli_finish_init,
+	},
+	{
+		.name = "create-snapshot",
+		.action = "CreateSnapshot",
+		.summary = "Takes a point-in-time snapshot of a volume.",
+		.description =
+			"Takes a snapshot of a volume: a copy of its data at the moment of the call, "
+			"kept in the snapshot store of the region, from which volumes can be restored "
+			"(create-volume --snapshot-id) in any zone of the region, or which can be "
+			"copied to another region (copy-snapshot).\n"
+			"\n"
+			"The reply comes at once, with State pending; ebsimd copies the data in the "
+			"background. The volume can be used meanwhile, attached or not: writes made "
+			"after the call are not in the snapshot. Poll describe-snapshots until State "
+			"is completed before using the snapshot; if the copy fails, State becomes "
+			"error. A volume has at most one pending snapshot: another create-snapshot "
+			"fails with SnapshotCreationPerVolumeRateExceeded until it completes.\n"
+			"\n"
+			"The first snapshot of a volume is full; the next ones are incremental: only "
+			"the chunks written since the previous snapshot (its ParentSnapshotId) are "
+			"copied, and data that any snapshot of the region already holds is stored "
+			"once. Chunks that are all zeros are not stored. Every snapshot is complete "
+			"by itself, so deleting an older one does not harm the newer ones.\n"
+			"\n"
+			"A snapshot of an encrypted volume is encrypted, with the volume's key; "
+			"volumes restored from it are encrypted too.\n"
+			"\n"
+			"A snapshot holds what the volume holds at that moment, not what a file "
+			"system on it keeps in memory: for a consistent file system, freeze it "
+			"(fsfreeze -f) or unmount it while calling create-snapshot.",
+		.opts = (const struct cli_opt[]){
+			{"volume-id", CLI_STRING, true, NULL, "The ID of the volume to snapshot."},
+			{"description", CLI_STRING, false, NULL,
+			 "A description of the snapshot, up to 255 characters."},
+			{"tag-specifications", CLI_JSON, false, NULL,
+			 "Tags to put on the new snapshot, as JSON, for example "
+			 "[{\"ResourceType\":\"snapshot\",\"Tags\":[{\"Key\":\"Name\","
+			 "\"Value\":\"nightly\"}]}]. awscli's shorthand syntax is not accepted for "
+			 "this option."},
+			{NULL, 0, false, NULL, NULL},
+		},
+		.output = (const struct cli_field[]){
+			SNAPSHOT_FIELDS(0),
+			{0, NULL, NULL, NULL},
+		},
+		.examples =
+			"To snapshot a volume\n"
+			"\n"
+			"    ebsim create-snapshot --volume-id vol-0123456789abcdef0 \\\n"
+			"        --description 'before the upgrade'\n"
+			"\n"
+			"Output:\n"
+			"\n"
+			"    {\n"
+			"        \"Description\": \"before the upgrade\",\n"
+			"        \"Encrypted\": false,\n"
+			"        \"OwnerId\": \"123456789012\",\n"
+			"        \"Progress\": \"0%\",\n"
+			"        \"SnapshotId\": \"snap-0123456789abcdef0\",\n"
+			"        \"StartTime\": \"2026-11-28T17:44:59.000Z\",\n"
+			"        \"State\": \"pending\",\n"
+			"        \"VolumeId\": \"vol-0123456789abcdef0\",\n"
+			"        \"VolumeSize\": 8,\n"
+			"        \"StorageTier\": \"standard\",\n"
+			"        \"DataSize\": 0\n"
+			"    }\n"
+			"\n"
+			"To snapshot a mounted file system consistently\n"
+			"\n"
+			"    fsfreeze -f /mnt/data\n"
+			"    ebsim create-snapshot --volume-id vol-0123456789abcdef0\n"
+			"    fsfreeze -u /mnt/data\n",
+	},
+	{
+		.name = "describe-snapshots",
+		.action = "DescribeSnapshots",
+		.summary = "Describes snapshots: all of them, the ones named, or those matching filters.",
+		.description =
+			"Describes the snapshots of the account in the region of the request: all of "
+			"them, the ones named by --snapshot-ids, or the ones that match --owner-ids, "
+			"--restorable-by-user-ids and --filters. If a snapshot named by "
+			"--snapshot-ids does not exist, the whole call fails with "
+			"InvalidSnapshot.NotFound.\n"
+			"\n"
+			"ebsim does not share snapshots between accounts: an account sees, and can "
+			"restore, its own snapshots only. So --owner-ids self (or the account's own "
+			"ID) selects all of them and another account's ID selects none; the same "
+			"holds for --restorable-by-user-ids.\n"
+			"\n"
+			"A snapshot is listed when it matches every filter, and it matches a filter "
+			"when it matches any of the filter's values. The filter names are EC2's:\n"
+			"\n"
+			"* description, encrypted, owner-id, progress, snapshot-id, start-time, "
+			"volume-id, volume-size (in GiB), storage-tier\n"
+			"* status (pending | completed | error)\n"
+			"* tag:<key> (the value of the tag <key>), tag-key (the snapshot has a tag "
+			"with this key)\n"
+			"\n"
+			"As with describe-volumes, ebsim does not fetch the pages of a long answer "
+			"for you: with --max-results the reply holds at most that many snapshots, and "
+			"a NextToken when more remain. --max-results cannot be combined with "
+			"--snapshot-ids.",
+		.opts = (const struct cli_opt[]){
+			{"snapshot-ids", CLI_LIST, false, NULL,
+			 "The IDs of the snapshots to describe, separated by spaces."},
+			{"owner-ids", CLI_LIST, false, NULL,
+			 "Only the snapshots owned by these accounts: 12-digit account IDs, or self "
+			 "for the account of the request."},
+			{"restorable-by-user-ids", CLI_LIST, false, NULL,
+			 "Only the snapshots that these accounts (12-digit IDs, or self) may restore "
+			 "volumes from."},
+			{"filters", CLI_FILTERS, false, NULL,
+			 "Filters, each in awscli's shorthand, Name=string,Values=string,string, "
+			 "or in JSON, [{\"Name\":\"string\",\"Values\":[\"string\",...]},...]. "
+			 "Give several words, or repeat --filters, to combine filters."},
+			{"max-results", CLI_INTEGER, false, NULL,
+			 "The largest number of snapshots in one reply (EC2 accepts 5 to 1000). The "
+			 "reply carries a NextToken when more snapshots remain."},
+			{"next-token", CLI_STRING, false, NULL,
+			 "The NextToken of the previous reply, to get the next page."},
+			{NULL, 0, false, NULL, NULL},
+		},
+		.output = (const struct cli_field[]){
+			{0, "Snapshots", "list", "The snapshots, each described as follows."},
+			SNAPSHOT_FIELDS(1),
+			{0, "NextToken", "string",
+			 "The token to pass to --next-token for the next page; absent on the last "
+			 "page."},
+			{0, NULL, NULL, NULL},
+		},
+		.examples =
+			"To describe every snapshot of the account\n"
+			"\n"
+			"    ebsim describe-snapshots --owner-ids self\n"
+			"\n"
+			"To describe one snapshot\n"
+			"\n"
+			"    ebsim describe-snapshots --snapshot-ids snap-0123456789abcdef0\n"
+			"\n"
+			"Output:\n"
+			"\n"
+			"    {\n"
+			"        \"Snapshots\": [\n"
+			"            {\n"
+			"                \"Description\": \"before the upgrade\",\n"
+			"                \"Encrypted\": false,\n"
+			"                \"OwnerId\": \"123456789012\",\n"
+			"                \"Progress\": \"100%\",\n"
+			"                \"SnapshotId\": \"snap-0123456789abcdef0\",\n"
+			"                \"StartTime\": \"2026-11-28T17:44:59.000Z\",\n"
+			"                \"State\": \"completed\",\n"
+			"                \"VolumeId\": \"vol-0123456789abcdef0\",\n"
+			"                \"VolumeSize\": 8,\n"
+			"                \"StorageTier\": \"standard\",\n"
+			"                \"DataSize\": 1048576\n"
+			"            }\n"
+			"        ]\n"
+			"    }\n"
+			"\n"
+			"To list the snapshots of one volume that are still pending\n"
+			"\n"
+			"    ebsim describe-snapshots --filters \\\n"
+			"        Name=volume-id,Values=vol-0123456789abcdef0 Name=status,Values=pending\n",
+	},
+	{
+		.name = "delete-snapshot",
+		.action = "DeleteSnapshot",
+		.summary = "Deletes a snapshot.",
+		.description =
+			"Deletes a snapshot; there is no undo. Other snapshots are not affected, "
+			"including the incremental snapshots taken after it: each snapshot is complete "
+			"by itself, and data that several snapshots share stays in the store until "
+			"the last of them is deleted. Volumes restored from the snapshot keep working: "
+			"the data they still read from it is kept until they no longer need it.\n"
+			"\n"
+			"A pending snapshot cannot be deleted: the call fails with IncorrectState "
+			"until its State is completed or error.\n"
+			"\n"
+			"On success nothing is printed.",
+		.opts = (const struct cli_opt[]){
+			{"snapshot-id", CLI_STRING, true, NULL, "The ID of the snapshot to delete."},
+			{NULL, 0, false, NULL, NULL},
+		},
+		.output = NULL,
+		.examples = "To delete a snapshot\n"
+			    "\n"
+			    "    ebsim delete-snapshot --snapshot-id snap-0123456789abcdef0\n"
+			    "\n"
+			    "This prints nothing when it succeeds.\n",
+	},
+	{
+		.name = "copy-snapshot",
+		.action = "CopySnapshot",
+		.summary = "Copies a completed snapshot from a region into the region of the request.",
+		.description =
+			"Copies a snapshot of the account from --source-region into the region of the "
+			"request (--region), which may be the same region. The source must be "
+			"completed; otherwise the call fails with IncorrectState. The reply comes at "
+			"once with the new snapshot's ID; the copy is pending while ebsimd copies the "
+			"data, then completed. Follow it with describe-snapshots.\n"
+			"\n"
+			"Only the data the destination region does not already hold is copied, so "
+			"copying again after new snapshots of the same volume moves only what "
+			"changed. The copy is nevertheless a snapshot of its own: it starts a lineage "
+			"of its own, has no ParentSnapshotId, and list-changed-blocks does not compare "
+			"it with the source or the source's neighbours. Its SourceSnapshot names the "
+			"source, and its Description is the source's unless --description is given.\n"
+			"\n"
+			"A copy of an encrypted snapshot is encrypted with the source's data key. "
+			"ebsim has no KMS, and it does not encrypt the copy of an unencrypted "
+			"snapshot: --encrypted, --kms-key-id and --destination-region are accepted so "
+			"that awscli scripts run unchanged.",
+		.opts = (const struct cli_opt[]){
+			{"source-region", CLI_STRING, true, NULL,
+			 "The region that holds the source snapshot, e.g. us-east-1."},
+			{"source-snapshot-id", CLI_STRING, true, NULL,
+			 "The ID of the snapshot to copy."},
+			{"description", CLI_STRING, false, NULL,
+			 "A description of the copy, up to 255 characters; default: the source's."},
+			{"encrypted", CLI_BOOLEAN, false, NULL,
+			 "Whether the copy is encrypted. A copy of an encrypted snapshot is always "
+			 "encrypted."},
+			{"kms-key-id", CLI_STRING, false, NULL,
+			 "The KMS key to encrypt the copy with. ebsim has no KMS: the value is "
+			 "passed to ebsimd as KmsKeyId and has no effect."},
+			{"destination-region", CLI_STRING, false, NULL,
+			 "The region of the copy. In EC2 it must be the region of the request, "
+			 "which is where ebsim makes the copy; give --region to choose it."},
+			{"tag-specifications", CLI_JSON, false, NULL,
+			 "Tags to put on the copy, as JSON, for example "
+			 "[{\"ResourceType\":\"snapshot\",\"Tags\":[{\"Key\":\"Name\","
+			 "\"Value\":\"dr\"}]}]."},
+			{NULL, 0, false, NULL, NULL},
+		},
+		.output = (const struct cli_field[]){
+			{0, "SnapshotId", "string", "The ID of the copy."},
+			{0, NULL, NULL, NULL},
+		},
+		.examples =
+			"To copy a snapshot from us-east-1 to eu-west-1\n"
+			"\n"
+			"    ebsim --region eu-west-1 copy-snapshot --source-region us-east-1 \\\n"
+			"        --source-snapshot-id snap-0123456789abcdef0 --description 'DR copy'\n"
+			"\n"
+			"Output:\n"
+			"\n"
+			"    {\n"
+			"        \"SnapshotId\": \"snap-0fedcba9876543210\"\n"
+			"    }\n",
+	},
+	{
+		.name = "list-snapshot-blocks",
+		.action = "ListSnapshotBlocks",
+		.api = "EBS direct API",
+		.summary = "Lists the 512 KiB blocks of a snapshot that hold data (EBS direct API).",
+		.description =
+			DIRECT_API_HELP "\n"
+			"\n"
+			"list-snapshot-blocks lists the blocks of one completed snapshot that hold "
+			"data, in increasing BlockIndex, each with a BlockToken that names its "
+			"content. A snapshot that is not completed is refused with "
+			"ValidationException.\n"
+			"\n"
+			"A reply lists at most --max-results blocks; when more remain it carries a "
+			"NextToken, to pass back with --next-token. --starting-block-index skips the "
+			"blocks before it, e.g. to read one region of the volume: the blocks of bytes "
+			"[a, b) are those from a / 524288 to (b - 1) / 524288.",
+		.opts = (const struct cli_opt[]){
+			{"snapshot-id", CLI_STRING, true, NULL, "The ID of the snapshot."},
+			PAGING_OPTS("blocks"),
+			{NULL, 0, false, NULL, NULL},
+		},
+		.output = (const struct cli_field[]){
+			{0, "Blocks", "list", "The blocks that hold data, by increasing index."},
+			{1, "BlockIndex", "integer",
+			 "The index of the block: its byte offset in the volume divided by 524288."},
+			{1, "BlockToken", "string",
+			 "An opaque token that names the block's content in this snapshot."},
+			BLOCKS_TAIL_FIELDS,
+			{0, NULL, NULL, NULL},
+		},
+		.examples =
+			"To list the blocks of a snapshot\n"
+			"\n"
+			"    ebsim list-snapshot-blocks --snapshot-id snap-0123456789abcdef0\n"
+			"\n"
+			"Output (a 1 GiB volume with data at offsets 0 and 1 MiB):\n"
+			"\n"
+			"    {\n"
+			"        \"Blocks\": [\n"
+			"            {\n"
+			"                \"BlockIndex\": 0,\n"
+			"                \"BlockToken\": \"EBSim3f786850e387550fdab836ed7e6dc881de23001b\"\n"
+			"            },\n"
+			"            {\n"
+			"                \"BlockIndex\": 2,\n"
+			"                \"BlockToken\": \"EBSim89e6c98d92887913cadf06b2adb97f26cde4849b\"\n"
+			"            }\n"
+			"        ],\n"
+			"        \"VolumeSize\": 1,\n"
+			"        \"BlockSize\": 524288\n"
+			"    }\n"
+			"\n"
+			"To page through a large snapshot, 1000 blocks at a time\n"
+			"\n"
+			"    ebsim list-snapshot-blocks --snapshot-id snap-0123456789abcdef0 \\\n"
+			"        --max-results 1000\n"
+			"    ebsim list-snapshot-blocks --snapshot-id snap-0123456789abcdef0 \\\n"
+			"        --max-results 1000 --next-token <NextToken of the previous reply>\n",
+	},
+	{
+		.name = "list-changed-blocks",
+		.action = "ListChangedBlocks",
+		.api = "EBS direct API",
+		.summary = "Lists the 512 KiB blocks that differ between two snapshots (EBS direct API).",
+		.description =
+			DIRECT_API_HELP "\n"
+			"\n"
+			"list-changed-blocks compares two completed snapshots and lists the blocks "
+			"whose content differs between them, in increasing BlockIndex, with the "
+			"block's token in each snapshot. A block that holds data in one snapshot only "
+			"is listed too. Without --first-snapshot-id, the second snapshot is compared "
+			"with an empty volume: every block that holds data is listed.\n"
+			"\n"
+			"Both snapshots must be of the same lineage: snapshots taken one after the "
+			"other from one volume, or from volumes restored from a snapshot of that "
+			"chain. A snapshot copied with copy-snapshot starts a lineage of its own. "
+			"Snapshots of different lineages, or not completed, are refused with "
+			"ValidationException. The usual use is incremental backup: the blocks to copy "
+			"are the ones that changed since the previous backup's snapshot.\n"
+			"\n"
+			"Paging is as for list-snapshot-blocks.",
+		.opts = (const struct cli_opt[]){
+			{"first-snapshot-id", CLI_STRING, false, NULL,
+			 "The older snapshot. Omit it to list every block of the second snapshot "
+			 "that holds data."},
+			{"second-snapshot-id", CLI_STRING, true, NULL,
+			 "The newer snapshot, of the same lineage as the first."},
+			PAGING_OPTS("changed blocks"),
+			{NULL, 0, false, NULL, NULL},
+		},
+		.output = (const struct cli_field[]){
+			{0, "ChangedBlocks", "list", "The blocks that differ, by increasing index."},
+			{1, "BlockIndex", "integer",
+			 "The index of the block: its byte offset in the volume divided by 524288."},
+			{1, "FirstBlockToken", "string",
+			 "The block's token in the first snapshot; absent without "
+			 "--first-snapshot-id, or when the block holds no data in the first "
+			 "snapshot."},
+			{1, "SecondBlockToken", "string",
+			 "The block's token in the second snapshot; absent when the block holds no "
+			 "data there (it was zeroed since the first snapshot)."},
+			BLOCKS_TAIL_FIELDS,
+			{0, NULL, NULL, NULL},
+		},
+		.examples =
+			"To list what changed between two snapshots of a volume\n"
+			"\n"
+			"    ebsim list-changed-blocks --first-snapshot-id snap-0123456789abcdef0 \\\n"
+			"        --second-snapshot-id snap-0fedcba9876543210\n"
+			"\n"
+			"Output:\n"
+			"\n"
+			"    {\n"
+			"        \"ChangedBlocks\": [\n"
+			"            {\n"
+			"                \"BlockIndex\": 2,\n"
+			"                \"FirstBlockToken\": \"EBSim89e6c98d92887913cadf06b2adb97f26cde4849b\",\n"
+			"                \"SecondBlockToken\": \"EBSim1c6b8d1b2b7a8f1e0d3ab4f5e6c7d8e9f0a1b2c3\"\n"
+			"            }\n"
+			"        ],\n"
+			"        \"VolumeSize\": 1,\n"
+			"        \"BlockSize\": 524288\n"
+			"    }\n"
+			"\n"
+			"To turn the indexes into byte offsets\n"
+			"\n"
+			"    ebsim list-changed-blocks ... | jq '.ChangedBlocks[].BlockIndex * 524288'\n",
+	},
+	{
+		.name = "check",
+		.action = "CheckStore",
+		.api = "ebsimd (not EC2)",
+		.summary = "Verifies the snapshot stores: every chunk against its hash, every manifest.",
+		.description =
+			"Checks the snapshot stores of every region of the home, whatever --region "
+			"and --account say: every stored chunk (object) is read back and compared "
+			"with the hash that names it, and every snapshot's manifest is read and each "
+			"chunk it lists is looked up in the store. It finds:\n"
+			"\n"
+			"* corrupt objects, whose data no longer matches their hash (Corrupt);\n"
+			"* missing objects, listed by a manifest but absent from the store (Missing);\n"
+			"* manifests that cannot be read or parsed (BadManifests);\n"
+			"* leaked objects, which no snapshot and no volume refers to (Leaked). They "
+			"waste space but harm no data.\n"
+			"\n"
+			"The check reads all the data of the stores and can take a while. It is "
+			"refused with IncorrectState while a snapshot or copy job runs in a region.\n"
+			"\n"
+			"The JSON is printed whatever the result, and the exit status tells it, as "
+			"qemu-img check does:\n"
+			"\n"
+			"* 0: the stores are clean (Result clean).\n"
+			"* 2: the stores are corrupt: Corrupt, Missing or BadManifests is not empty "
+			"(Result corrupt).\n"
+			"* 3: the data is sound, but there are leaked objects (Result leaks).\n"
+			"\n"
+			"Otherwise the exit status is ebsim's usual one: 254 when ebsimd refuses, 255 "
+			"when it cannot be reached.",
+		.opts = (const struct cli_opt[]){
+			{NULL, 0, false, NULL, NULL},
+		},
+		.output = (const struct cli_field[]){
+			{0, "ObjectsChecked", "integer", "The number of stored objects checked."},
+			{0, "Corrupt", "list", "The objects whose data does not match their hash."},
+			{1, "Region", "string", "The region of the store."},
+			{1, "ObjectId", "string", "The ID of the object: the hash of its data."},
+			{1, "SnapshotId", "string",
+			 "A snapshot that uses the object, if any; the snapshot is damaged."},
+			{1, "ChunkIndex", "integer",
+			 "Where that snapshot uses it: the chunk's offset in the volume divided by "
+			 "the chunk size."},
+			{0, "Missing", "list",
+			 "The objects a snapshot lists that are not in the store; the same fields as "
+			 "Corrupt."},
+			{0, "BadManifests", "list",
+			 "The IDs of the snapshots whose manifest cannot be read or parsed."},
+			{0, "LeakedCount", "integer", "The number of leaked objects."},
+			{0, "Leaked", "list", "The IDs of the leaked objects; at most 1000 are listed."},
+			{0, "Result", "string",
+			 "clean, corrupt (Corrupt, Missing or BadManifests is not empty) or leaks "
+			 "(only leaked objects were found)."},
+			{0, NULL, NULL, NULL},
+		},
+		.examples =
+			"To check the stores\n"
+			"\n"
+			"    ebsim check\n"
+			"\n"
+			"Output:\n"
+			"\n"
+			"    {\n"
+			"        \"ObjectsChecked\": 4096,\n"
+			"        \"Corrupt\": [],\n"
+			"        \"Missing\": [],\n"
+			"        \"BadManifests\": [],\n"
+			"        \"LeakedCount\": 0,\n"
+			"        \"Leaked\": [],\n"
+			"        \"Result\": \"clean\"\n"
+			"    }\n"
+			"\n"
+			"To check from a script\n"
+			"\n"
+			"    ebsim check >report.json\n"
+			"    case $? in\n"
+			"    0) echo clean ;;\n"
+			"    2) echo 'corrupt: see report.json' ;;\n"
+			"    3) echo 'leaked objects only' ;;\n"
+			"    *) echo 'the check did not run' ;;\n"
+			"    esac\n",
+		.finish = cli_finish_check,
+	},
 };
 
 /* clang-format on */
@@ -433,8 +1071,20 @@ struct cli {
 	size_t nunknown; /* may exceed CLI_UNKNOWN_MAX; the rest are counted */
 };
 
+/* Columns of the progress line drawn on stderr (initialize-volume); 0 when none is open. */
+static int cli_bar_len;
+
+/* End the progress line, if one is open, so that a message starts on a line of its own. */
+static void cli_end_line(void)
+{
+	if (cli_bar_len)
+		fputc('\n', stderr);
+	cli_bar_len = 0;
+}
+
 static int cli_nomem(void)
 {
+	cli_end_line();
 	fputs("ebsim: out of memory\n", stderr);
 	return CLI_EXIT_NOMEM;
 }
@@ -464,6 +1114,12 @@ static const struct cli_verb *cli_find_verb(const char *name)
 		if (strcmp(cli_verbs[i].name, name) == 0)
 			return &cli_verbs[i];
 	return NULL;
+}
+
+/* Whether ebsim handles the option itself rather than sending it. */
+static bool cli_is_local(const struct cli_opt *o)
+{
+	return o->param && !o->param[0];
 }
 
 /* "volume-ids" -> "VolumeIds". The names are ours (the registry), so they fit. */
@@ -910,7 +1566,8 @@ static int cli_store(struct cli *c, size_t k, const char *w)
 			return ret;
 		break;
 	case CLI_STRING:
-	case CLI_BOOLEAN: /* not reached: booleans take no value */
+	case CLI_BOOLEAN: /* not reached: booleans and flags take no value */
+	case CLI_FLAG:
 		v = json_object_new_string(w);
 		if (!v)
 			return -ENOMEM;
@@ -931,7 +1588,7 @@ static int cli_take(struct cli *c, size_t k, bool negated, int argc, char **argv
 	const struct cli_opt *o = &c->verb->opts[k];
 	int ret, j;
 
-	if (o->type == CLI_BOOLEAN) {
+	if (o->type == CLI_BOOLEAN || o->type == CLI_FLAG) {
 		if (inl) {
 			cli_set_err(c, "argument --%s%s: ignored explicit argument '%.*s'",
 				    negated ? "no-" : "", o->name, cli_echo_len(inl), inl);
@@ -1293,6 +1950,8 @@ static const char *cli_type_name(enum cli_type t)
 		return "JSON";
 	case CLI_FILTERS:
 		return "list of filters";
+	case CLI_FLAG:
+		return "flag";
 	}
 	return "?";
 }
@@ -1329,6 +1988,17 @@ static const char cli_env_help[] =
 static const char cli_exit_help[] =
     "0\n"
     "   Success.\n"
+    "\n"
+    "2\n"
+    "   check: the snapshot stores are corrupt (corrupt or missing objects, or unreadable "
+    "manifests).\n"
+    "\n"
+    "3\n"
+    "   check: the stored data is sound, but there are leaked objects.\n"
+    "\n"
+    "130\n"
+    "   Interrupted (SIGINT) while initialize-volume waits for the initialization; the "
+    "initialization goes on.\n"
     "\n"
     "252\n"
     "   Usage error: an unknown command or option, a missing required option, an option "
@@ -1427,6 +2097,9 @@ static void cli_synopsis_opt(FILE *f, const struct cli_opt *o)
 	case CLI_BOOLEAN:
 		fprintf(f, "[--%s | --no-%s]\n", o->name, o->name);
 		break;
+	case CLI_FLAG:
+		fprintf(f, "%s--%s%s\n", open, o->name, close);
+		break;
 	case CLI_LIST:
 	case CLI_FILTERS:
 		fprintf(f, "%s--%s <value> [<value> ...]%s\n", open, o->name, close);
@@ -1451,8 +2124,10 @@ static int cli_help_verb(const struct cli_verb *v)
 	fputs("          [global options]\n", f);
 	fputs("\nDESCRIPTION\n", f);
 	cli_wrap(f, 7, v->description);
-	fprintf(f, "\n       EC2 API action: %s.\n", v->action);
+	fprintf(f, "\n       %s action: %s.\n", v->api ? v->api : "EC2 API", v->action);
 	fputs("\nOPTIONS\n", f);
+	if (!v->opts->name)
+		fputs("       None.\n\n", f);
 	for (const struct cli_opt *o = v->opts; o->name; o++) {
 		cli_param_name(o, param);
 		if (o->type == CLI_BOOLEAN)
@@ -1460,7 +2135,10 @@ static int cli_help_verb(const struct cli_verb *v)
 				cli_type_name(o->type));
 		else
 			fprintf(f, "       --%s (%s)", o->name, cli_type_name(o->type));
-		fprintf(f, "%s -> %s\n", o->required ? " [required]" : "", param);
+		if (cli_is_local(o))
+			fprintf(f, "%s, not sent to ebsimd\n", o->required ? " [required]" : "");
+		else
+			fprintf(f, "%s -> %s\n", o->required ? " [required]" : "", param);
 		cli_wrap(f, 10, o->help);
 		putc('\n', f);
 	}
@@ -1694,6 +2372,7 @@ static void cli_put_shell_word(FILE *f, const char *s)
 
 static int cli_no_daemon(const struct cli *c, const char *path, int err)
 {
+	cli_end_line();
 	fprintf(stderr, "ebsim: cannot reach ebsimd at %s (%s).\nStart it with: ebsimd --home ",
 		path, strerror(-err));
 	cli_put_shell_word(stderr, c->home);
@@ -1703,18 +2382,22 @@ static int cli_no_daemon(const struct cli *c, const char *path, int err)
 
 static int cli_bad_reply(const char *path, const char *why)
 {
+	cli_end_line();
 	fprintf(stderr, "ebsim: malformed reply from ebsimd at %s: %s.\n", path, why);
 	return EXIT_NODAEMON;
 }
 
-/* Judge the reply and print it. Returns the exit code. */
-static int cli_answer(const struct cli *c, const char *path, const char *text, size_t len)
+/* Judge the reply to action. Returns the exit code; on 0, *res is the Result, a reference
+ * for the caller (NULL for a JSON null). Errors are printed. */
+static int cli_answer(const char *action, const char *path, const char *text, size_t len,
+		      struct json_object **res)
 {
-	struct json_object *reply, *res, *err, *code, *msg;
+	struct json_object *reply, *result, *err, *code, *msg;
 	char why[160];
 	const char *jwhy;
 	int ret;
 
+	*res = NULL;
 	if (len == 0)
 		return cli_bad_reply(path, "the connection was closed without a reply");
 	if (!cli_json_parse(text, len, &reply, &jwhy)) {
@@ -1732,29 +2415,35 @@ static int cli_answer(const struct cli *c, const char *path, const char *text, s
 			goto out_put;
 		}
 		json_object_object_get_ex(err, "Message", &msg);
+		cli_end_line();
 		fprintf(stderr, "\nAn error occurred (%s) when calling the %s operation: %s\n",
-			json_object_get_string(code), c->verb->action,
+			json_object_get_string(code), action,
 			json_object_is_type(msg, json_type_string) ? json_object_get_string(msg)
 								   : "");
 		ret = EXIT_SERVICE;
 		goto out_put;
 	}
-	if (!json_object_object_get_ex(reply, "Result", &res)) {
+	if (!json_object_object_get_ex(reply, "Result", &result)) {
 		ret = cli_bad_reply(path, "neither Result nor Error");
 		goto out_put;
 	}
+	*res = json_object_get(result);
 	ret = 0;
-	/* awscli prints nothing for an empty response (DeleteVolume). */
-	if (json_object_is_type(res, json_type_object) && json_object_object_length(res) == 0)
-		goto out_put;
-	if (cli_put_json(stdout, res, 0) < 0) {
-		ret = cli_nomem();
-		goto out_put;
-	}
-	putchar('\n');
 out_put:
 	json_object_put(reply);
 	return ret;
+}
+
+/* Print a Result as awscli does. Returns the exit code. */
+static int cli_print_result(struct json_object *res)
+{
+	/* awscli prints nothing for an empty response (DeleteVolume). */
+	if (json_object_is_type(res, json_type_object) && json_object_object_length(res) == 0)
+		return 0;
+	if (cli_put_json(stdout, res, 0) < 0)
+		return cli_nomem();
+	putchar('\n');
+	return 0;
 }
 
 static int cli_add_string(struct json_object *o, const char *key, const char *s)
@@ -1764,34 +2453,53 @@ static int cli_add_string(struct json_object *o, const char *key, const char *s)
 	return v ? cli_object_add(o, key, v) : -ENOMEM;
 }
 
-/* The request object, its Params in the registry's order. NULL: no memory. */
+static int cli_add_string_item(struct json_object *a, const char *s)
+{
+	struct json_object *v = json_object_new_string(s);
+
+	return v ? cli_array_add(a, v) : -ENOMEM;
+}
+
+/* A request for action with empty Params; *params belongs to it. NULL: no memory. */
+static struct json_object *cli_new_request(const struct cli *c, const char *action,
+					   struct json_object **params)
+{
+	struct json_object *req = json_object_new_object();
+
+	if (!req)
+		return NULL;
+	if (cli_add_string(req, "Action", action) < 0 ||
+	    cli_add_string(req, "Account", c->account) < 0 ||
+	    cli_add_string(req, "Region", c->region) < 0)
+		goto out_put_req;
+	*params = json_object_new_object();
+	if (!*params || cli_object_add(req, "Params", *params) < 0)
+		goto out_put_req;
+	return req;
+out_put_req:
+	json_object_put(req);
+	return NULL;
+}
+
+/* The request of the command line, its Params in the registry's order. NULL: no memory. */
 static struct json_object *cli_request(const struct cli *c)
 {
 	struct json_object *req, *params;
 	char param[CLI_PARAM_MAX];
 
-	req = json_object_new_object();
+	req = cli_new_request(c, c->verb->action, &params);
 	if (!req)
 		return NULL;
-	if (cli_add_string(req, "Action", c->verb->action) < 0 ||
-	    cli_add_string(req, "Account", c->account) < 0 ||
-	    cli_add_string(req, "Region", c->region) < 0)
-		goto out_put_req;
-	params = json_object_new_object();
-	if (!params || cli_object_add(req, "Params", params) < 0)
-		goto out_put_req;
-	/* params now belongs to req */
 	for (size_t k = 0; k < c->nopts; k++) {
-		if (!c->given[k])
+		if (!c->given[k] || cli_is_local(&c->verb->opts[k]))
 			continue;
 		cli_param_name(&c->verb->opts[k], param);
-		if (cli_object_add(params, param, json_object_get(c->vals[k])) < 0)
-			goto out_put_req;
+		if (cli_object_add(params, param, json_object_get(c->vals[k])) < 0) {
+			json_object_put(req);
+			return NULL;
+		}
 	}
 	return req;
-out_put_req:
-	json_object_put(req);
-	return NULL;
 }
 
 /* "<home>/ebsimd.sock", without doubling a trailing '/'. NULL: no memory. */
@@ -1810,18 +2518,17 @@ static char *cli_sock_path(const char *home)
 	return path;
 }
 
-/* Send the request, print the answer. Returns the exit code. */
-static int cli_run(const struct cli *c)
+/* Send req, whose Action is action, and read the answer. Returns the exit code; on 0, *res
+ * is the Result (the caller's reference). Errors are printed. */
+static int cli_call(const struct cli *c, struct json_object *req, const char *action,
+		    struct json_object **res)
 {
-	struct json_object *req;
 	const char *text;
 	char *path, *reply = NULL;
 	size_t len, rlen = 0;
 	int fd, ret;
 
-	req = cli_request(c);
-	if (!req)
-		return cli_nomem();
+	*res = NULL;
 	path = cli_sock_path(c->home);
 	text = json_object_to_json_string_length(
 	    req, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE, &len);
@@ -1835,8 +2542,10 @@ static int cli_run(const struct cli *c)
 				      len + 1, CTL_MAX_MSG);
 		goto out_free_path;
 	}
-	if (c->debug)
+	if (c->debug) {
+		cli_end_line();
 		fprintf(stderr, "ebsim: request to %s: %s\n", path, text);
+	}
 	fd = cli_connect(path);
 	if (fd < 0) {
 		ret = cli_no_daemon(c, path, fd);
@@ -1853,18 +2562,323 @@ static int cli_run(const struct cli *c)
 	} else if (ret == -ENOMEM) {
 		ret = cli_nomem();
 	} else if (ret < 0) {
+		cli_end_line();
 		fprintf(stderr, "ebsim: lost the connection to ebsimd at %s (%s).\n", path,
 			strerror(-ret));
 		ret = EXIT_NODAEMON;
 	} else {
-		if (c->debug)
+		if (c->debug) {
+			cli_end_line();
 			fprintf(stderr, "ebsim: reply: %s\n", reply ? reply : "");
-		ret = cli_answer(c, path, reply, rlen);
+		}
+		ret = cli_answer(action, path, reply, rlen, res);
 		free(reply);
 	}
 out_free_path:
 	free(path);
+	return ret;
+}
+
+/* Run the command line's request and print the answer. Returns the exit code. */
+static int cli_run(const struct cli *c)
+{
+	struct json_object *req, *res = NULL;
+	int ret;
+
+	req = cli_request(c);
+	if (!req)
+		return cli_nomem();
+	ret = cli_call(c, req, c->verb->action, &res);
 	json_object_put(req);
+	if (!ret)
+		ret = c->verb->finish ? c->verb->finish(c, res) : cli_print_result(res);
+	json_object_put(res);
+	return ret;
+}
+
+/* --- commands that do more than print the Result ---------------------------------------- */
+
+/* o[key] when o is an object that has it, else NULL. Borrowed. */
+static struct json_object *cli_member(struct json_object *o, const char *key)
+{
+	struct json_object *v;
+
+	if (!json_object_is_type(o, json_type_object) || !json_object_object_get_ex(o, key, &v))
+		return NULL;
+	return v;
+}
+
+static size_t cli_list_len(struct json_object *o, const char *key)
+{
+	struct json_object *v = cli_member(o, key);
+
+	return json_object_is_type(v, json_type_array) ? json_object_array_length(v) : 0;
+}
+
+/* The value of the command's option name, NULL when it was not given. Borrowed. */
+static struct json_object *cli_opt_value(const struct cli *c, const char *name)
+{
+	for (size_t k = 0; k < c->nopts; k++)
+		if (strcmp(c->verb->opts[k].name, name) == 0)
+			return c->given[k] ? c->vals[k] : NULL;
+	return NULL;
+}
+
+/* check: print the report; exit 0 clean, 2 corrupt, 3 leaks only (qemu-img check). The
+ * lists are judged as well as Result, so that a report never passes for better than it
+ * is. */
+static int cli_finish_check(const struct cli *c, struct json_object *res)
+{
+	struct json_object *verdict = cli_member(res, "Result");
+	const char *v =
+	    json_object_is_type(verdict, json_type_string) ? json_object_get_string(verdict) : "";
+	bool corrupt, leaks;
+	int ret;
+
+	(void)c;
+	ret = cli_print_result(res);
+	if (ret)
+		return ret;
+	corrupt = strcmp(v, "corrupt") == 0 || cli_list_len(res, "Corrupt") ||
+		  cli_list_len(res, "Missing") || cli_list_len(res, "BadManifests");
+	leaks = strcmp(v, "leaks") == 0 || cli_list_len(res, "Leaked") ||
+		json_object_get_int64(cli_member(res, "LeakedCount")) > 0;
+	if (!corrupt && !leaks && strcmp(v, "clean") != 0) {
+		fputs("ebsim: malformed reply from ebsimd: the Result of CheckStore is not "
+		      "clean, corrupt or leaks.\n",
+		      stderr);
+		return EXIT_NODAEMON;
+	}
+	return corrupt ? CLI_EXIT_CORRUPT : leaks ? CLI_EXIT_LEAKS : 0;
+}
+
+static volatile sig_atomic_t cli_interrupted;
+
+static void cli_on_sigint(int sig)
+{
+	(void)sig;
+	cli_interrupted = 1;
+}
+
+/* The Progress of InitializationStatusDetails, 0 to 100: an integer, or text such as "45%".
+ * -1 when there is none. */
+static int cli_progress(struct json_object *details)
+{
+	struct json_object *p = cli_member(details, "Progress");
+	double d;
+	long long v;
+
+	switch (json_object_get_type(p)) {
+	case json_type_int:
+		v = json_object_get_int64(p);
+		break;
+	case json_type_double:
+		d = json_object_get_double(p);
+		v = d >= 100 ? 100 : d >= 0 ? (long long)d : 0; /* NaN: 0 */
+		break;
+	case json_type_string:
+		v = strtoll(json_object_get_string(p), NULL, 10);
+		break;
+	default:
+		return -1;
+	}
+	return v < 0 ? 0 : v > 100 ? 100 : (int)v;
+}
+
+static const char *cli_init_state(struct json_object *details)
+{
+	struct json_object *s = cli_member(details, "State");
+
+	return json_object_is_type(s, json_type_string) ? json_object_get_string(s) : NULL;
+}
+
+/* Whether the initialization is over: the details are gone, Progress is 100, or the State
+ * is no longer initializing (it stopped, e.g. lazy after ebsimd restarted). */
+static bool cli_init_over(struct json_object *details)
+{
+	const char *state = cli_init_state(details);
+
+	return !details || cli_progress(details) >= 100 ||
+	       (state && strcmp(state, "initializing") != 0);
+}
+
+/* "12s", "3m07s", "2h05m". */
+static void cli_duration(char *buf, size_t size, long long s)
+{
+	if (s < 60)
+		snprintf(buf, size, "%llds", s);
+	else if (s < 3600)
+		snprintf(buf, size, "%lldm%02llds", s / 60, s % 60);
+	else
+		snprintf(buf, size, "%lldh%02lldm", s / 3600, s / 60 % 60);
+}
+
+/* "\r[#####.....]  45%  ETA 12s" on stderr, blanking what is left of a longer line. */
+static void cli_draw_bar(struct json_object *details)
+{
+	struct json_object *eta = cli_member(details, "EstimatedTimeToCompleteInSeconds");
+	int pct = MAX(cli_progress(details), 0);
+	int fill = pct * CLI_BAR_WIDTH / 100;
+	char line[CLI_BAR_WIDTH + 64], when[32];
+	int n = 0;
+
+	line[n++] = '[';
+	for (int i = 0; i < CLI_BAR_WIDTH; i++)
+		line[n++] = i < fill ? '#' : '.';
+	n += snprintf(line + n, sizeof(line) - (size_t)n, "] %3d%%", pct);
+	if (pct < 100 && json_object_is_type(eta, json_type_int) &&
+	    json_object_get_int64(eta) >= 0) {
+		cli_duration(when, sizeof(when), (long long)json_object_get_int64(eta));
+		n += snprintf(line + n, sizeof(line) - (size_t)n, "  ETA %s", when);
+	}
+	fprintf(stderr, "\r%s%*s", line, MAX(cli_bar_len - n, 0), "");
+	cli_bar_len = n;
+}
+
+/* DescribeVolumes of volume id: *details is its InitializationStatusDetails, a reference
+ * for the caller, NULL when absent. Returns the exit code. */
+static int cli_poll_init(const struct cli *c, const char *id, struct json_object **details)
+{
+	struct json_object *req, *params, *ids, *res = NULL, *vols, *vol = NULL;
+	size_t n;
+	int ret;
+
+	*details = NULL;
+	req = cli_new_request(c, "DescribeVolumes", &params);
+	if (!req)
+		return cli_nomem();
+	ids = json_object_new_array();
+	if (!ids || cli_object_add(params, "VolumeIds", ids) < 0 ||
+	    cli_add_string_item(ids, id) < 0) {
+		json_object_put(req);
+		return cli_nomem();
+	}
+	ret = cli_call(c, req, "DescribeVolumes", &res);
+	json_object_put(req);
+	if (ret)
+		return ret;
+	vols = cli_member(res, "Volumes");
+	n = cli_list_len(res, "Volumes");
+	for (size_t i = 0; i < n && !vol; i++) {
+		struct json_object *v = json_object_array_get_idx(vols, i);
+		struct json_object *vid = cli_member(v, "VolumeId");
+
+		if (json_object_is_type(vid, json_type_string) &&
+		    strcmp(json_object_get_string(vid), id) == 0)
+			vol = v;
+	}
+	if (!vol) {
+		cli_end_line();
+		fprintf(stderr,
+			"ebsim: malformed reply from ebsimd: DescribeVolumes does not "
+			"describe %.*s.\n",
+			cli_echo_len(id), id);
+		ret = EXIT_NODAEMON;
+	} else {
+		*details = json_object_get(cli_member(vol, "InitializationStatusDetails"));
+	}
+	json_object_put(res);
+	return ret;
+}
+
+/* The details of a volume whose InitializationStatusDetails are gone: it no longer reads
+ * from its snapshot. Shaped as ebsimd's reply for an initialized volume. NULL: no memory. */
+static struct json_object *cli_init_completed(struct json_object *last)
+{
+	struct json_object *type = cli_member(last, "InitializationType");
+	struct json_object *o = json_object_new_object(), *v;
+
+	if (!o)
+		return NULL;
+	v = type ? json_object_get(type) : json_object_new_string("default");
+	if (!v || cli_object_add(o, "InitializationType", v) < 0)
+		goto out_put;
+	v = json_object_new_int(100);
+	if (!v || cli_object_add(o, "Progress", v) < 0)
+		goto out_put;
+	if (cli_add_string(o, "State", "completed") < 0)
+		goto out_put;
+	return o;
+out_put:
+	json_object_put(o);
+	return NULL;
+}
+
+static void cli_sleep_poll(void)
+{
+	struct timespec ts = {0, CLI_POLL_NS};
+
+	while (nanosleep(&ts, &ts) < 0 && errno == EINTR && !cli_interrupted)
+		;
+}
+
+/* initialize-volume: on a terminal, unless --no-wait, follow the initialization with
+ * DescribeVolumes and a progress bar on stderr, then print the first reply with the last
+ * details. Elsewhere print the reply as it is. */
+static int cli_finish_init(const struct cli *c, struct json_object *res)
+{
+	struct json_object *details, *next, *idv = cli_member(res, "VolumeId");
+	struct json_object *nowait = cli_opt_value(c, "no-wait");
+	struct sigaction sa = {.sa_handler = cli_on_sigint, .sa_flags = SA_RESTART}, old;
+	const char *id, *state;
+	int ret = 0;
+
+	details = json_object_get(cli_member(res, "InitializationStatusDetails"));
+	if ((nowait && json_object_get_boolean(nowait)) || !isatty(STDERR_FILENO) ||
+	    cli_init_over(details))
+		goto out_print;
+	id = json_object_is_type(idv, json_type_string)
+		 ? json_object_get_string(idv)
+		 : json_object_get_string(cli_opt_value(c, "volume-id"));
+	if (!id)
+		id = "";
+	sigemptyset(&sa.sa_mask);
+	cli_interrupted = 0;
+	sigaction(SIGINT, &sa, &old);
+	for (;;) {
+		cli_draw_bar(details);
+		if (cli_init_over(details))
+			break;
+		cli_sleep_poll();
+		if (cli_interrupted)
+			break;
+		ret = cli_poll_init(c, id, &next);
+		if (ret)
+			break;
+		if (!next) {
+			next = cli_init_completed(details);
+			if (!next) {
+				ret = cli_nomem();
+				break;
+			}
+		}
+		json_object_put(details);
+		details = next;
+	}
+	sigaction(SIGINT, &old, NULL);
+	cli_end_line();
+	if (cli_interrupted) {
+		fprintf(stderr, "ebsim: interrupted; ebsimd goes on initializing %.*s.\n",
+			cli_echo_len(id), id);
+		ret = CLI_EXIT_INTERRUPTED;
+	}
+	if (ret)
+		goto out_put;
+	state = cli_init_state(details);
+	if (cli_progress(details) < 100 && !(state && strcmp(state, "completed") == 0))
+		fprintf(stderr,
+			"ebsim: the initialization of %.*s stopped at %d%% (State %.*s); "
+			"run initialize-volume again to resume it.\n",
+			cli_echo_len(id), id, MAX(cli_progress(details), 0),
+			state ? cli_echo_len(state) : 1, state ? state : "?");
+	if (cli_object_add(res, "InitializationStatusDetails", json_object_get(details)) < 0) {
+		ret = cli_nomem();
+		goto out_put;
+	}
+out_print:
+	ret = cli_print_result(res);
+out_put:
+	json_object_put(details);
 	return ret;
 }
 
