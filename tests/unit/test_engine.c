@@ -10,8 +10,8 @@
  * Every check asserts outcomes: bytes are compared against what was written (engine reads are
  * compared with a position-dependent pattern, engine writes are checked with a plain pread),
  * results are exact, done runs exactly once per request and never on the submitting thread.
- * The file lives under /tmp (mkstemp) and is removed at exit; an alarm turns a hang into a
- * failure.
+ * The file is created under /tmp (mkstemp) and unlinked at once, so even a killed run leaves
+ * nothing behind; an alarm turns a hang into a failure.
  */
 #include "blockdev/blk_engine.h"
 #include "common/common.h"
@@ -36,8 +36,8 @@
 #define WAIT_SECS 60
 #define NTHREADS 4
 
-static char tpath[] = "/tmp/ebsim-test-engine-XXXXXX";
 static int tfd = -1;
+static char tpath_proc[64];   /* the file is unlinked at once; reopened through /proc */
 static const char *cur = "-"; /* engine under test, for messages */
 
 #define CHECK(cond, ...)                                                                           \
@@ -904,7 +904,7 @@ static int check_errors(struct blk_engine *e)
 
 	if (reset_file() || file_write(0, sizeof(buf), 2))
 		return -1;
-	rfd = open(tpath, O_RDONLY | O_CLOEXEC);
+	rfd = open(tpath_proc, O_RDONLY | O_CLOEXEC);
 	CHECK(rfd >= 0, "open read-only: %m");
 
 	fill(buf, sizeof(buf), 0, 4);
@@ -1031,14 +1031,6 @@ static const struct {
     {.name = "errors", .fn = check_errors},
 };
 
-static void cleanup(void)
-{
-	if (tfd >= 0) {
-		close(tfd);
-		unlink(tpath);
-	}
-}
-
 static int report(const char *what, int ret)
 {
 	printf("%s %s %s\n", ret ? "FAIL" : "ok  ", cur, what);
@@ -1047,6 +1039,7 @@ static int report(const char *what, int ret)
 
 int main(void)
 {
+	char tpath[] = "/tmp/ebsim-test-engine-XXXXXX";
 	unsigned i, k, ran = 0, failed = 0;
 	struct blk_engine *e;
 	int ret;
@@ -1058,7 +1051,8 @@ int main(void)
 		perror("mkstemp");
 		return 1;
 	}
-	atexit(cleanup);
+	unlink(tpath); /* nothing is left behind, however the test ends */
+	snprintf(tpath_proc, sizeof(tpath_proc), "/proc/self/fd/%d", tfd);
 
 	failed += report("names", check_names());
 	failed += report("blk_req_account", check_account());
