@@ -35,6 +35,8 @@
  * A verb with a finish hook prints the Result itself and picks the exit code: check exits
  * 0, 2 or 3 as qemu-img check does, and initialize-volume, on a terminal, polls
  * DescribeVolumes and draws a progress bar on stderr until the volume is initialized.
+ * bench sends DescribeVolumes for its --volume-id and then works locally: it runs fio on
+ * the volume's LocalPath with the profiles of bench/bench.py and prints fio's figures.
  *
  * Hostile input.  Arguments may come from anyone, or from a fuzzer: they are never copied
  * into fixed-size buffers, user text echoed in a message is cut to CLI_ECHO_MAX bytes, JSON
@@ -55,6 +57,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -124,6 +127,7 @@ struct cli_verb {
 
 static int cli_finish_init(const struct cli *c, struct json_object *res);
 static int cli_finish_check(const struct cli *c, struct json_object *res);
+static int cli_finish_bench(const struct cli *c, struct json_object *res);
 
 /* Help text: blank lines separate paragraphs, which are wrapped; a line that starts with a
  * space is printed as it is, less that space; a line that starts with "* " is a bullet with
@@ -1046,6 +1050,91 @@ static const struct cli_verb cli_verbs[] = {
 			"    *) echo 'the check did not run' ;;\n"
 			"    esac\n",
 		.finish = cli_finish_check,
+	},
+	{
+		.name = "bench",
+		.action = "DescribeVolumes",
+		.api = "ebsim, local (fio); it calls the EC2 API",
+		.summary = "Runs fio on a volume's LocalPath with the profiles of make bench.",
+		.description =
+			"Measures one volume as make bench measures ebsim: it looks the volume up "
+			"with describe-volumes, then runs fio on its LocalPath (the FUSE file; "
+			"attach it with losetup to measure the loop device instead) once per "
+			"profile, and prints what fio measured. fio must be installed (make deps). "
+			"Each profile runs for --runtime seconds after a 1 s ramp, with --direct=1, "
+			"--ioengine=io_uring, over the whole volume:\n"
+			"\n"
+			"* rr4k-qd1: 4 KiB random reads, queue depth 1;\n"
+			"* rr4k-qd32 (the default): 4 KiB random reads, queue depth 32;\n"
+			"* rw4k-qd32: 4 KiB random writes, queue depth 32;\n"
+			"* mix4k-qd16: 4 KiB random, 70% reads and 30% writes, queue depth 16;\n"
+			"* sr1m-qd8: 1 MiB sequential reads, queue depth 8;\n"
+			"* sw1m-qd8: 1 MiB sequential writes, queue depth 8;\n"
+			"* all: the six, in that order.\n"
+			"\n"
+			"The profiles that write destroy the volume's data and run only with "
+			"--overwrite. A volume that was never written is sparse and slower to write "
+			"the first time (blocks are allocated) and faster to read (holes read as "
+			"zeros): write it once, e.g. with sw1m-qd8, before measuring it. Numbers "
+			"from one run are noisy; bench/bench.py interleaves repeated runs and "
+			"compares against the raw disk and qemu-storage-daemon.",
+		.opts = (const struct cli_opt[]){
+			{"volume-id", CLI_LIST, true, "VolumeIds", "The ID of the volume to measure."},
+			{"profile", CLI_STRING, false, CLI_LOCAL,
+			 "rr4k-qd1, rr4k-qd32 (the default), rw4k-qd32, mix4k-qd16, sr1m-qd8, "
+			 "sw1m-qd8 or all."},
+			{"runtime", CLI_INTEGER, false, CLI_LOCAL,
+			 "Seconds each profile is measured, 1 to 3600. Default 10."},
+			{"overwrite", CLI_FLAG, false, CLI_LOCAL,
+			 "Allow the profiles that write (rw4k-qd32, mix4k-qd16, sw1m-qd8, all): they "
+			 "overwrite the volume's data."},
+			{NULL, 0, false, NULL, NULL},
+		},
+		.output = (const struct cli_field[]){
+			{0, "VolumeId", "string", "The ID of the volume."},
+			{0, "LocalPath", "string", "The file fio ran on."},
+			{0, "RuntimeSeconds", "integer", "Seconds each profile was measured."},
+			{0, "Results", "list", "One entry per profile, in the order run."},
+			{1, "Profile", "string", "The profile's name."},
+			{1, "Iops", "integer", "I/O operations per second, reads and writes together."},
+			{1, "MBps", "number", "Throughput, in 10^6 bytes per second."},
+			{1, "ReadLatencyP50Us", "number",
+			 "The median completion latency of reads, in microseconds (profiles that "
+			 "read)."},
+			{1, "ReadLatencyP99Us", "number", "The 99th percentile of the same."},
+			{1, "WriteLatencyP50Us", "number",
+			 "The same for writes (profiles that write)."},
+			{1, "WriteLatencyP99Us", "number", "The 99th percentile of the same."},
+			{0, NULL, NULL, NULL},
+		},
+		.examples =
+			"To measure 4 KiB random reads at queue depth 32 for 5 seconds\n"
+			"\n"
+			"    ebsim bench --volume-id vol-0123456789abcdef0 --runtime 5\n"
+			"\n"
+			"Output:\n"
+			"\n"
+			"    {\n"
+			"        \"VolumeId\": \"vol-0123456789abcdef0\",\n"
+			"        \"LocalPath\": \"/var/lib/ebsim/mnt/vol-0123456789abcdef0\",\n"
+			"        \"RuntimeSeconds\": 5,\n"
+			"        \"Results\": [\n"
+			"            {\n"
+			"                \"Profile\": \"rr4k-qd32\",\n"
+			"                \"Iops\": 61234,\n"
+			"                \"MBps\": 250.8,\n"
+			"                \"ReadLatencyP50Us\": 481.3,\n"
+			"                \"ReadLatencyP99Us\": 1056.8\n"
+			"            }\n"
+			"        ]\n"
+			"    }\n"
+			"\n"
+			"To fill a new volume once, then run every profile\n"
+			"\n"
+			"    ebsim bench --volume-id vol-0123456789abcdef0 --profile sw1m-qd8 \\\n"
+			"        --overwrite --runtime 1\n"
+			"    ebsim bench --volume-id vol-0123456789abcdef0 --profile all --overwrite\n",
+		.finish = cli_finish_bench,
 	},
 };
 
@@ -2879,6 +2968,244 @@ out_print:
 	ret = cli_print_result(res);
 out_put:
 	json_object_put(details);
+	return ret;
+}
+
+/* bench: the fio profiles of bench/bench.py's JOBS table (keep the two in step). */
+struct cli_bench_profile {
+	const char *name;
+	const char *rw;
+	const char *bs;
+	const char *iodepth;
+	bool writes;
+};
+
+static const struct cli_bench_profile cli_bench_profiles[] = {
+    {"rr4k-qd1", "randread", "4k", "1", false},
+    {"rr4k-qd32", "randread", "4k", "32", false},
+    {"rw4k-qd32", "randwrite", "4k", "32", true},
+    {"mix4k-qd16", "randrw", "4k", "16", true},
+    {"sr1m-qd8", "read", "1M", "8", false},
+    {"sw1m-qd8", "write", "1M", "8", true},
+    {NULL, NULL, NULL, NULL, false},
+};
+
+#define CLI_FIO_OUT_MAX (16 << 20) /* fio's JSON for one job is a few KiB */
+
+/* Run fio with profile p on path; on 0, *out is its JSON. fio's errors go to stderr. */
+static int cli_bench_fio(const struct cli_bench_profile *p, const char *path, long runtime,
+			 struct json_object **out)
+{
+	char *file, rt[32], rw[32], bs[16], qd[24], *argv[16], *buf = NULL, *nb;
+	size_t len = 0, cap = 0, k = 0;
+	int pfd[2], status;
+	ssize_t n;
+	pid_t pid;
+
+	*out = NULL;
+	if (asprintf(&file, "--filename=%s", path) < 0)
+		return -ENOMEM;
+	snprintf(rt, sizeof(rt), "--runtime=%ld", runtime);
+	snprintf(rw, sizeof(rw), "--rw=%s", p->rw);
+	snprintf(bs, sizeof(bs), "--bs=%s", p->bs);
+	snprintf(qd, sizeof(qd), "--iodepth=%s", p->iodepth);
+	argv[k++] = "fio";
+	argv[k++] = "--output-format=json";
+	argv[k++] = "--name=ebsim-bench";
+	argv[k++] = file;
+	argv[k++] = "--direct=1";
+	argv[k++] = "--ioengine=io_uring";
+	argv[k++] = "--thread";
+	argv[k++] = "--time_based";
+	argv[k++] = rt;
+	argv[k++] = "--ramp_time=1";
+	argv[k++] = rw;
+	argv[k++] = bs;
+	argv[k++] = qd;
+	if (strcmp(p->rw, "randrw") == 0)
+		argv[k++] = "--rwmixread=70";
+	argv[k] = NULL;
+	if (pipe(pfd) < 0) {
+		free(file);
+		return -errno;
+	}
+	pid = fork();
+	if (pid < 0) {
+		close(pfd[0]);
+		close(pfd[1]);
+		free(file);
+		return -errno;
+	}
+	if (pid == 0) {
+		dup2(pfd[1], STDOUT_FILENO);
+		close(pfd[0]);
+		close(pfd[1]);
+		execvp("fio", argv);
+		fprintf(stderr, "ebsim: cannot run fio: %s (make deps installs it).\n",
+			strerror(errno));
+		_exit(127);
+	}
+	close(pfd[1]);
+	free(file);
+	for (;;) {
+		if (len + 4096 > cap) {
+			cap = cap ? 2 * cap : 65536;
+			nb = cap <= CLI_FIO_OUT_MAX ? realloc(buf, cap + 1) : NULL;
+			if (!nb)
+				break;
+			buf = nb;
+		}
+		n = read(pfd[0], buf + len, cap - len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		len += (size_t)n;
+	}
+	close(pfd[0]);
+	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+		;
+	if (buf && WIFEXITED(status) && WEXITSTATUS(status) == 0) {
+		buf[len] = '\0';
+		nb = strchr(buf, '{'); /* fio may print notes before the JSON */
+		*out = nb ? json_tokener_parse(nb) : NULL;
+	}
+	free(buf);
+	if (!*out) {
+		fprintf(stderr, "ebsim: fio failed on %s (profile %s).\n", path, p->name);
+		return -EIO;
+	}
+	return 0;
+}
+
+/* A number with one decimal, spelled as such in the output. */
+static int cli_add_num(struct json_object *o, const char *key, double d)
+{
+	char s[64];
+	struct json_object *v;
+
+	snprintf(s, sizeof(s), "%.1f", d);
+	v = json_object_new_double_s(d, s);
+	return v ? cli_object_add(o, key, v) : -ENOMEM;
+}
+
+/* The entry of Results for one fio run: both directions summed, latencies apart. */
+static struct json_object *cli_bench_result(const char *name, struct json_object *fio)
+{
+	struct json_object *jobs = cli_member(fio, "jobs"), *job, *io[2], *n;
+	struct json_object *r = json_object_new_object();
+	static const char *const dirs[][3] = {{"read", "ReadLatencyP50Us", "ReadLatencyP99Us"},
+					      {"write", "WriteLatencyP50Us", "WriteLatencyP99Us"}};
+	double iops = 0, bw = 0;
+
+	if (!r)
+		return NULL;
+	job =
+	    json_object_is_type(jobs, json_type_array) ? json_object_array_get_idx(jobs, 0) : NULL;
+	for (size_t i = 0; i < 2; i++) {
+		io[i] = cli_member(job, dirs[i][0]);
+		if (json_object_get_int64(cli_member(io[i], "total_ios")) <= 0) {
+			io[i] = NULL;
+			continue;
+		}
+		iops += json_object_get_double(cli_member(io[i], "iops"));
+		bw += json_object_get_double(cli_member(io[i], "bw_bytes"));
+	}
+	n = json_object_new_int64((int64_t)(iops + 0.5));
+	if (cli_add_string(r, "Profile", name) < 0 || !n || cli_object_add(r, "Iops", n) < 0 ||
+	    cli_add_num(r, "MBps", bw / 1e6) < 0)
+		goto out_put;
+	for (size_t i = 0; i < 2; i++) {
+		struct json_object *pct = cli_member(cli_member(io[i], "clat_ns"), "percentile");
+
+		if (!io[i])
+			continue;
+		if (cli_add_num(r, dirs[i][1],
+				json_object_get_double(cli_member(pct, "50.000000")) / 1e3) < 0 ||
+		    cli_add_num(r, dirs[i][2],
+				json_object_get_double(cli_member(pct, "99.000000")) / 1e3) < 0)
+			goto out_put;
+	}
+	return r;
+out_put:
+	json_object_put(r);
+	return NULL;
+}
+
+/* bench: res is DescribeVolumes' answer for --volume-id; run fio on the LocalPath. */
+static int cli_finish_bench(const struct cli *c, struct json_object *res)
+{
+	struct json_object *vols = cli_member(res, "Volumes"), *vol, *pv, *rv, *rt, *out, *list;
+	struct json_object *fio;
+	const char *profile = "rr4k-qd32", *path;
+	long runtime = 10;
+	bool all, found = false;
+	int ret;
+
+	pv = cli_opt_value(c, "profile");
+	if (pv)
+		profile = json_object_get_string(pv);
+	rv = cli_opt_value(c, "runtime");
+	if (rv) {
+		runtime = json_object_is_type(rv, json_type_int) ? json_object_get_int64(rv) : 0;
+		if (runtime < 1 || runtime > 3600)
+			return cli_usage_error("--runtime must be 1 to 3600 seconds");
+	}
+	all = strcmp(profile, "all") == 0;
+	for (const struct cli_bench_profile *p = cli_bench_profiles; p->name; p++) {
+		if (!all && strcmp(p->name, profile) != 0)
+			continue;
+		found = true;
+		if (p->writes && !cli_opt_value(c, "overwrite"))
+			return cli_usage_error("profile %s writes over the volume's data: add "
+					       "--overwrite to run it",
+					       p->name);
+	}
+	if (!found)
+		return cli_usage_error("unknown profile '%.*s': see ebsim bench --help",
+				       cli_echo_len(profile), profile);
+	if (!json_object_is_type(vols, json_type_array) || json_object_array_length(vols) != 1)
+		return cli_usage_error("bench measures one volume: give one --volume-id");
+	vol = json_object_array_get_idx(vols, 0);
+	path = json_object_get_string(cli_member(vol, "LocalPath"));
+	if (!path || !*path) {
+		fputs("ebsim: the volume has no LocalPath: ebsimd does not serve it.\n", stderr);
+		return EXIT_NODAEMON;
+	}
+	out = json_object_new_object();
+	list = json_object_new_array();
+	rt = json_object_new_int64(runtime);
+	if (!out || !list || !rt ||
+	    cli_object_add(out, "VolumeId", json_object_get(cli_member(vol, "VolumeId"))) < 0 ||
+	    cli_add_string(out, "LocalPath", path) < 0 ||
+	    cli_object_add(out, "RuntimeSeconds", json_object_get(rt)) < 0 ||
+	    cli_object_add(out, "Results", json_object_get(list)) < 0) {
+		ret = cli_nomem();
+		goto out_put;
+	}
+	for (const struct cli_bench_profile *p = cli_bench_profiles; p->name; p++) {
+		if (!all && strcmp(p->name, profile) != 0)
+			continue;
+		if (isatty(STDERR_FILENO))
+			fprintf(stderr, "ebsim: bench: %s on %s, %ld s ...\n", p->name, path,
+				runtime + 1);
+		ret = cli_bench_fio(p, path, runtime, &fio);
+		if (ret) {
+			ret = EXIT_NODAEMON;
+			goto out_put;
+		}
+		rv = cli_bench_result(p->name, fio);
+		json_object_put(fio);
+		if (!rv || cli_array_add(list, rv) < 0) {
+			ret = cli_nomem();
+			goto out_put;
+		}
+	}
+	ret = cli_print_result(out);
+out_put:
+	json_object_put(rt);
+	json_object_put(list);
+	json_object_put(out);
 	return ret;
 }
 
