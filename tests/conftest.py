@@ -59,6 +59,22 @@ def is_mounted(path):
     return False
 
 
+def pid_running(pid):
+    """True until pid has finished exiting. ebsimd daemonizes, so its exit status goes to
+    PID 1, which may reap late; a zombie leader whose other threads are gone has closed its
+    files (FUSE device, lock, socket), which is what callers wait for."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            zombie = f.read().rsplit(")", 1)[1].split()[0] == "Z"
+        return not (zombie and os.listdir(f"/proc/{pid}/task") == [str(pid)])
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
 class Resources:
     """Loop devices and mounts made by one test, removed at teardown by exact name."""
 
@@ -156,9 +172,7 @@ class Daemon:
 
     def _wait_gone(self):
         for _ in range(600):
-            try:
-                os.kill(self.pid, 0)
-            except ProcessLookupError:
+            if not pid_running(self.pid):
                 break
             # reap if it is our child (it is not: ebsimd daemonizes), else poll
             time.sleep(0.05)
@@ -167,13 +181,7 @@ class Daemon:
         self.pid = None
 
     def alive(self):
-        if not self.pid:
-            return False
-        try:
-            os.kill(self.pid, 0)
-            return True
-        except ProcessLookupError:
-            return False
+        return bool(self.pid) and pid_running(self.pid)
 
     def cli(self, *args, account=None, region=None, env=None):
         cmd = [self.ebsim, "--home", self.home, "--account", account or self.account,
@@ -247,10 +255,10 @@ def make_daemon(home, res):
     """Factory for tests that choose the engine or start/stop daemons themselves."""
     made = []
 
-    def factory(engine="io_uring", start=True, subhome=None):
+    def factory(engine="io_uring", start=True, subhome=None, **kw):
         h = home if subhome is None else os.path.join(home, subhome)
         os.makedirs(h, exist_ok=True)
-        d = Daemon(h, engine=engine)
+        d = Daemon(h, engine=engine, **kw)  # kw: ebsimd=, ebsim= (e.g. the ASan build)
         made.append(d)
         return d.start() if start else d
 
