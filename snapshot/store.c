@@ -1,0 +1,945 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * store.c - the content-addressed object store: put/get with SHA-256 verification, the
+ * durability barrier, mark-and-sweep GC and the integrity check (see snapshot.h).
+ *
+ * Design notes
+ * ------------
+ * Layout: <store>/objects/ab/<62 hex> holds the bytes whose SHA-256 is "ab<62 hex>" (lower
+ * case); <store>/manifests/snap-<17 hex> is a manifest (manifest.c). Directories are 0700,
+ * object files 0600. Names are only ever built from a 32-byte id or a validated snapshot
+ * id, and every open is relative to a directory fd with O_NOFOLLOW.
+ *
+ * Directory fds: the store dir, objects/ and manifests/ are opened by store_open; the 256
+ * fan-out directories are created and opened lazily, the first time an object lands in or
+ * is looked up under them, and stay open until store_close. fan[] is read lock-free
+ * (acquire); fan_lock serialises only the first open of each directory.
+ *
+ * Put protocol (after git's write_loose_object): hash -> fstatat "already have it?" ->
+ * write a temp file ".tmp.<pid>.<seq>" (O_EXCL) in the destination fan-out directory ->
+ * renameat onto the final name. Two writers of the same content both succeed: the rename
+ * of identical bytes over identical bytes is harmless. Nothing is fsynced here: the
+ * snapshot path puts ~16k objects per GiB and a per-object fsync would bound it to the
+ * disk's flush rate. store_sync is the barrier: one syncfs() of the store's file system
+ * (file data, inodes and directory entries alike; since Linux 5.8 it also reports
+ * writeback errors).
+ *
+ * Crash protocol: a snapshot is complete only after store_sync and then manifest_write
+ * (atomic + durable). A crash before that leaves objects no manifest references (GC
+ * removes them) and stale temp files (GC removes them too). An object put but never synced
+ * may come back after a crash empty or short (ext4/XFS delayed allocation); store_put
+ * therefore trusts an existing object only when its size matches, and otherwise rewrites
+ * it, so a retried snapshot cannot adopt a torn object. Every read re-hashes anyway
+ * (-EBADMSG on any mismatch), so other damage is detected, never returned as data.
+ *
+ * GC (mark and sweep): the mark phase reads every manifest into an open-addressing hash set
+ * of 32-byte ids (home slot = first 8 bytes of the id, which are uniformly distributed;
+ * linear probing; load <= 3/4; an occupancy bitmap, so no id value is reserved): 32-byte
+ * slots, 1.33 to 2.67 per live object (10M objects: 512 MiB, 768 MiB while growing). Any
+ * manifest that cannot be read aborts GC before anything is deleted: never delete data
+ * on uncertain roots. The sweep then reads each fan-out directory and unlinks every
+ * object not in the set, and every temp file. GC must not run while a snapshot is being
+ * written (its objects are not referenced yet); the caller serialises that.
+ *
+ * Check: builds the same set, with the first (manifest, chunk index) referencing each
+ * object as its value, walks and re-hashes every object (corrupt / leaked; an unreferenced
+ * corrupt object is reported as both, with a NULL manifest), then re-reads the manifests and
+ * reports each entry whose object file is absent (missing). Manifests are re-read rather
+ * than kept: a large volume's manifest is tens of MiB. Temp files and foreign names in the
+ * fan-out directories are neither checked nor reported (GC removes temp files).
+ */
+#include "snapshot/snapshot.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+
+#define FANOUT 256
+#define TMP_PREFIX ".tmp."
+#define CHECK_BUF (1u << 20)
+
+struct snap_store {
+	int dirfd;		 /* the store directory */
+	int objfd;		 /* objects/ */
+	int manfd;		 /* manifests/ */
+	_Atomic int fan[FANOUT]; /* objects/00 .. objects/ff, -1 until first used */
+	pthread_mutex_t fan_lock;
+	atomic_ulong tmpseq;
+};
+
+/* Shared with manifest.c (snapshot.h is the fixed public API; there is no private header). */
+int store_manifest_dirfd(struct snap_store *s);
+int store_sha256(const void *buf, size_t len, uint8_t out[OBJ_ID_LEN]);
+
+int store_manifest_dirfd(struct snap_store *s)
+{
+	return s->manfd;
+}
+
+/* ---- hashing ------------------------------------------------------------------------- */
+
+static EVP_MD *sha256_md;
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+
+/* Fetch the implementation once: EVP_sha256() would look it up again on every digest. */
+static void sha256_fetch(void)
+{
+	sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+}
+
+static const EVP_MD *sha256(void)
+{
+	pthread_once(&sha256_once, sha256_fetch);
+	return sha256_md ? sha256_md : EVP_sha256();
+}
+
+int store_sha256(const void *buf, size_t len, uint8_t out[OBJ_ID_LEN])
+{
+	unsigned int n = 0;
+
+	if (!EVP_Digest(buf, len, out, &n, sha256(), NULL) || n != OBJ_ID_LEN)
+		return -ENOMEM;
+	return 0;
+}
+
+bool store_verify(const void *buf, size_t len, const uint8_t id[OBJ_ID_LEN])
+{
+	uint8_t h[OBJ_ID_LEN];
+
+	return store_sha256(buf, len, h) == 0 && memcmp(h, id, OBJ_ID_LEN) == 0;
+}
+
+/* ---- ids ----------------------------------------------------------------------------- */
+
+void obj_id_hex(const uint8_t id[OBJ_ID_LEN], char hex[OBJ_HEX_LEN + 1])
+{
+	static const char digits[] = "0123456789abcdef";
+
+	for (int i = 0; i < OBJ_ID_LEN; i++) {
+		hex[2 * i] = digits[id[i] >> 4];
+		hex[2 * i + 1] = digits[id[i] & 15];
+	}
+	hex[OBJ_HEX_LEN] = '\0';
+}
+
+static int hex_val(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	return -1;
+}
+
+int obj_id_parse(const char *hex, uint8_t id[OBJ_ID_LEN])
+{
+	if (!hex)
+		return -EINVAL;
+	/* stops at the first non-hex character, so never reads past the NUL */
+	for (int i = 0; i < OBJ_HEX_LEN; i++)
+		if (hex_val(hex[i]) < 0)
+			return -EINVAL;
+	if (hex[OBJ_HEX_LEN] != '\0')
+		return -EINVAL;
+	for (int i = 0; i < OBJ_ID_LEN; i++)
+		id[i] = (uint8_t)(hex_val(hex[2 * i]) << 4 | hex_val(hex[2 * i + 1]));
+	return 0;
+}
+
+/* ---- open / close -------------------------------------------------------------------- */
+
+static int dir_open(int at, const char *name)
+{
+	int fd = openat(at, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+
+	return fd < 0 ? -errno : fd;
+}
+
+/* Open at/name, creating it (0700) if missing; *created is set when this call made it. */
+static int dir_open_or_create(int at, const char *name, bool *created)
+{
+	int fd = dir_open(at, name);
+
+	if (fd != -ENOENT)
+		return fd;
+	if (mkdirat(at, name, 0700) < 0) {
+		if (errno != EEXIST)
+			return -errno;
+	} else {
+		*created = true;
+	}
+	return dir_open(at, name);
+}
+
+int store_open(int parent_dirfd, const char *name, struct snap_store **out)
+{
+	struct snap_store *s;
+	bool created = false, sub_created = false;
+	unsigned long seq;
+	int ret;
+
+	s = calloc(1, sizeof(*s));
+	if (!s)
+		return -ENOMEM;
+	s->dirfd = s->objfd = s->manfd = -1;
+	for (int i = 0; i < FANOUT; i++)
+		atomic_init(&s->fan[i], -1);
+	/* a random start keeps two handles on one store in one process apart (O_EXCL anyway) */
+	if (rand_bytes(&seq, sizeof(seq)))
+		seq = 0;
+	atomic_init(&s->tmpseq, seq & 0xffffffffu);
+	ret = pthread_mutex_init(&s->fan_lock, NULL);
+	if (ret) {
+		free(s);
+		return -ret;
+	}
+
+	ret = dir_open_or_create(parent_dirfd, name, &created);
+	if (ret < 0)
+		goto out_close;
+	s->dirfd = ret;
+	ret = dir_open_or_create(s->dirfd, "objects", &sub_created);
+	if (ret < 0)
+		goto out_close;
+	s->objfd = ret;
+	ret = dir_open_or_create(s->dirfd, "manifests", &sub_created);
+	if (ret < 0)
+		goto out_close;
+	s->manfd = ret;
+	/* new directory entries must be durable before a manifest can rely on them */
+	if ((sub_created && fsync(s->dirfd) < 0) || (created && fsync(parent_dirfd) < 0)) {
+		ret = -errno;
+		goto out_close;
+	}
+	*out = s;
+	return 0;
+
+out_close:
+	log_err("store_open %s: %s", name, strerror(-ret));
+	store_close(s);
+	return ret;
+}
+
+void store_close(struct snap_store *s)
+{
+	if (!s)
+		return;
+	for (int i = 0; i < FANOUT; i++) {
+		int fd = atomic_load(&s->fan[i]);
+		if (fd >= 0)
+			close(fd);
+	}
+	if (s->manfd >= 0)
+		close(s->manfd);
+	if (s->objfd >= 0)
+		close(s->objfd);
+	if (s->dirfd >= 0)
+		close(s->dirfd);
+	pthread_mutex_destroy(&s->fan_lock);
+	free(s);
+}
+
+static void fan_name(unsigned int b, char name[3])
+{
+	static const char digits[] = "0123456789abcdef";
+
+	name[0] = digits[(b >> 4) & 15];
+	name[1] = digits[b & 15];
+	name[2] = '\0';
+}
+
+/* The fd of fan-out directory objects/<b in hex>, opened (and with create, made) on first
+ * use. -ENOENT when it does not exist and create is false. */
+static int fan_fd(struct snap_store *s, unsigned int b, bool create)
+{
+	char name[3];
+	bool created = false;
+	int fd = atomic_load_explicit(&s->fan[b], memory_order_acquire);
+
+	if (fd >= 0)
+		return fd;
+	fan_name(b, name);
+	pthread_mutex_lock(&s->fan_lock);
+	fd = atomic_load_explicit(&s->fan[b], memory_order_relaxed);
+	if (fd < 0) {
+		fd = create ? dir_open_or_create(s->objfd, name, &created)
+			    : dir_open(s->objfd, name);
+		if (fd >= 0)
+			atomic_store_explicit(&s->fan[b], fd, memory_order_release);
+	}
+	pthread_mutex_unlock(&s->fan_lock);
+	return fd;
+}
+
+/* ---- objects ------------------------------------------------------------------------- */
+
+static int write_full(int fd, const void *buf, size_t len)
+{
+	const uint8_t *p = buf;
+
+	while (len) {
+		ssize_t n = write(fd, p, len);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (n == 0)
+			return -EIO;
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+/* pread exactly len bytes from offset 0: 0, -EBADMSG if the file is shorter, or -errno. */
+static int read_full(int fd, void *buf, size_t len)
+{
+	uint8_t *p = buf;
+	size_t got = 0;
+
+	while (got < len) {
+		ssize_t n = pread(fd, p + got, len - got, (off_t)got);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (n == 0)
+			return -EBADMSG;
+		got += (size_t)n;
+	}
+	return 0;
+}
+
+/* Write buf to a fresh temp file in directory dfd; its name goes to tmp. */
+static int write_tmp(struct snap_store *s, int dfd, const void *buf, size_t len, char tmp[64])
+{
+	int fd = -1, ret;
+
+	for (int tries = 0; fd < 0; tries++) {
+		unsigned long seq = atomic_fetch_add_explicit(&s->tmpseq, 1, memory_order_relaxed);
+
+		snprintf(tmp, 64, TMP_PREFIX "%d.%lu", (int)getpid(), seq);
+		fd = openat(dfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+		/* EEXIST: a stale temp file of an earlier process with our pid */
+		if (fd < 0 && (errno != EEXIST || tries >= 100))
+			return -errno;
+	}
+	ret = write_full(fd, buf, len);
+	if (close(fd) < 0 && !ret)
+		ret = -errno;
+	if (ret)
+		unlinkat(dfd, tmp, 0);
+	return ret;
+}
+
+int store_put(struct snap_store *s, const void *buf, size_t len, uint8_t id[OBJ_ID_LEN],
+	      bool *existed)
+{
+	char hex[OBJ_HEX_LEN + 1], tmp[64];
+	struct stat st;
+	int dfd, ret;
+
+	ret = store_sha256(buf, len, id);
+	if (ret)
+		return ret;
+	obj_id_hex(id, hex);
+	dfd = fan_fd(s, id[0], true);
+	if (dfd < 0)
+		return dfd;
+	if (fstatat(dfd, hex + 2, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+		if (S_ISREG(st.st_mode) && (uint64_t)st.st_size == len) {
+			if (existed)
+				*existed = true;
+			return 0;
+		}
+		/* torn by a crash before store_sync (or damaged): replace it */
+		log_warn("object %s has %lld bytes, expected %zu: rewriting it", hex,
+			 (long long)st.st_size, len);
+	} else if (errno != ENOENT) {
+		return -errno;
+	}
+	ret = write_tmp(s, dfd, buf, len, tmp);
+	if (ret)
+		return ret;
+	if (renameat(dfd, tmp, dfd, hex + 2) < 0) {
+		ret = -errno;
+		unlinkat(dfd, tmp, 0);
+		return ret;
+	}
+	if (existed)
+		*existed = false;
+	return 0;
+}
+
+int store_open_object(struct snap_store *s, const uint8_t id[OBJ_ID_LEN])
+{
+	char hex[OBJ_HEX_LEN + 1];
+	int dfd, fd;
+
+	dfd = fan_fd(s, id[0], false);
+	if (dfd < 0)
+		return dfd;
+	obj_id_hex(id, hex);
+	fd = openat(dfd, hex + 2, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	return fd < 0 ? -errno : fd;
+}
+
+int store_get(struct snap_store *s, const uint8_t id[OBJ_ID_LEN], void *buf, size_t len)
+{
+	char hex[OBJ_HEX_LEN + 1];
+	struct stat st;
+	int fd, ret;
+
+	fd = store_open_object(s, id);
+	if (fd < 0)
+		return fd;
+	if (fstat(fd, &st) < 0) {
+		ret = -errno;
+		goto out_close;
+	}
+	if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size != len) {
+		ret = -EBADMSG;
+		goto out_close;
+	}
+	ret = read_full(fd, buf, len);
+	if (!ret && !store_verify(buf, len, id))
+		ret = -EBADMSG;
+out_close:
+	close(fd);
+	if (ret == -EBADMSG) {
+		obj_id_hex(id, hex);
+		log_err("object %s is corrupt (content or length does not match its name)", hex);
+	}
+	return ret;
+}
+
+bool store_has(struct snap_store *s, const uint8_t id[OBJ_ID_LEN])
+{
+	char hex[OBJ_HEX_LEN + 1];
+	struct stat st;
+	int dfd = fan_fd(s, id[0], false);
+
+	if (dfd < 0)
+		return false;
+	obj_id_hex(id, hex);
+	return fstatat(dfd, hex + 2, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode);
+}
+
+int store_copy_object(struct snap_store *src, struct snap_store *dst, const uint8_t id[OBJ_ID_LEN],
+		      size_t len, bool *copied)
+{
+	uint8_t got[OBJ_ID_LEN];
+	bool existed = false;
+	void *buf;
+	int ret;
+
+	if (copied)
+		*copied = false;
+	if (store_has(dst, id))
+		return 0;
+	buf = malloc(len ? len : 1);
+	if (!buf)
+		return -ENOMEM;
+	ret = store_get(src, id, buf, len);
+	if (ret)
+		goto out_free;
+	ret = store_put(dst, buf, len, got, &existed);
+	if (!ret && memcmp(got, id, OBJ_ID_LEN))
+		ret = -EIO; /* cannot happen: store_get verified the bytes */
+	if (!ret && copied)
+		*copied = !existed;
+out_free:
+	free(buf);
+	return ret;
+}
+
+int store_sync(struct snap_store *s)
+{
+	return syncfs(s->dirfd) < 0 ? -errno : 0;
+}
+
+int store_remove_object(struct snap_store *s, const uint8_t id[OBJ_ID_LEN])
+{
+	char hex[OBJ_HEX_LEN + 1];
+	int dfd = fan_fd(s, id[0], false);
+
+	if (dfd < 0)
+		return dfd;
+	obj_id_hex(id, hex);
+	return unlinkat(dfd, hex + 2, 0) < 0 ? -errno : 0;
+}
+
+/* ---- id sets (GC and check) ---------------------------------------------------------- */
+
+/* Open addressing over slots of `stride` bytes: a 32-byte id, then the caller's value. */
+struct idset {
+	uint8_t *slots;
+	uint64_t *used; /* occupancy bitmap */
+	size_t cap;	/* a power of two */
+	size_t n;
+	size_t stride;
+};
+
+static size_t idset_home(const struct idset *set, const uint8_t id[OBJ_ID_LEN])
+{
+	uint64_t k;
+
+	memcpy(&k, id, sizeof(k));
+	return (size_t)k & (set->cap - 1);
+}
+
+static bool idset_used(const struct idset *set, size_t i)
+{
+	return set->used[i / 64] >> (i % 64) & 1;
+}
+
+static int idset_init(struct idset *set, size_t cap, size_t stride)
+{
+	set->slots = calloc(cap, stride);
+	set->used = calloc((cap + 63) / 64, sizeof(uint64_t));
+	set->cap = cap;
+	set->n = 0;
+	set->stride = stride;
+	if (!set->slots || !set->used) {
+		free(set->slots);
+		free(set->used);
+		set->slots = NULL;
+		set->used = NULL;
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+static void idset_free(struct idset *set)
+{
+	free(set->slots);
+	free(set->used);
+	set->slots = NULL;
+	set->used = NULL;
+}
+
+/* The slot of id: its own when present, else the free slot where it would go. */
+static uint8_t *idset_probe(const struct idset *set, const uint8_t id[OBJ_ID_LEN], bool *found)
+{
+	size_t i = idset_home(set, id);
+
+	for (;; i = (i + 1) & (set->cap - 1)) {
+		uint8_t *slot = set->slots + i * set->stride;
+
+		if (!idset_used(set, i)) {
+			*found = false;
+			return slot;
+		}
+		if (!memcmp(slot, id, OBJ_ID_LEN)) {
+			*found = true;
+			return slot;
+		}
+	}
+}
+
+static uint8_t *idset_find(const struct idset *set, const uint8_t id[OBJ_ID_LEN])
+{
+	bool found;
+	uint8_t *slot = idset_probe(set, id, &found);
+
+	return found ? slot : NULL;
+}
+
+static int idset_grow(struct idset *set)
+{
+	struct idset big;
+	int ret;
+
+	if (set->cap > SIZE_MAX / 2 / set->stride)
+		return -ENOMEM;
+	ret = idset_init(&big, set->cap * 2, set->stride);
+	if (ret)
+		return ret;
+	for (size_t i = 0; i < set->cap; i++) {
+		uint8_t *from = set->slots + i * set->stride, *to;
+		bool found;
+
+		if (!idset_used(set, i))
+			continue;
+		to = idset_probe(&big, from, &found);
+		memcpy(to, from, set->stride);
+		size_t j = (size_t)(to - big.slots) / big.stride;
+		big.used[j / 64] |= 1ull << (j % 64);
+		big.n++;
+	}
+	idset_free(set);
+	*set = big;
+	return 0;
+}
+
+/* Insert id (value zeroed) unless present. Returns its slot, NULL on -ENOMEM. The pointer
+ * is valid until the next insertion. */
+static uint8_t *idset_add(struct idset *set, const uint8_t id[OBJ_ID_LEN], bool *added)
+{
+	uint8_t *slot;
+	bool found;
+	size_t i;
+
+	if ((set->n + 1) * 4 > set->cap * 3 && idset_grow(set))
+		return NULL;
+	slot = idset_probe(set, id, &found);
+	*added = !found;
+	if (found)
+		return slot;
+	memset(slot, 0, set->stride);
+	memcpy(slot, id, OBJ_ID_LEN);
+	i = (size_t)(slot - set->slots) / set->stride;
+	set->used[i / 64] |= 1ull << (i % 64);
+	set->n++;
+	return slot;
+}
+
+/* ---- walking the objects ------------------------------------------------------------- */
+
+/* Called for each entry of a fan-out directory: dfd is that directory, name the entry, id
+ * the object id (NULL when the name is not an object name). Non-zero stops the walk. */
+typedef int (*obj_walk_fn)(void *arg, int dfd, const char *name, const uint8_t *id);
+
+static int obj_walk(struct snap_store *s, obj_walk_fn fn, void *arg)
+{
+	int ret = 0;
+
+	for (unsigned int b = 0; b < FANOUT && !ret; b++) {
+		struct dirent *de;
+		DIR *d;
+		int dfd = fan_fd(s, b, false), fd;
+
+		if (dfd == -ENOENT)
+			continue;
+		if (dfd < 0)
+			return dfd;
+		/* a fresh open file description: readdir must not share dfd's position */
+		fd = openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (fd < 0)
+			return -errno;
+		d = fdopendir(fd);
+		if (!d) {
+			ret = -errno;
+			close(fd);
+			return ret;
+		}
+		for (;;) {
+			char hex[OBJ_HEX_LEN + 1];
+			uint8_t id[OBJ_ID_LEN];
+			bool ok;
+
+			errno = 0;
+			de = readdir(d);
+			if (!de) {
+				ret = errno ? -errno : 0;
+				break;
+			}
+			if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+				continue;
+			ok = strlen(de->d_name) == OBJ_HEX_LEN - 2;
+			if (ok) {
+				fan_name(b, hex);
+				memcpy(hex + 2, de->d_name, OBJ_HEX_LEN - 1);
+				ok = obj_id_parse(hex, id) == 0;
+			}
+			ret = fn(arg, dfd, de->d_name, ok ? id : NULL);
+			if (ret)
+				break;
+		}
+		closedir(d);
+	}
+	return ret;
+}
+
+/* ---- GC ------------------------------------------------------------------------------ */
+
+struct gc_state {
+	struct snap_store *s;
+	struct idset live;
+	uint64_t freed, tmps;
+};
+
+static int gc_mark(void *arg, const char *snap_id)
+{
+	struct gc_state *g = arg;
+	struct manifest *m;
+	int ret = manifest_read(g->s, snap_id, &m);
+
+	if (ret == -ENOENT)
+		return 0; /* removed since readdir saw it */
+	if (ret) {
+		log_err("gc: manifest %s unreadable (%s): not sweeping", snap_id, strerror(-ret));
+		return ret;
+	}
+	for (size_t i = 0; i < m->nentries && !ret; i++) {
+		bool added;
+		if (!idset_add(&g->live, m->e[i].id, &added))
+			ret = -ENOMEM;
+	}
+	manifest_free(m);
+	return ret;
+}
+
+static int gc_sweep(void *arg, int dfd, const char *name, const uint8_t *id)
+{
+	struct gc_state *g = arg;
+
+	if (id) {
+		if (idset_find(&g->live, id))
+			return 0;
+		g->freed++;
+	} else if (!strncmp(name, TMP_PREFIX, strlen(TMP_PREFIX))) {
+		g->tmps++;
+	} else {
+		log_warn("gc: leaving unknown file objects/.../%s alone", name);
+		return 0;
+	}
+	if (unlinkat(dfd, name, 0) < 0 && errno != ENOENT)
+		return -errno;
+	return 0;
+}
+
+int store_gc(struct snap_store *s, uint64_t *freed)
+{
+	struct gc_state g = {.s = s};
+	int ret;
+
+	if (freed)
+		*freed = 0;
+	ret = idset_init(&g.live, 1024, OBJ_ID_LEN);
+	if (ret)
+		return ret;
+	ret = manifest_each(s, gc_mark, &g);
+	if (ret)
+		goto out_free;
+	ret = obj_walk(s, gc_sweep, &g);
+	if (freed)
+		*freed = g.freed;
+	log_info("gc: %zu objects referenced, %llu removed, %llu stale temp files removed%s",
+		 g.live.n, (unsigned long long)g.freed, (unsigned long long)g.tmps,
+		 ret ? " (sweep failed)" : "");
+out_free:
+	idset_free(&g.live);
+	return ret;
+}
+
+/* ---- check --------------------------------------------------------------------------- */
+
+/* The value stored after each id in the check's reference map. */
+struct chk_ref {
+	uint64_t idx;	  /* the chunk index in the first manifest referencing it */
+	uint32_t snap;	  /* that manifest, an index into chk_state.snaps */
+	uint32_t present; /* an object file with this name exists */
+};
+
+struct chk_state {
+	struct snap_store *s;
+	struct check_report *r;
+	struct idset refs;
+	char (*snaps)[ID_MAX]; /* readable manifests */
+	size_t nsnaps, capsnaps;
+	EVP_MD_CTX *ctx;
+	uint8_t *buf;
+};
+
+static struct chk_ref *chk_ref(uint8_t *slot)
+{
+	return (struct chk_ref *)(slot + OBJ_ID_LEN);
+}
+
+static int chk_collect(void *arg, const char *snap_id)
+{
+	struct chk_state *c = arg;
+	struct manifest *m;
+	int ret = manifest_read(c->s, snap_id, &m);
+
+	if (ret == -ENOENT)
+		return 0;
+	if (ret == -EUCLEAN) {
+		c->r->bad_manifests_n++;
+		if (c->r->bad_manifest)
+			c->r->bad_manifest(c->r->arg, snap_id);
+		return 0;
+	}
+	if (ret)
+		return ret;
+	if (c->nsnaps == c->capsnaps) {
+		size_t cap = c->capsnaps ? c->capsnaps * 2 : 16;
+		void *p = reallocarray(c->snaps, cap, sizeof(*c->snaps));
+		if (!p || cap > UINT32_MAX) {
+			ret = -ENOMEM;
+			goto out_free;
+		}
+		c->snaps = p;
+		c->capsnaps = cap;
+	}
+	snprintf(c->snaps[c->nsnaps], ID_MAX, "%s", snap_id);
+	for (size_t i = 0; i < m->nentries; i++) {
+		bool added;
+		uint8_t *slot = idset_add(&c->refs, m->e[i].id, &added);
+
+		if (!slot) {
+			ret = -ENOMEM;
+			goto out_free;
+		}
+		if (added) {
+			chk_ref(slot)->idx = m->e[i].idx;
+			chk_ref(slot)->snap = (uint32_t)c->nsnaps;
+		}
+	}
+	c->nsnaps++;
+out_free:
+	manifest_free(m);
+	return ret;
+}
+
+/* Re-hash dfd/name against id: 0, -EBADMSG (mismatch, not a regular file), or -errno. */
+static int chk_hash_file(struct chk_state *c, int dfd, const char *name, const uint8_t *id)
+{
+	uint8_t h[OBJ_ID_LEN];
+	unsigned int hn = 0;
+	struct stat st;
+	int fd, ret = 0;
+
+	fd = openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return errno == ELOOP ? -EBADMSG : -errno;
+	if (fstat(fd, &st) < 0) {
+		ret = -errno;
+		goto out_close;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		ret = -EBADMSG;
+		goto out_close;
+	}
+	if (!EVP_DigestInit_ex(c->ctx, sha256(), NULL)) {
+		ret = -ENOMEM;
+		goto out_close;
+	}
+	for (;;) {
+		ssize_t n = read(fd, c->buf, CHECK_BUF);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			ret = -errno;
+			goto out_close;
+		}
+		if (n == 0)
+			break;
+		if (!EVP_DigestUpdate(c->ctx, c->buf, (size_t)n)) {
+			ret = -ENOMEM;
+			goto out_close;
+		}
+	}
+	if (!EVP_DigestFinal_ex(c->ctx, h, &hn) || hn != OBJ_ID_LEN)
+		ret = -ENOMEM;
+	else if (memcmp(h, id, OBJ_ID_LEN))
+		ret = -EBADMSG;
+out_close:
+	close(fd);
+	return ret;
+}
+
+static int chk_object(void *arg, int dfd, const char *name, const uint8_t *id)
+{
+	struct chk_state *c = arg;
+	struct check_report *r = c->r;
+	char hex[OBJ_HEX_LEN + 1];
+	uint8_t *slot;
+	int ret;
+
+	if (!id)
+		return 0; /* temp files and strangers are GC's business */
+	slot = idset_find(&c->refs, id);
+	if (slot)
+		chk_ref(slot)->present = 1;
+	ret = chk_hash_file(c, dfd, name, id);
+	if (ret == -ENOENT)
+		return 0; /* removed since readdir saw it */
+	if (ret == -ENOMEM)
+		return ret;
+	r->objects_checked++;
+	obj_id_hex(id, hex);
+	if (ret) {
+		r->corrupt_n++;
+		if (r->corrupt)
+			r->corrupt(r->arg, hex, slot ? c->snaps[chk_ref(slot)->snap] : NULL,
+				   slot ? chk_ref(slot)->idx : 0);
+	}
+	if (!slot) {
+		r->leaked_n++;
+		if (r->leaked)
+			r->leaked(r->arg, hex);
+	}
+	return 0;
+}
+
+static int chk_missing(struct chk_state *c, const char *snap_id)
+{
+	struct check_report *r = c->r;
+	char hex[OBJ_HEX_LEN + 1];
+	struct manifest *m;
+	int ret = manifest_read(c->s, snap_id, &m);
+
+	if (ret) {
+		/* read fine a moment ago: removed or replaced since */
+		log_warn("check: manifest %s changed during the check (%s)", snap_id,
+			 strerror(-ret));
+		return ret == -ENOMEM ? ret : 0;
+	}
+	for (size_t i = 0; i < m->nentries; i++) {
+		uint8_t *slot = idset_find(&c->refs, m->e[i].id);
+
+		if (slot && chk_ref(slot)->present)
+			continue;
+		r->missing_n++;
+		if (r->missing) {
+			obj_id_hex(m->e[i].id, hex);
+			r->missing(r->arg, snap_id, m->e[i].idx, hex);
+		}
+	}
+	manifest_free(m);
+	return 0;
+}
+
+int store_check(struct snap_store *s, struct check_report *r)
+{
+	struct chk_state c = {.s = s, .r = r};
+	int ret;
+
+	r->objects_checked = r->corrupt_n = r->missing_n = r->leaked_n = r->bad_manifests_n = 0;
+	ret = idset_init(&c.refs, 1024, OBJ_ID_LEN + sizeof(struct chk_ref));
+	if (ret)
+		return ret;
+	c.ctx = EVP_MD_CTX_new();
+	c.buf = malloc(CHECK_BUF);
+	if (!c.ctx || !c.buf) {
+		ret = -ENOMEM;
+		goto out_free;
+	}
+	ret = manifest_each(s, chk_collect, &c);
+	if (ret)
+		goto out_free;
+	ret = obj_walk(s, chk_object, &c);
+	if (ret)
+		goto out_free;
+	for (size_t i = 0; i < c.nsnaps && !ret; i++)
+		ret = chk_missing(&c, c.snaps[i]);
+out_free:
+	free(c.buf);
+	EVP_MD_CTX_free(c.ctx);
+	free(c.snaps);
+	idset_free(&c.refs);
+	return ret;
+}
