@@ -25,6 +25,7 @@
 #include <stdint.h>
 
 #include "blockdev/blk_engine.h"
+#include "snapshot/snapshot.h"
 
 #define VOL_DEFAULT_CHUNK (64u << 10)
 #define VOL_SECTOR 4096u
@@ -46,6 +47,17 @@ struct vol_params {
 	uint64_t size;       /* bytes; a multiple of the chunk size */
 	uint32_t chunk_size; /* 0 = VOL_DEFAULT_CHUNK; a power of two, >= VOL_SECTOR */
 	enum vol_crypt crypt;
+	/* Restore: the base snapshot's id, and for an encrypted snapshot its wrapped data key
+	 * (the new volume keeps the snapshot's key). NULL for an empty volume. */
+	const char *base_snap;
+	const uint8_t *wrapped_key; /* 72 bytes */
+};
+
+/* A volume restored from a snapshot reads its ABSENT chunks from the base. The caller keeps
+ * both alive until vol_close. */
+struct vol_base {
+	struct snap_store *store;
+	const struct manifest *m;
 };
 
 struct vol;
@@ -57,9 +69,13 @@ typedef void (*vol_cb)(void *arg, int res);
 int vol_create(int parent_dirfd, const char *name, const struct vol_params *p,
 	       const struct vol_keys *keys);
 
-/* Open an existing volume; I/O goes through eng (shared between volumes). */
+/* Open an existing volume; I/O goes through eng (shared between volumes). A volume whose
+ * header names a base snapshot needs base (else -ENODATA: never read zeros in place of
+ * the snapshot's data). */
 int vol_open(int parent_dirfd, const char *name, struct blk_engine *eng,
-	     const struct vol_keys *keys, struct vol **out);
+	     const struct vol_keys *keys, const struct vol_base *base, struct vol **out);
+/* The base snapshot named in a volume's header ("" if none), read without opening it. */
+int vol_read_base_id(int parent_dirfd, const char *name, char out[ID_MAX]);
 
 /* Wait for requests in flight, flush, mark the volume clean, free. Returns the flush
  * result. No new request may be started once this is called. */
@@ -84,6 +100,54 @@ void vol_discard(struct vol *v, uint64_t off, uint64_t len, vol_cb cb, void *arg
 /* Grow the volume to new_size bytes (a multiple of the chunk size); shrinking is -EINVAL.
  * Safe while I/O is in flight. */
 int vol_resize(struct vol *v, uint64_t new_size);
+
+/* ---- snapshots (the caller is snapshot-taking code in the daemon) ---------------------- */
+
+enum vol_snap_kind {
+	VOL_SNAP_ZERO, /* the chunk reads as zeros */
+	VOL_SNAP_DATA, /* buf holds the chunk's bytes as stored (ciphertext if encrypted) */
+	VOL_SNAP_BASE, /* unchanged from the base snapshot: base_id names its object */
+};
+
+struct vol_snap;
+
+/*
+ * Begin a point-in-time snapshot. Writes are held back only while the writes already in
+ * flight complete and the changed set is switched: afterwards every chunk to copy is
+ * "pending", and a write to a pending chunk first waits for that chunk to be copied
+ * (copy-before-write). full: copy every chunk that is not zero (no usable parent);
+ * otherwise only the chunks changed since the previous vol_snap_begin (or since creation).
+ * One snapshot at a time per volume: -EBUSY otherwise. *total receives the number of
+ * chunks to copy.
+ */
+int vol_snap_begin(struct vol *v, bool full, struct vol_snap **out, uint64_t *total);
+/* The next chunk in its point-in-time state: 1 with *idx, *kind and buf (chunk-sized,
+ * for VOL_SNAP_DATA) or base_id (VOL_SNAP_BASE) filled; 0 when every chunk was returned;
+ * -errno on failure. Blocking: call it from a worker thread. */
+int vol_snap_next(struct vol_snap *s, uint64_t *idx, enum vol_snap_kind *kind, void *buf,
+		  uint8_t base_id[OBJ_ID_LEN]);
+/* Finish. ok = false puts the changed bits of the chunks back, so that a later incremental
+ * snapshot still includes them. */
+void vol_snap_end(struct vol_snap *s, bool ok);
+
+uint32_t vol_chunk_size(const struct vol *v);
+/* The volume's wrapped data key (encrypted volumes with a stored key), for snapshots. */
+int vol_wrapped_key(const struct vol *v, uint8_t out[72]);
+/* Decrypt (if the volume is encrypted) a chunk read by vol_snap_next, in place. */
+int vol_chunk_plaintext(struct vol *v, uint64_t idx, void *buf);
+
+/* ---- lazy restore ------------------------------------------------------------------------ */
+
+/* Hydrate chunks still read from the base, starting at *next: copies at most max chunks,
+ * advancing *next. Returns 1 while more remain, 0 when no chunk is read from the base any
+ * more (the base can then be dropped: the header no longer names it), -errno on failure.
+ * *left receives how many chunks still come from the base. Blocking: a worker thread. */
+int vol_hydrate(struct vol *v, uint64_t *next, uint64_t max, uint64_t *left);
+/* How many chunks are still read from the base (0 when none or no base). */
+uint64_t vol_base_left(struct vol *v);
+/* Count of reads served from the base since open (tests use it to show that a hydrated
+ * volume never touches the store). */
+uint64_t vol_base_reads(const struct vol *v);
 
 /* Synchronous conveniences for tools and tests: run one request and wait. */
 int vol_pread(struct vol *v, void *buf, size_t len, uint64_t off);

@@ -45,10 +45,12 @@
 #include <linux/falloc.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/sha.h>
@@ -66,6 +68,7 @@
 #define HDR_F_WRAPPED 1u
 #define HDR_F_EPHEMERAL 2u
 #define HDR_F_CLEAN 4u
+#define HDR_F_BASE 8u
 
 /* On-disk header, little-endian (x86_64/arm64 hosts), padded to HDR_SIZE; the SHA-256 of
  * bytes [0, HDR_SUM_OFF) sits at HDR_SUM_OFF. */
@@ -78,6 +81,7 @@ struct vol_hdr {
 	uint32_t reserved;
 	uint64_t generation;
 	uint8_t wrapped_key[CRYPT_WRAPPED_LEN];
+	char base[ID_MAX]; /* base snapshot id, NUL-padded; valid when HDR_F_BASE */
 };
 #define HDR_SUM_OFF (HDR_SIZE - 32)
 
@@ -113,6 +117,39 @@ struct vol {
 	struct flush_waiter *queued, **qtail;
 	int flush_err;
 	atomic_int inflight; /* vol_io objects not yet completed: vol_close drains them */
+
+	/* lazy restore */
+	struct snap_store *store;
+	const struct manifest *bm; /* base manifest, NULL when none */
+	uint64_t base_nchunks;	   /* chunks the base covers */
+	atomic_uint_fast64_t base_reads;
+
+	/* snapshots */
+	struct vol_snap *snap;	     /* the snapshot being copied, or NULL */
+	bool barrier;		     /* writes are held back while a snapshot begins */
+	struct held *held, **htail;  /* the writes held back */
+	atomic_int writes_inflight;  /* write/discard requests not yet completed */
+	pthread_cond_t cond;	     /* chunk lock released / chunk parked */
+};
+
+/* A write or discard that arrived while a snapshot was switching the changed set. */
+struct held {
+	uint8_t *buf; /* NULL: discard */
+	uint64_t len, off;
+	vol_cb cb;
+	void *arg;
+	struct held *next;
+};
+
+/* The snapshot being copied (see vol_snap_begin). */
+struct vol_snap {
+	struct vol *v;
+	uint64_t *pending; /* bitmap over the chunks at begin */
+	uint64_t nchunks;  /* chunks at begin */
+	uint64_t scan;	   /* next index the sequential scan looks at */
+	uint64_t left;	   /* pending chunks not returned yet */
+	struct slow *parked, **ptail; /* writes waiting for their chunk to be copied */
+	uint64_t *captured;	      /* the chunks begin captured (to restore CHANGED on failure) */
 };
 
 /* One caller request; completes when its last segment does. */
@@ -123,6 +160,7 @@ struct vol_io {
 	atomic_int pending;
 	atomic_int err;
 	int result;
+	bool write; /* counts in v->writes_inflight */
 };
 
 /* One engine request on behalf of a vol_io. */
@@ -136,8 +174,18 @@ struct seg {
 };
 
 /* One slow write: a chunk-locked read-modify-write or fill. */
+/* An asynchronous read of one base object into a chunk buffer, verified on completion. */
+struct base_rd {
+	struct blk_req req;
+	struct vol *v;
+	uint64_t idx;
+	uint8_t id[OBJ_ID_LEN];
+	void (*done)(struct base_rd *b, int res);
+};
+
 struct slow {
 	struct blk_req req;
+	struct base_rd brd; /* a fill from the base snapshot */
 	struct vol_io *io;
 	struct vol *v;
 	uint64_t idx;
@@ -149,6 +197,8 @@ struct slow {
 };
 
 static void slow_run(struct slow *s);
+
+#define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
 
 /* ---- requests ------------------------------------------------------------------------ */
 
@@ -164,6 +214,7 @@ static struct vol_io *io_new(struct vol *v, vol_cb cb, void *arg, int result)
 	atomic_init(&io->pending, 1);
 	atomic_init(&io->err, 0);
 	io->result = result;
+	io->write = false;
 	atomic_fetch_add(&v->inflight, 1);
 	return io;
 }
@@ -177,8 +228,11 @@ static void io_put(struct vol_io *io, int res)
 	if (atomic_fetch_sub(&io->pending, 1) == 1) {
 		int err = atomic_load(&io->err);
 		struct vol *v = io->v;
+		bool write = io->write;
 		io->cb(io->arg, err ? err : io->result);
 		free(io);
+		if (write)
+			atomic_fetch_sub(&v->writes_inflight, 1);
 		atomic_fetch_sub(&v->inflight, 1);
 	}
 }
@@ -276,6 +330,62 @@ static struct chunk_lock *lock_find(struct vol *v, uint64_t idx)
 	return NULL;
 }
 
+static const uint8_t *base_entry(const struct vol *v, uint64_t c)
+{
+	if (!v->bm || c >= v->base_nchunks)
+		return NULL;
+	return manifest_lookup(v->bm, c);
+}
+
+static bool snap_pending(const struct vol *v, uint64_t c)
+{
+	const struct vol_snap *s = v->snap;
+
+	return s && c < s->nchunks && ((s->pending[c / 64] >> (c % 64)) & 1);
+}
+
+/* Release chunk idx's lock (under v->lock). Returns the next waiter, which now holds the
+ * lock and must be run by the caller after dropping v->lock, or NULL. */
+static struct slow *lock_release(struct vol *v, uint64_t idx)
+{
+	struct chunk_lock *l = lock_find(v, idx);
+	struct slow *next = NULL;
+
+	if (l && l->waiters) {
+		next = l->waiters;
+		l->waiters = next->next;
+		if (!l->waiters)
+			l->wtail = &l->waiters;
+		next->next = NULL;
+	} else if (l) {
+		struct chunk_lock **pp = &v->locks;
+		while (*pp != l)
+			pp = &(*pp)->next;
+		*pp = l->next;
+		free(l);
+	}
+	pthread_cond_broadcast(&v->cond);
+	return next;
+}
+
+/* Take chunk idx's lock for a holder that is not a slow write (hydration, the snapshot
+ * scan). false when it is taken. Under v->lock. */
+static bool lock_try(struct vol *v, uint64_t idx)
+{
+	struct chunk_lock *lk;
+
+	if (lock_find(v, idx))
+		return false;
+	lk = calloc(1, sizeof(*lk));
+	if (!lk)
+		return false;
+	lk->idx = idx;
+	lk->wtail = &lk->waiters;
+	lk->next = v->locks;
+	v->locks = lk;
+	return true;
+}
+
 /* ---- header -------------------------------------------------------------------------- */
 
 static int hdr_write(struct vol *v)
@@ -311,6 +421,11 @@ static int hdr_read(int dirfd, struct vol_hdr *h)
 	    h->size > (1ull << 50))
 		goto out_free;
 	if ((h->flags & HDR_F_WRAPPED) && (h->flags & HDR_F_EPHEMERAL))
+		goto out_free;
+	if (h->flags & ~(HDR_F_WRAPPED | HDR_F_EPHEMERAL | HDR_F_CLEAN | HDR_F_BASE))
+		goto out_free;
+	h->base[ID_MAX - 1] = 0;
+	if ((h->flags & HDR_F_BASE) && !id_valid("snap", h->base))
 		goto out_free;
 	ret = 0;
 out_free:
@@ -348,7 +463,24 @@ int vol_create(int parent, const char *name, const struct vol_params *p,
 	v.hdr.chunk_size = cs;
 	v.hdr.generation = 1;
 	v.hdr.flags = HDR_F_CLEAN;
-	if (p->crypt == VOL_CRYPT_WRAPPED) {
+	if (p->base_snap) {
+		if (!id_valid("snap", p->base_snap)) {
+			ret = -EINVAL;
+			goto out_close;
+		}
+		snprintf(v.hdr.base, sizeof(v.hdr.base), "%s", p->base_snap);
+		v.hdr.flags |= HDR_F_BASE;
+	}
+	if (p->crypt == VOL_CRYPT_WRAPPED && p->wrapped_key) {
+		/* restored from an encrypted snapshot: keep its key, checking it unwraps */
+		uint8_t key[VOL_DATA_KEY_LEN];
+		ret = keys && keys->master ? crypt_unwrap(keys->master, p->wrapped_key, key) : -ENOKEY;
+		secure_zero(key, sizeof(key));
+		if (ret)
+			goto out_close;
+		memcpy(v.hdr.wrapped_key, p->wrapped_key, CRYPT_WRAPPED_LEN);
+		v.hdr.flags |= HDR_F_WRAPPED;
+	} else if (p->crypt == VOL_CRYPT_WRAPPED) {
 		uint8_t key[VOL_DATA_KEY_LEN];
 		if (!keys || !keys->master) {
 			ret = -ENOKEY;
@@ -446,8 +578,24 @@ static int map_write_all(struct vol *v)
 	return fdatasync(v->map_fd) < 0 ? -errno : 0;
 }
 
+int vol_read_base_id(int parent, const char *name, char out[ID_MAX])
+{
+	struct vol_hdr h;
+	int dfd, ret;
+
+	dfd = openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (dfd < 0)
+		return -errno;
+	ret = hdr_read(dfd, &h);
+	close(dfd);
+	if (ret)
+		return ret;
+	snprintf(out, ID_MAX, "%s", (h.flags & HDR_F_BASE) ? h.base : "");
+	return 0;
+}
+
 int vol_open(int parent, const char *name, struct blk_engine *eng, const struct vol_keys *keys,
-	     struct vol **out)
+	     const struct vol_base *base, struct vol **out)
 {
 	struct vol *v = calloc(1, sizeof(*v));
 	struct stat st;
@@ -458,7 +606,9 @@ int vol_open(int parent, const char *name, struct blk_engine *eng, const struct 
 	v->data_fd = v->map_fd = -1;
 	v->eng = eng;
 	pthread_mutex_init(&v->lock, NULL);
+	pthread_cond_init(&v->cond, NULL);
 	v->qtail = &v->queued;
+	v->htail = &v->held;
 	v->dirfd = openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	if (v->dirfd < 0) {
 		ret = -errno;
@@ -484,6 +634,21 @@ int vol_open(int parent, const char *name, struct blk_engine *eng, const struct 
 		}
 		memcpy(v->key, keys->ephemeral, VOL_DATA_KEY_LEN);
 		v->encrypted = true;
+	}
+	if (v->hdr.flags & HDR_F_BASE) {
+		const struct manifest *m = base ? base->m : NULL;
+		if (!m || !base->store) {
+			ret = -ENODATA; /* never serve zeros in place of the snapshot's data */
+			goto out_close;
+		}
+		if (m->chunk_size != v->hdr.chunk_size || m->volume_size > v->hdr.size) {
+			ret = -EUCLEAN;
+			goto out_close;
+		}
+		v->store = base->store;
+		v->bm = m;
+		v->base_nchunks = m->volume_size / m->chunk_size;
+		v->has_base = true;
 	}
 	v->simple = !v->encrypted && !v->has_base;
 	v->data_fd = openat(v->dirfd, "data", O_RDWR | O_NOFOLLOW | O_CLOEXEC);
@@ -536,6 +701,7 @@ out_close:
 out_free:
 	free(v->map);
 	free(v->dirty);
+	pthread_cond_destroy(&v->cond);
 	pthread_mutex_destroy(&v->lock);
 	secure_zero(v->key, sizeof(v->key));
 	free(v);
@@ -560,6 +726,7 @@ int vol_close(struct vol *v)
 	close(v->dirfd);
 	free(v->map);
 	free(v->dirty);
+	pthread_cond_destroy(&v->cond);
 	pthread_mutex_destroy(&v->lock);
 	secure_zero(v->key, sizeof(v->key));
 	free(v);
@@ -586,6 +753,165 @@ static bool range_ok(struct vol *v, uint64_t off, uint64_t len)
 	uint64_t size = atomic_load(&v->size);
 
 	return off <= size && len <= size - off;
+}
+
+/* ---- base snapshot reads and hydration ------------------------------------------------ */
+
+static void base_rd_done(struct blk_req *req, int res)
+{
+	struct base_rd *b = (struct base_rd *)req;
+
+	close(req->fd);
+	atomic_fetch_add(&b->v->base_reads, 1);
+	if (res >= 0 && !store_verify(req->buf, req->len, b->id)) {
+		char hex[OBJ_HEX_LEN + 1];
+		obj_id_hex(b->id, hex);
+		log_err("chunk %llu: stored object %s does not match its hash; failing the read",
+			(unsigned long long)b->idx, hex);
+		res = -EBADMSG;
+	}
+	b->done(b, res);
+}
+
+/* Read chunk idx's base object (id) into buf (one chunk); b->done runs on completion. */
+static int base_rd_start(struct base_rd *b, struct vol *v, uint64_t idx, const uint8_t *id,
+			 void *buf)
+{
+	int fd = store_open_object(v->store, id), ret;
+
+	if (fd < 0) {
+		char hex[OBJ_HEX_LEN + 1];
+		obj_id_hex(id, hex);
+		log_err("chunk %llu: stored object %s cannot be opened: %s",
+			(unsigned long long)idx, hex, strerror(-fd));
+		return -EIO;
+	}
+	b->v = v;
+	b->idx = idx;
+	memcpy(b->id, id, OBJ_ID_LEN);
+	b->req = (struct blk_req){
+		.op = BLK_READ, .fd = fd, .buf = buf, .len = v->chunk_size, .done = base_rd_done};
+	ret = blk_submit(v->eng, &b->req);
+	if (ret)
+		close(fd);
+	return ret;
+}
+
+struct hydration {
+	struct blk_req req;
+	struct vol *v;
+	uint64_t idx;
+};
+
+static void hydrate_done(struct blk_req *req, int res)
+{
+	struct hydration *h = (struct hydration *)req;
+	struct vol *v = h->v;
+	struct slow *next;
+
+	pthread_mutex_lock(&v->lock);
+	if (res >= 0 && h->idx < v->nchunks && map_state(v, h->idx) == MAP_ABSENT)
+		map_set(v, h->idx, MAP_PRESENT | (v->map[h->idx] & MAP_CHANGED));
+	next = lock_release(v, h->idx);
+	pthread_mutex_unlock(&v->lock);
+	free(req->buf);
+	free(h);
+	if (next)
+		slow_run(next);
+	atomic_fetch_sub(&v->inflight, 1);
+}
+
+/* Copy a chunk just read from the base into the data file (first-touch hydration), unless
+ * someone holds the chunk. Takes ownership of cbuf. */
+static void hydrate(struct vol *v, uint64_t idx, uint8_t *cbuf)
+{
+	struct hydration *h;
+	bool ok;
+
+	pthread_mutex_lock(&v->lock);
+	ok = idx < v->nchunks && map_state(v, idx) == MAP_ABSENT && lock_try(v, idx);
+	pthread_mutex_unlock(&v->lock);
+	if (!ok || !(h = calloc(1, sizeof(*h)))) {
+		if (ok) {
+			pthread_mutex_lock(&v->lock);
+			struct slow *next = lock_release(v, idx);
+			pthread_mutex_unlock(&v->lock);
+			if (next)
+				slow_run(next);
+		}
+		free(cbuf);
+		return;
+	}
+	atomic_fetch_add(&v->inflight, 1);
+	h->v = v;
+	h->idx = idx;
+	h->req = (struct blk_req){.op = BLK_WRITE,
+				  .fd = v->data_fd,
+				  .buf = cbuf,
+				  .len = v->chunk_size,
+				  .off = idx << v->chunk_shift,
+				  .done = hydrate_done};
+	if (blk_submit(v->eng, &h->req))
+		hydrate_done(&h->req, -EIO);
+}
+
+/* A read of part of a chunk that comes from the base. */
+struct base_seg {
+	struct base_rd b;
+	struct vol_io *io;
+	uint8_t *cbuf, *dst;
+	size_t skip, dlen;
+};
+
+static void base_seg_done(struct base_rd *b, int res)
+{
+	struct base_seg *bs = (struct base_seg *)b;
+	struct vol *v = b->v;
+
+	if (res >= 0 && v->encrypted) {
+		uint8_t *tmp = malloc(v->chunk_size);
+		res = tmp ? 0 : -ENOMEM;
+		if (tmp) {
+			memcpy(tmp, bs->cbuf, v->chunk_size);
+			res = crypt_xts(v->key, false, tmp, v->chunk_size, b->idx << v->chunk_shift);
+			memcpy(bs->dst, tmp + bs->skip, bs->dlen);
+			free(tmp);
+		}
+	} else if (res >= 0) {
+		memcpy(bs->dst, bs->cbuf + bs->skip, bs->dlen);
+	}
+	if (res >= 0)
+		hydrate(v, b->idx, bs->cbuf);
+	else
+		free(bs->cbuf);
+	io_put(bs->io, res < 0 ? res : 0);
+	free(bs);
+}
+
+static int read_base(struct vol_io *io, uint64_t c, const uint8_t *id, uint8_t *dst, size_t skip,
+		     size_t len)
+{
+	struct vol *v = io->v;
+	struct base_seg *bs = calloc(1, sizeof(*bs));
+	int ret;
+
+	if (!bs || posix_memalign((void **)&bs->cbuf, VOL_SECTOR, v->chunk_size)) {
+		free(bs);
+		return -ENOMEM;
+	}
+	bs->io = io;
+	bs->dst = dst;
+	bs->skip = skip;
+	bs->dlen = len;
+	bs->b.done = base_seg_done;
+	atomic_fetch_add(&io->pending, 1);
+	ret = base_rd_start(&bs->b, v, c, id, bs->cbuf);
+	if (ret) {
+		atomic_fetch_sub(&io->pending, 1);
+		free(bs->cbuf);
+		free(bs);
+	}
+	return ret;
 }
 
 /* ---- read ---------------------------------------------------------------------------- */
@@ -651,17 +977,28 @@ void vol_read(struct vol *v, void *buf, size_t len, uint64_t off, vol_cb cb, voi
 		struct {
 			uint64_t off, len;
 		} runs[PLAN_CHUNKS];
-		int n = 0;
+		struct {
+			uint64_t c, off, len;
+			const uint8_t *id;
+		} bases[PLAN_CHUNKS];
+		int n = 0, nb = 0;
 
 		pthread_mutex_lock(&v->lock);
 		for (uint64_t cs = p; cs < pend;) {
 			uint64_t c = cs >> v->chunk_shift;
 			uint64_t ce = MIN(pend, (c + 1) << v->chunk_shift);
-			if (map_state(v, c) != MAP_PRESENT)
+			uint8_t st = map_state(v, c);
+			const uint8_t *id = st == MAP_ABSENT ? base_entry(v, c) : NULL;
+			if (id) {
+				bases[nb].c = c;
+				bases[nb].off = cs;
+				bases[nb].len = ce - cs;
+				bases[nb++].id = id;
+			} else if (st != MAP_PRESENT) {
 				memset((uint8_t *)buf + (cs - off), 0, ce - cs);
-			else if (n && runs[n - 1].off + runs[n - 1].len == cs)
+			} else if (n && runs[n - 1].off + runs[n - 1].len == cs) {
 				runs[n - 1].len += ce - cs;
-			else {
+			} else {
 				runs[n].off = cs;
 				runs[n++].len = ce - cs;
 			}
@@ -671,6 +1008,9 @@ void vol_read(struct vol *v, void *buf, size_t len, uint64_t off, vol_cb cb, voi
 		for (int i = 0; i < n && !ret; i++)
 			ret = read_data(io, (uint8_t *)buf + (runs[i].off - off), runs[i].len,
 					runs[i].off);
+		for (int i = 0; i < nb && !ret; i++)
+			ret = read_base(io, bases[i].c, bases[i].id, (uint8_t *)buf + (bases[i].off - off),
+					bases[i].off - (bases[i].c << v->chunk_shift), bases[i].len);
 		p = pend;
 	}
 	io_put(io, ret);
@@ -681,25 +1021,12 @@ void vol_read(struct vol *v, void *buf, size_t len, uint64_t off, vol_cb cb, voi
 static void slow_finish(struct slow *s, int res)
 {
 	struct vol *v = s->v;
-	struct chunk_lock *l;
-	struct slow *next = NULL;
+	struct slow *next;
 
 	pthread_mutex_lock(&v->lock);
 	if (res >= 0 && s->idx < v->nchunks)
 		map_set(v, s->idx, MAP_PRESENT | MAP_CHANGED);
-	l = lock_find(v, s->idx);
-	if (l && l->waiters) {
-		next = l->waiters;
-		l->waiters = next->next;
-		if (!l->waiters)
-			l->wtail = &l->waiters;
-	} else if (l) {
-		struct chunk_lock **pp = &v->locks;
-		while (*pp != l)
-			pp = &(*pp)->next;
-		*pp = l->next;
-		free(l);
-	}
+	next = lock_release(v, s->idx);
 	pthread_mutex_unlock(&v->lock);
 	free(s->cbuf);
 	io_put(s->io, res < 0 ? res : 0);
@@ -749,24 +1076,46 @@ static void slow_read_done(struct blk_req *req, int res)
 	struct slow *s = (struct slow *)req;
 
 	if (res >= 0 && s->v->encrypted)
-		res = crypt_xts(s->v->key, false, s->cbuf, s->b - s->a, req->off);
+		res = crypt_xts(s->v->key, false, s->cbuf, s->b - s->a,
+				(s->idx << s->v->chunk_shift) + s->a);
 	if (res < 0)
 		return slow_finish(s, res);
 	slow_write(s);
 }
 
-/* Runs with the chunk lock held by s. */
+static void slow_base_done(struct base_rd *b, int res)
+{
+	struct slow *s = container_of(b, struct slow, brd);
+
+	/* the object holds the chunk as stored: decrypt like a data-file read */
+	slow_read_done(&s->req, res);
+}
+
+/* Runs with the chunk lock held by s. A chunk still to be copied by a snapshot parks the
+ * write until the snapshot has its point-in-time bytes (copy-before-write). */
 static void slow_run(struct slow *s)
 {
 	struct vol *v = s->v;
+	const uint8_t *id = NULL;
 	uint8_t st;
 	bool need_read = false;
 	int ret;
 
 	pthread_mutex_lock(&v->lock);
+	if (snap_pending(v, s->idx)) {
+		*v->snap->ptail = s;
+		v->snap->ptail = &s->next;
+		s->next = NULL;
+		pthread_cond_broadcast(&v->cond);
+		pthread_mutex_unlock(&v->lock);
+		return;
+	}
 	st = s->idx < v->nchunks ? map_state(v, s->idx) : MAP_ZERO;
+	if (st == MAP_ABSENT)
+		id = base_entry(v, s->idx);
 	pthread_mutex_unlock(&v->lock);
-	if (st == MAP_PRESENT) {
+	if (st == MAP_PRESENT || v->simple) {
+		/* a simple volume's holes read as zeros: no fill needed */
 		if (v->encrypted) {
 			s->a = s->o & ~(VOL_SECTOR - 1);
 			s->b = (s->o + s->l + VOL_SECTOR - 1) & ~(VOL_SECTOR - 1);
@@ -782,9 +1131,17 @@ static void slow_run(struct slow *s)
 	}
 	if (posix_memalign((void **)&s->cbuf, VOL_SECTOR, s->b - s->a))
 		return slow_finish(s, -ENOMEM);
+	if (id) {
+		s->req.off = s->idx << v->chunk_shift; /* for the decryption tweak */
+		s->brd.done = slow_base_done;
+		ret = base_rd_start(&s->brd, v, s->idx, id, s->cbuf);
+		if (ret)
+			slow_finish(s, ret);
+		return;
+	}
 	if (!need_read) {
 		if (st != MAP_PRESENT)
-			memset(s->cbuf, 0, s->b - s->a); /* no base: the old chunk is zeros */
+			memset(s->cbuf, 0, s->b - s->a); /* no base data: the old chunk is zeros */
 		return slow_write(s);
 	}
 	s->req = (struct blk_req){
@@ -864,19 +1221,20 @@ static int plan_chunks(struct vol_io *io, const uint8_t *src, uint64_t off, uint
 		uint64_t ce = MIN(end, (c + 1) << v->chunk_shift);
 		uint8_t st = map_state(v, c);
 		bool whole = ce - cs == v->chunk_size;
-		bool locked = v->locks && lock_find(v, c);
+		bool busy = (v->locks && lock_find(v, c)) || snap_pending(v, c);
 		bool fast, punch = false;
 
 		if (!src) {
 			/* discard: nothing to do where the chunk already reads as zeros */
-			if (!locked && (st == MAP_ZERO || (st == MAP_ABSENT && !v->has_base))) {
+			if (!busy && (st == MAP_ZERO || (st == MAP_ABSENT && !base_entry(v, c)))) {
 				map_set(v, c, v->map[c] | MAP_CHANGED);
 				continue;
 			}
-			fast = !locked && whole;
+			fast = !busy && whole;
 			punch = true;
 		} else {
-			fast = !locked && st == MAP_PRESENT &&
+			/* simple volumes (here while a snapshot runs): a hole reads as zeros */
+			fast = !busy && (st == MAP_PRESENT || v->simple) &&
 			       (!v->encrypted || ((cs | ce) & (VOL_SECTOR - 1)) == 0);
 		}
 		if (fast) {
@@ -939,9 +1297,27 @@ static void write_or_discard(struct vol *v, uint8_t *buf, uint64_t len, uint64_t
 	uint64_t end = off + len;
 	int ret = 0;
 
-	if (v->simple) {
+	pthread_mutex_lock(&v->lock);
+	if (v->barrier) {
+		/* a snapshot is switching the changed set: hold this request back */
+		struct held *h = malloc(sizeof(*h));
+		if (!h) {
+			pthread_mutex_unlock(&v->lock);
+			return io_put(io, -ENOMEM);
+		}
+		*h = (struct held){.buf = buf, .len = len, .off = off, .cb = io->cb, .arg = io->arg};
+		*v->htail = h;
+		v->htail = &h->next;
+		pthread_mutex_unlock(&v->lock);
+		io->cb = NULL;
+		free(io);
+		atomic_fetch_sub(&v->inflight, 1);
+		return;
+	}
+	io->write = true;
+	atomic_fetch_add(&v->writes_inflight, 1);
+	if (v->simple && !v->snap) {
 		uint64_t first = off >> v->chunk_shift, last = (end - 1) >> v->chunk_shift;
-		pthread_mutex_lock(&v->lock);
 		for (uint64_t c = first; c <= last; c++) {
 			bool whole = (c << v->chunk_shift) >= off && ((c + 1) << v->chunk_shift) <= end;
 			uint8_t st = buf ? MAP_PRESENT : whole ? MAP_ZERO : map_state(v, c);
@@ -955,6 +1331,7 @@ static void write_or_discard(struct vol *v, uint8_t *buf, uint64_t len, uint64_t
 					 FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, NULL);
 		return io_put(io, ret);
 	}
+	pthread_mutex_unlock(&v->lock);
 	for (uint64_t p = off; p < end && !ret;) {
 		uint64_t pend = MIN(end, ((p >> v->chunk_shift) + PLAN_CHUNKS) << v->chunk_shift);
 		struct run runs[PLAN_CHUNKS];
@@ -1233,6 +1610,317 @@ int vol_resize(struct vol *v, uint64_t new_size)
 	v->nchunks = n;
 	atomic_store(&v->size, new_size);
 out_unlock:
+	pthread_mutex_unlock(&v->lock);
+	return ret;
+}
+
+/* ---- snapshots ----------------------------------------------------------------------- */
+
+uint32_t vol_chunk_size(const struct vol *v)
+{
+	return v->chunk_size;
+}
+
+int vol_wrapped_key(const struct vol *v, uint8_t out[72])
+{
+	if (!(v->hdr.flags & HDR_F_WRAPPED))
+		return -ENOKEY;
+	memcpy(out, v->hdr.wrapped_key, CRYPT_WRAPPED_LEN);
+	return 0;
+}
+
+int vol_chunk_plaintext(struct vol *v, uint64_t idx, void *buf)
+{
+	if (!v->encrypted)
+		return 0;
+	return crypt_xts(v->key, false, buf, v->chunk_size, idx << v->chunk_shift);
+}
+
+int vol_snap_begin(struct vol *v, bool full, struct vol_snap **out, uint64_t *total)
+{
+	struct vol_snap *s = calloc(1, sizeof(*s));
+	struct held *held;
+	size_t words;
+
+	if (!s)
+		return -ENOMEM;
+	pthread_mutex_lock(&v->lock);
+	if (v->snap || v->barrier) {
+		pthread_mutex_unlock(&v->lock);
+		free(s);
+		return -EBUSY;
+	}
+	v->barrier = true;
+	pthread_mutex_unlock(&v->lock);
+	/* the writes already in flight complete; new ones are held (write_or_discard) */
+	while (atomic_load(&v->writes_inflight))
+		usleep(50);
+	pthread_mutex_lock(&v->lock);
+	s->v = v;
+	s->nchunks = v->nchunks;
+	words = (size_t)((s->nchunks + 63) / 64);
+	s->pending = calloc(words, 8);
+	s->captured = calloc(words, 8);
+	s->ptail = &s->parked;
+	if (s->pending && s->captured) {
+		for (uint64_t c = 0; c < s->nchunks; c++) {
+			uint8_t st = map_state(v, c);
+			bool changed = v->map[c] & MAP_CHANGED;
+			bool want = full ? st == MAP_PRESENT || (st == MAP_ABSENT && base_entry(v, c))
+					 : changed;
+			if (changed) {
+				map_set(v, c, v->map[c] & ~MAP_CHANGED);
+				s->captured[c / 64] |= 1ull << (c % 64);
+			}
+			if (want) {
+				s->pending[c / 64] |= 1ull << (c % 64);
+				s->left++;
+			}
+		}
+		v->snap = s;
+	}
+	v->barrier = false;
+	held = v->held;
+	v->held = NULL;
+	v->htail = &v->held;
+	pthread_mutex_unlock(&v->lock);
+	/* replay what was held back, in order */
+	while (held) {
+		struct held *h = held;
+		held = h->next;
+		if (h->buf)
+			vol_write(v, h->buf, h->len, h->off, h->cb, h->arg);
+		else
+			vol_discard(v, h->off, h->len, h->cb, h->arg);
+		free(h);
+	}
+	if (!v->snap || v->snap != s) {
+		free(s->pending);
+		free(s->captured);
+		free(s);
+		return -ENOMEM;
+	}
+	*total = s->left;
+	*out = s;
+	return 0;
+}
+
+static int read_full(int fd, void *buf, size_t len, uint64_t off)
+{
+	size_t done = 0;
+
+	while (done < len) {
+		ssize_t n = pread(fd, (uint8_t *)buf + done, len - done, (off_t)(off + done));
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -errno;
+		if (n == 0) {
+			memset((uint8_t *)buf + done, 0, len - done);
+			break;
+		}
+		done += (size_t)n;
+	}
+	return 0;
+}
+
+int vol_snap_next(struct vol_snap *s, uint64_t *idx, enum vol_snap_kind *kind, void *buf,
+		  uint8_t base_id[OBJ_ID_LEN])
+{
+	struct vol *v = s->v;
+	struct slow *owner = NULL;
+	const uint8_t *id = NULL;
+	uint64_t c;
+	uint8_t st;
+	int ret = 0;
+
+	pthread_mutex_lock(&v->lock);
+	for (;;) {
+		if (s->parked) {
+			/* a writer waits for this chunk: copy it first */
+			owner = s->parked;
+			s->parked = owner->next;
+			if (!s->parked)
+				s->ptail = &s->parked;
+			c = owner->idx;
+			break;
+		}
+		while (s->scan < s->nchunks && !((s->pending[s->scan / 64] >> (s->scan % 64)) & 1))
+			s->scan++;
+		if (s->scan >= s->nchunks) {
+			if (!s->left) {
+				pthread_mutex_unlock(&v->lock);
+				return 0;
+			}
+			/* the rest were busy when the scan passed: wait for a release, rescan */
+			s->scan = 0;
+			struct timespec ts;
+			clock_gettime(CLOCK_REALTIME, &ts);
+			ts.tv_nsec += 10 * 1000 * 1000;
+			if (ts.tv_nsec >= 1000000000) {
+				ts.tv_sec++;
+				ts.tv_nsec -= 1000000000;
+			}
+			pthread_cond_timedwait(&v->cond, &v->lock, &ts);
+			continue;
+		}
+		c = s->scan++;
+		if (lock_try(v, c))
+			break;
+	}
+	/* we hold chunk c (ourselves or through the parked writer): no write can change it */
+	st = c < v->nchunks ? map_state(v, c) : MAP_ZERO;
+	if (st == MAP_ABSENT)
+		id = base_entry(v, c);
+	s->pending[c / 64] &= ~(1ull << (c % 64));
+	s->left--;
+	pthread_mutex_unlock(&v->lock);
+
+	*idx = c;
+	if (st == MAP_PRESENT) {
+		*kind = VOL_SNAP_DATA;
+		ret = read_full(v->data_fd, buf, v->chunk_size, c << v->chunk_shift);
+	} else if (id) {
+		*kind = VOL_SNAP_BASE;
+		memcpy(base_id, id, OBJ_ID_LEN);
+	} else {
+		*kind = VOL_SNAP_ZERO;
+	}
+	if (owner) {
+		slow_run(owner); /* the parked write goes on; it keeps the chunk lock */
+	} else {
+		pthread_mutex_lock(&v->lock);
+		struct slow *next = lock_release(v, c);
+		pthread_mutex_unlock(&v->lock);
+		if (next)
+			slow_run(next);
+	}
+	return ret < 0 ? ret : 1;
+}
+
+void vol_snap_end(struct vol_snap *s, bool ok)
+{
+	struct vol *v = s->v;
+	struct slow *parked;
+
+	pthread_mutex_lock(&v->lock);
+	if (!ok) {
+		for (uint64_t c = 0; c < s->nchunks && c < v->nchunks; c++)
+			if ((s->captured[c / 64] >> (c % 64)) & 1)
+				map_set(v, c, v->map[c] | MAP_CHANGED);
+	}
+	parked = s->parked;
+	v->snap = NULL;
+	pthread_cond_broadcast(&v->cond);
+	pthread_mutex_unlock(&v->lock);
+	while (parked) {
+		struct slow *w = parked;
+		parked = w->next;
+		w->next = NULL;
+		slow_run(w);
+	}
+	free(s->pending);
+	free(s->captured);
+	free(s);
+}
+
+/* ---- hydration ----------------------------------------------------------------------- */
+
+uint64_t vol_base_reads(const struct vol *v)
+{
+	return atomic_load(&v->base_reads);
+}
+
+/* Under v->lock. */
+static uint64_t base_left_locked(struct vol *v)
+{
+	uint64_t n = 0;
+
+	if (!v->bm)
+		return 0;
+	for (size_t i = 0; i < v->bm->nentries; i++) {
+		uint64_t c = v->bm->e[i].idx;
+		if (c < v->nchunks && map_state(v, c) == MAP_ABSENT)
+			n++;
+	}
+	return n;
+}
+
+uint64_t vol_base_left(struct vol *v)
+{
+	uint64_t n;
+
+	pthread_mutex_lock(&v->lock);
+	n = base_left_locked(v);
+	pthread_mutex_unlock(&v->lock);
+	return n;
+}
+
+int vol_hydrate(struct vol *v, uint64_t *next, uint64_t max, uint64_t *left)
+{
+	uint8_t *buf = NULL;
+	uint64_t done = 0;
+	int ret = 0;
+
+	if (!v->bm) {
+		*left = 0;
+		return 0;
+	}
+	if (posix_memalign((void **)&buf, VOL_SECTOR, v->chunk_size))
+		return -ENOMEM;
+	/* *next indexes the base manifest's entries */
+	while (*next < v->bm->nentries && done < max && !ret) {
+		const struct manifest_entry *e = &v->bm->e[(*next)++];
+		bool mine;
+
+		pthread_mutex_lock(&v->lock);
+		mine = e->idx < v->nchunks && map_state(v, e->idx) == MAP_ABSENT &&
+		       lock_try(v, e->idx);
+		pthread_mutex_unlock(&v->lock);
+		if (!mine)
+			continue; /* already there, or busy (a later pass retries) */
+		ret = store_get(v->store, e->id, buf, v->chunk_size);
+		atomic_fetch_add(&v->base_reads, 1);
+		if (!ret) {
+			ssize_t n = pwrite(v->data_fd, buf, v->chunk_size,
+					   (off_t)(e->idx << v->chunk_shift));
+			ret = n == (ssize_t)v->chunk_size ? 0 : n < 0 ? -errno : -ENOSPC;
+		} else {
+			char hex[OBJ_HEX_LEN + 1];
+			obj_id_hex(e->id, hex);
+			log_err("hydrating chunk %llu: object %s: %s", (unsigned long long)e->idx,
+				hex, strerror(-ret));
+		}
+		pthread_mutex_lock(&v->lock);
+		if (!ret && map_state(v, e->idx) == MAP_ABSENT)
+			map_set(v, e->idx, MAP_PRESENT | (v->map[e->idx] & MAP_CHANGED));
+		struct slow *w = lock_release(v, e->idx);
+		pthread_mutex_unlock(&v->lock);
+		if (w)
+			slow_run(w);
+		done++;
+	}
+	free(buf);
+	if (ret)
+		return ret;
+	pthread_mutex_lock(&v->lock);
+	*left = base_left_locked(v);
+	pthread_mutex_unlock(&v->lock);
+	if (*next < v->bm->nentries)
+		return 1;
+	if (*left) {
+		*next = 0; /* some were busy: go round again */
+		return 1;
+	}
+	/* Every base chunk is in the data file: make that durable, then the header stops
+	 * naming the base, so the store is never read for this volume again. */
+	ret = vol_fsync(v);
+	if (ret)
+		return ret;
+	pthread_mutex_lock(&v->lock);
+	v->hdr.flags &= ~HDR_F_BASE;
+	memset(v->hdr.base, 0, sizeof(v->hdr.base));
+	ret = hdr_write(v);
 	pthread_mutex_unlock(&v->lock);
 	return ret;
 }

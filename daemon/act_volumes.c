@@ -64,16 +64,31 @@ struct dvol *dvol_find(struct daemon *d, const char *id)
 	return NULL;
 }
 
-int dvol_serve(struct daemon *d, const char *id)
+int dvol_serve(struct daemon *d, const char *id, const char *region)
 {
 	struct vol_keys keys = {.master = d->master_key};
 	struct dvol *dv = calloc(1, sizeof(*dv));
+	struct vol_base base = {0};
 	int ret;
 
 	if (!dv)
 		return -ENOMEM;
 	snprintf(dv->id, sizeof(dv->id), "%s", id);
-	ret = vol_open(d->vols_fd, id, d->eng, &keys, &dv->vol);
+	snprintf(dv->region, sizeof(dv->region), "%s", region);
+	ret = vol_read_base_id(d->vols_fd, id, dv->base_id);
+	if (ret)
+		goto out_free;
+	if (dv->base_id[0]) {
+		base.store = region_store(d, region);
+		ret = base.store ? manifest_read(base.store, dv->base_id, &dv->base) : -EIO;
+		if (ret) {
+			log_err("volume %s: its base snapshot %s cannot be read: %s", id,
+				dv->base_id, strerror(-ret));
+			goto out_free;
+		}
+		base.m = dv->base;
+	}
+	ret = vol_open(d->vols_fd, id, d->eng, &keys, dv->base ? &base : NULL, &dv->vol);
 	if (ret)
 		goto out_free;
 	ret = volfs_add(d->fs, id, dv->vol);
@@ -85,6 +100,7 @@ int dvol_serve(struct daemon *d, const char *id)
 out_close:
 	vol_close(dv->vol);
 out_free:
+	manifest_free(dv->base);
 	free(dv);
 	return ret;
 }
@@ -99,11 +115,14 @@ int dvol_unserve(struct daemon *d, const char *id)
 			break;
 	if (!dv)
 		return -ENOENT;
+	if (dv->jobs)
+		return -EBUSY;
 	ret = volfs_remove(d->fs, id);
 	if (ret && ret != -ENOENT)
 		return ret;
 	*pp = dv->next;
 	ret = vol_close(dv->vol);
+	manifest_free(dv->base);
 	free(dv);
 	return ret;
 }
@@ -135,11 +154,13 @@ static json_object *volume_json(struct daemon *d, const struct cat_volume *v, bo
 	json_object_object_add(o, "MultiAttachEnabled", json_object_new_boolean(false));
 	snprintf(path, sizeof(path), "%s/mnt/%s", d->home, v->id);
 	json_object_object_add(o, "LocalPath", json_object_new_string(path));
+	json_object *init = volume_init_status(d, v->id);
+	if (init)
+		json_object_object_add(o, "InitializationStatusDetails", init);
 	return o;
 }
 
-/* Look a volume up for this request's account and region; records the EC2 error. */
-static int volume_lookup(struct api_req *r, const char *id, struct cat_volume *v)
+int volume_lookup(struct api_req *r, const char *id, struct cat_volume *v)
 {
 	int ret;
 
@@ -215,7 +236,6 @@ int act_create_volume(struct api_req *r)
 	bool encrypted = false;
 	struct cat_volume v = {0};
 	const struct vtype *t;
-	int ret;
 
 	if (params_allow(r, allowed) || (has_size = param_int(r, "Size", false, &size)) < 0 ||
 	    param_str(r, "VolumeType", false, &type) < 0 ||
@@ -233,11 +253,27 @@ int act_create_volume(struct api_req *r)
 				 "Value (%.32s) for parameter volumeType is invalid. Valid values: "
 				 "gp2, gp3, io1, io2, st1, sc1, standard.",
 				 type);
+	struct cat_snapshot cs;
 	if (snap) {
-		if (check_id(r, "snap", "InvalidSnapshot", snap))
+		if (snapshot_lookup(r, snap, &cs))
 			return -1;
-		return api_error(r, "InvalidSnapshot.NotFound", "The snapshot '%s' does not exist.",
-				 snap);
+		if (strcmp(cs.state, "completed"))
+			return api_error(r, "IncorrectState", "The snapshot '%s' is not completed.",
+					 snap);
+		if (!has_size) {
+			size = (int64_t)cs.volume_size_gib;
+			has_size = 1;
+		}
+		if (size < (int64_t)cs.volume_size_gib)
+			return api_error(r, "InvalidParameterValue",
+					 "The volume size (%lld GiB) cannot be smaller than the snapshot "
+					 "size (%llu GiB).",
+					 (long long)size, (unsigned long long)cs.volume_size_gib);
+		encrypted = encrypted || cs.encrypted;
+		if (!cs.encrypted && encrypted)
+			return api_error(r, "InvalidParameterCombination",
+					 "Creating an encrypted volume from an unencrypted snapshot "
+					 "is not supported by ebsim yet.");
 	}
 	if (!has_size)
 		return api_error(r, "MissingParameter",
@@ -254,39 +290,67 @@ int act_create_volume(struct api_req *r)
 	} else {
 		snprintf(v.az, sizeof(v.az), "%sa", r->region);
 	}
-	ret = id_new("vol", v.id);
-	if (ret)
-		return api_error(r, "InternalError", "cannot make an ID: %s", strerror(-ret));
-	snprintf(v.account, sizeof(v.account), "%s", r->account);
-	snprintf(v.region, sizeof(v.region), "%s", r->region);
 	snprintf(v.type, sizeof(v.type), "%s", t->name);
 	v.size_gib = (uint64_t)size;
 	v.encrypted = encrypted;
-	time_iso8601(v.create_time);
-	snprintf(v.state, sizeof(v.state), "available");
+	if (volume_create(r, &v, snap ? &cs : NULL))
+		return -1;
+	r->result = volume_json(d, &v, false);
+	return 0;
+}
 
-	struct vol_params p = {.size = (uint64_t)size * GIB,
-			       .crypt = encrypted ? VOL_CRYPT_WRAPPED : VOL_CRYPT_NONE};
+int volume_create(struct api_req *r, struct cat_volume *v, const struct cat_snapshot *snap)
+{
+	struct daemon *d = r->d;
+	struct manifest *m = NULL;
+	struct snap_store *st = NULL;
+	int ret;
+
+	ret = id_new("vol", v->id);
+	if (ret)
+		return api_error(r, "InternalError", "cannot make an ID: %s", strerror(-ret));
+	snprintf(v->account, sizeof(v->account), "%s", r->account);
+	snprintf(v->region, sizeof(v->region), "%s", r->region);
+	time_iso8601(v->create_time);
+	snprintf(v->state, sizeof(v->state), "available");
+	snprintf(v->snapshot_id, sizeof(v->snapshot_id), "%s", snap ? snap->id : "");
+	/* a restored volume continues its snapshot's lineage: the next snapshot is incremental */
+	snprintf(v->changed_base, sizeof(v->changed_base), "%s", snap ? snap->id : "");
+
+	struct vol_params p = {.size = v->size_gib * GIB,
+			       .crypt = v->encrypted ? VOL_CRYPT_WRAPPED : VOL_CRYPT_NONE};
+	if (snap) {
+		st = region_store(d, r->region);
+		ret = st ? manifest_read(st, snap->id, &m) : -EIO;
+		if (ret)
+			return api_error(r, "InternalError", "cannot read snapshot %s: %s", snap->id,
+					 strerror(-ret));
+		p.base_snap = snap->id;
+		p.chunk_size = m->chunk_size;
+		if (m->flags & MANIFEST_F_ENCRYPTED)
+			p.wrapped_key = m->wrapped_key;
+	}
 	struct vol_keys keys = {.master = d->master_key};
-	ret = vol_create(d->vols_fd, v.id, &p, &keys);
+	ret = vol_create(d->vols_fd, v->id, &p, &keys);
+	manifest_free(m);
 	if (ret)
 		return api_error(r, ret == -ENOSPC ? "InsufficientVolumeCapacity" : "InternalError",
 				 "cannot create the volume: %s", strerror(-ret));
 	crash_point("in-catalog-txn"); /* the volume exists on disk, its row does not yet */
-	ret = cat_volume_insert(d->cat, &v);
+	ret = cat_volume_insert(d->cat, v);
 	if (ret)
 		goto out_destroy;
-	ret = dvol_serve(d, v.id);
+	ret = dvol_serve(d, v->id, v->region);
 	if (ret)
 		goto out_uncatalog;
-	r->result = volume_json(d, &v, false);
-	log_info("created %s (%llu GiB %s%s) for %s in %s", v.id, (unsigned long long)v.size_gib,
-		 v.type, v.encrypted ? ", encrypted" : "", v.account, v.region);
+	log_info("created %s (%llu GiB %s%s%s%s) for %s in %s", v->id,
+		 (unsigned long long)v->size_gib, v->type, v->encrypted ? ", encrypted" : "",
+		 snap ? ", from " : "", snap ? snap->id : "", v->account, v->region);
 	return 0;
 out_uncatalog:
-	cat_volume_delete(d->cat, v.id);
+	cat_volume_delete(d->cat, v->id);
 out_destroy:
-	vol_destroy(d->vols_fd, v.id);
+	vol_destroy(d->vols_fd, v->id);
 	return api_error(r, "InternalError", "cannot create the volume: %s", strerror(-ret));
 }
 
@@ -298,40 +362,14 @@ struct describe_ctx {
 	bool *seen;
 };
 
-static bool glob_match(const char *pat, const char *s)
-{
-	if (!*pat)
-		return !*s;
-	if (*pat == '*')
-		return glob_match(pat + 1, s) || (*s && glob_match(pat, s + 1));
-	if (*s && (*pat == '?' || *pat == *s))
-		return glob_match(pat + 1, s + 1);
-	return false;
-}
-
-/* The value of a DescribeVolumes filter for v, or NULL if the name is unknown. */
-static const char *volume_filter_value(const char *name, json_object *vj, char *buf, size_t cap)
-{
-	static const struct {
-		const char *filter, *field;
-	} map[] = {
-		{"volume-id", "VolumeId"},     {"status", "State"},
-		{"volume-type", "VolumeType"}, {"availability-zone", "AvailabilityZone"},
-		{"size", "Size"},	       {"snapshot-id", "SnapshotId"},
-		{"encrypted", "Encrypted"},    {"create-time", "CreateTime"},
-		{"iops", "Iops"},	       {"throughput", "Throughput"},
-	};
-	for (size_t i = 0; i < ARRAY_SIZE(map); i++) {
-		json_object *f;
-		if (strcmp(map[i].filter, name))
-			continue;
-		if (!json_object_object_get_ex(vj, map[i].field, &f))
-			return "";
-		snprintf(buf, cap, "%s", json_object_get_string(f));
-		return buf;
-	}
-	return NULL;
-}
+static const struct filter_map volume_filters[] = {
+	{"volume-id", "VolumeId"},     {"status", "State"},
+	{"volume-type", "VolumeType"}, {"availability-zone", "AvailabilityZone"},
+	{"size", "Size"},	       {"snapshot-id", "SnapshotId"},
+	{"encrypted", "Encrypted"},    {"create-time", "CreateTime"},
+	{"iops", "Iops"},	       {"throughput", "Throughput"},
+	{NULL, NULL},
+};
 
 static int describe_one(void *arg, const struct cat_volume *v)
 {
@@ -355,20 +393,7 @@ static int describe_one(void *arg, const struct cat_volume *v)
 			return 0;
 	}
 	vj = volume_json(r->d, v, true);
-	for (size_t i = 0; c->filters && match && i < json_object_array_length(c->filters); i++) {
-		json_object *f = json_object_array_get_idx(c->filters, i), *name, *values;
-		char buf[256];
-		const char *val;
-		bool any = false;
-
-		json_object_object_get_ex(f, "Name", &name);
-		json_object_object_get_ex(f, "Values", &values);
-		val = volume_filter_value(json_object_get_string(name), vj, buf, sizeof(buf));
-		for (size_t k = 0; val && k < json_object_array_length(values); k++)
-			any |= glob_match(json_object_get_string(json_object_array_get_idx(values, k)),
-					  val);
-		match = any;
-	}
+	match = filters_match(c->filters, volume_filters, vj);
 	if (match)
 		json_object_array_add(c->out, vj);
 	else
@@ -376,66 +401,19 @@ static int describe_one(void *arg, const struct cat_volume *v)
 	return 0;
 }
 
-/* Validate Filters: a list of {"Name": known, "Values": [strings]}. */
-static int check_filters(struct api_req *r, json_object **out)
-{
-	json_object *f = NULL;
-	char buf[8];
-
-	*out = NULL;
-	if (!json_object_object_get_ex(r->params, "Filters", &f))
-		return 0;
-	if (!json_object_is_type(f, json_type_array))
-		goto bad;
-	for (size_t i = 0; i < json_object_array_length(f); i++) {
-		json_object *e = json_object_array_get_idx(f, i), *name, *values;
-		if (!json_object_is_type(e, json_type_object) ||
-		    !json_object_object_get_ex(e, "Name", &name) ||
-		    !json_object_is_type(name, json_type_string) ||
-		    !json_object_object_get_ex(e, "Values", &values) ||
-		    !json_object_is_type(values, json_type_array))
-			goto bad;
-		for (size_t k = 0; k < json_object_array_length(values); k++)
-			if (!json_object_is_type(json_object_array_get_idx(values, k),
-						 json_type_string))
-				goto bad;
-		if (!volume_filter_value(json_object_get_string(name), json_object_new_object(),
-					 buf, sizeof(buf)) &&
-		    strncmp(json_object_get_string(name), "tag", 3))
-			return api_error(r, "InvalidParameterValue",
-					 "The filter '%.64s' is invalid",
-					 json_object_get_string(name));
-	}
-	*out = f;
-	return 0;
-bad:
-	return api_error(r, "InvalidParameterValue",
-			 "Filters must be a list of {\"Name\": ..., \"Values\": [...]}");
-}
-
 int act_describe_volumes(struct api_req *r)
 {
 	static const char *const allowed[] = {"VolumeIds", "Filters", "MaxResults", "NextToken",
 					      "DryRun", NULL};
 	struct describe_ctx c = {.r = r};
-	const char *token = NULL;
-	int64_t max = 0;
-	int has_max, ret;
+	int ret;
 
 	if (params_allow(r, allowed) || param_str_list(r, "VolumeIds", &c.ids) < 0 ||
-	    check_filters(r, &c.filters) || (has_max = param_int(r, "MaxResults", false, &max)) < 0 ||
-	    param_str(r, "NextToken", false, &token) < 0)
+	    filters_parse(r, volume_filters, &c.filters))
 		return -1;
-	if (has_max && (max < 5 || max > 500))
-		return api_error(r, "InvalidParameterValue",
-				 "Value (%lld) for parameter maxResults is invalid. Expecting a value "
-				 "between 5 and 500.",
-				 (long long)max);
-	if (has_max && c.ids)
+	if (c.ids && json_object_object_get_ex(r->params, "MaxResults", NULL))
 		return api_error(r, "InvalidParameterCombination",
 				 "The parameter volumeIds cannot be used with maxResults");
-	if (token && check_id(r, "vol", "InvalidVolume", token) < 0)
-		return api_error(r, "InvalidParameterValue", "Invalid NextToken");
 	size_t nids = c.ids ? json_object_array_length(c.ids) : 0;
 	for (size_t i = 0; i < nids; i++)
 		if (check_id(r, "vol", "InvalidVolume",
@@ -455,30 +433,9 @@ int act_describe_volumes(struct api_req *r)
 		return ret < 0 && !r->code[0] ? api_error(r, "InternalError", "catalog read failed")
 					      : -1;
 	}
-	/* pagination: NextToken is the first VolumeId of the next page */
-	json_object *page = c.out, *next = NULL;
-	if (has_max || token) {
-		size_t n = json_object_array_length(c.out), start = 0;
-		if (token) {
-			while (start < n &&
-			       strcmp(json_object_get_string(json_object_object_get(
-					      json_object_array_get_idx(c.out, start), "VolumeId")),
-				      token))
-				start++;
-			if (start == n) {
-				json_object_put(c.out);
-				return api_error(r, "InvalidParameterValue", "Invalid NextToken");
-			}
-		}
-		size_t end = has_max ? MIN(n, start + (size_t)max) : n;
-		page = json_object_new_array();
-		for (size_t i = start; i < end; i++)
-			json_object_array_add(page, json_object_get(json_object_array_get_idx(c.out, i)));
-		if (end < n)
-			next = json_object_get(json_object_object_get(
-				json_object_array_get_idx(c.out, end), "VolumeId"));
-		json_object_put(c.out);
-	}
+	json_object *page, *next;
+	if (paginate(r, c.out, "VolumeId", 5, 500, &page, &next))
+		return -1;
 	r->result = json_object_new_object();
 	json_object_object_add(r->result, "Volumes", page);
 	if (next)
@@ -499,6 +456,9 @@ int act_delete_volume(struct api_req *r)
 		return -1;
 	if (strcmp(v.state, "available"))
 		return api_error(r, "VolumeInUse", "Volume %s is currently %s.", id, v.state);
+	if (dvol_find(d, id) && dvol_find(d, id)->jobs)
+		return api_error(r, "VolumeInUse",
+				 "Volume %s is in use by a snapshot or initialization in progress.", id);
 	ret = dvol_unserve(d, id);
 	if (ret == -EBUSY)
 		return api_error(r, "VolumeInUse",
@@ -629,7 +589,7 @@ static int recover_one(void *arg, const struct cat_volume *v)
 	}
 	if (!strcmp(v->state, "deleting"))
 		return 0; /* finished below, outside the iteration */
-	ret = dvol_serve(c->d, v->id);
+	ret = dvol_serve(c->d, v->id, v->region);
 	if (ret) {
 		log_err("volume %s cannot be served: %s", v->id, strerror(-ret));
 		c->failed++;

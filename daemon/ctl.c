@@ -142,7 +142,10 @@ json_object *ctl_handle(struct daemon *d, const char *text, size_t len)
 		r.params = json_object_new_object();
 		json_object_object_add(req, "Params", r.params);
 	}
+	pthread_mutex_lock(&d->lock);
+	jobs_reap(d);
 	ret = api_dispatch(&r);
+	pthread_mutex_unlock(&d->lock);
 out:
 	if (ret == 0 && r.result) {
 		json_object_object_add(reply, "Result", r.result);

@@ -3,13 +3,16 @@
  * daemon_i.h - ebsimd's private state, shared by its files: main (ebsimd.c), the control
  * socket (ctl.c), request plumbing (api.c) and the EC2 actions (act_*.c).
  *
- * Locking: requests are served one at a time by the control thread, which alone touches
- * the catalog and the served-volume table; the FUSE and engine threads reach volumes only
- * through fuse/ and blockdev/, which have their own locks.
+ * Locking: d->lock guards the catalog, the served-volume table, the stores table and the
+ * jobs list. The control thread holds it for the whole of each request; background jobs
+ * (snapshot copies, hydration) take it only to read or update those tables, never across
+ * I/O. The FUSE and engine threads reach volumes only through fuse/ and blockdev/, which
+ * have their own locks.
  */
 #ifndef EBSIM_DAEMON_I_H
 #define EBSIM_DAEMON_I_H
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -20,12 +23,41 @@
 #include "common/common.h"
 #include "fuse/volfs.h"
 #include "persistence/catalog.h"
+#include "snapshot/snapshot.h"
 
 /* A volume the daemon serves. */
 struct dvol {
 	char id[ID_MAX];
 	struct vol *vol;
+	struct manifest *base; /* the base snapshot's manifest while it is still read */
+	char base_id[ID_MAX];  /* its id ("" when none) */
+	char region[32];
+	int jobs;	       /* background jobs using this volume (it cannot be removed) */
 	struct dvol *next;
+};
+
+enum job_kind { JOB_SNAPSHOT, JOB_COPY, JOB_INIT };
+
+/* A background job: a snapshot being copied, a snapshot copy between regions, or the
+ * hydration of a restored volume (initialize-volume). */
+struct job {
+	enum job_kind kind;
+	char id[ID_MAX];     /* the snapshot (SNAPSHOT, COPY) or volume (INIT) */
+	char volume[ID_MAX]; /* SNAPSHOT: the volume being copied */
+	char region[32];
+	uint64_t done, total; /* chunks */
+	uint64_t started_ns;
+	bool finished;
+	pthread_t thread;
+	struct job *next;
+	void *priv;
+};
+
+struct region_store {
+	char region[32];
+	struct snap_store *store;
+	bool gc_wanted; /* a GC is due once no job runs in the region */
+	struct region_store *next;
 };
 
 struct daemon {
@@ -37,6 +69,11 @@ struct daemon {
 	struct blk_engine *eng;
 	uint8_t master_key[VOL_MASTER_KEY_LEN];
 	struct dvol *vols;
+	pthread_mutex_t lock;
+	int regions_fd; /* <home>/regions */
+	struct region_store *stores;
+	struct job *jobs;
+	bool stopping; /* jobs stop early at shutdown */
 };
 
 /* One control request while it is being served. */
@@ -51,6 +88,9 @@ struct api_req {
 	char message[1024];
 };
 
+/* The regions ebsim knows, NULL-terminated. */
+extern const char *const regions[];
+
 /* Record an EC2 error on r; returns -1 so actions can `return api_error(...)`. */
 int api_error(struct api_req *r, const char *code, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
@@ -64,16 +104,46 @@ int param_str_list(struct api_req *r, const char *name, json_object **out);
 /* Refuse parameters that the action does not know: UnknownParameter. */
 int params_allow(struct api_req *r, const char *const *names);
 
+/* Describe-style filters: a filter name and the output field it matches. */
+struct filter_map {
+	const char *filter, *field;
+};
+/* Validate the request's Filters ([{Name, Values:[...]}], names from map or tag:*);
+ * *out is NULL when there are none. 0 or -1 with InvalidParameterValue recorded. */
+int filters_parse(struct api_req *r, const struct filter_map *map, json_object **out);
+/* True when obj (an output object) matches every filter (values may use * and ?). */
+bool filters_match(json_object *filters, const struct filter_map *map, json_object *obj);
+/* '*' and '?' wildcards, as EC2 filters use them. */
+bool glob_match(const char *pat, const char *s);
+/* MaxResults (between min and max) / NextToken over a complete list: the token is the
+ * idkey field of the first item of the next page. Consumes all; 0 or -1 (error recorded). */
+int paginate(struct api_req *r, json_object *all, const char *idkey, int64_t min, int64_t max,
+	     json_object **page, json_object **next);
+
 /* Validate an ID with the given prefix; records "<Kind>ID.Malformed" on failure. */
 int check_id(struct api_req *r, const char *prefix, const char *kind, const char *id);
 
 /* Served-volume table. */
 struct dvol *dvol_find(struct daemon *d, const char *id);
-int dvol_serve(struct daemon *d, const char *id); /* open and expose in FUSE */
-int dvol_unserve(struct daemon *d, const char *id); /* -EBUSY while open */
+/* Open (with its base snapshot, if it has one, from region's store) and expose in FUSE. */
+int dvol_serve(struct daemon *d, const char *id, const char *region);
+int dvol_unserve(struct daemon *d, const char *id); /* -EBUSY while open or in a job */
 
 /* Dispatch one request: 0 with r->result, or -1 with r->code/r->message. */
 int api_dispatch(struct api_req *r);
+
+/* The chunk store of a region (opened on first use). NULL with the error logged. */
+struct snap_store *region_store(struct daemon *d, const char *region);
+/* Jobs (jobs.c). Under d->lock. */
+struct job *job_find(struct daemon *d, enum job_kind kind, const char *id);
+struct job *job_start(struct daemon *d, enum job_kind kind, const char *id, const char *region,
+		      void *(*fn)(void *), void *priv);
+void jobs_reap(struct daemon *d);   /* free finished jobs */
+void jobs_stop(struct daemon *d);   /* at shutdown: wait for every job (d->lock not held) */
+bool jobs_in_region(struct daemon *d, const char *region);
+/* Remove snapshot manifests nobody needs and unreferenced chunks, when no job runs in the
+ * region; otherwise the last job there does it. Under d->lock. */
+void region_gc(struct daemon *d, const char *region);
 
 /* Actions (act_volumes.c). */
 int act_create_volume(struct api_req *r);
@@ -83,5 +153,26 @@ int act_modify_volume(struct api_req *r);
 
 /* Start-up recovery of volumes: finish interrupted creates and deletes, serve the rest. */
 int volumes_recover(struct daemon *d);
+/* Look a volume up for this request's account and region; records the EC2 error. */
+int volume_lookup(struct api_req *r, const char *id, struct cat_volume *v);
+/* Create a volume (empty, or from snapshot `snap`) and serve it: the shared core of
+ * CreateVolume and run-instances. 0 or -1 with the error recorded. */
+int volume_create(struct api_req *r, struct cat_volume *v, const struct cat_snapshot *snap);
+
+/* Actions (act_snapshots.c). */
+int act_create_snapshot(struct api_req *r);
+int act_describe_snapshots(struct api_req *r);
+int act_delete_snapshot(struct api_req *r);
+int act_copy_snapshot(struct api_req *r);
+int act_list_snapshot_blocks(struct api_req *r);
+int act_list_changed_blocks(struct api_req *r);
+int act_initialize_volume(struct api_req *r);
+int act_check_store(struct api_req *r);
+/* Look a snapshot up (visible to the request's account, in its region). */
+int snapshot_lookup(struct api_req *r, const char *id, struct cat_snapshot *s);
+/* Start-up recovery: snapshots left pending by a crash become 'error'. */
+int snapshots_recover(struct daemon *d);
+/* InitializationStatusDetails for a volume, or NULL when it has no base. Under d->lock. */
+json_object *volume_init_status(struct daemon *d, const char *vol_id);
 
 #endif

@@ -23,6 +23,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <malloc.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -156,6 +157,7 @@ static int do_stop(const char *home)
 
 static void shutdown_daemon(struct daemon *d)
 {
+	jobs_stop(d);
 	volfs_unmount(d->fs);
 	d->fs = NULL;
 	while (d->vols) {
@@ -167,6 +169,12 @@ static void shutdown_daemon(struct daemon *d)
 		free(dv);
 	}
 	blk_engine_close(d->eng);
+	while (d->stores) {
+		struct region_store *rs = d->stores;
+		d->stores = rs->next;
+		store_close(rs->store);
+		free(rs);
+	}
 	cat_close(d->cat);
 	secure_zero(d->master_key, sizeof(d->master_key));
 }
@@ -196,6 +204,12 @@ static int start(struct daemon *d, const char *engine, int *lfd)
 	d->vols_fd = openat(d->home_fd, "volumes", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	if (d->vols_fd < 0)
 		return -errno;
+	ret = mkdir_mode(d->home_fd, "regions", 0700);
+	if (ret)
+		return ret;
+	d->regions_fd = openat(d->home_fd, "regions", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (d->regions_fd < 0)
+		return -errno;
 	ret = load_master_key(d);
 	if (ret) {
 		log_err("cannot load %s/keys/master.key: %s", d->home, strerror(-ret));
@@ -220,6 +234,9 @@ static int start(struct daemon *d, const char *engine, int *lfd)
 		log_err("cannot mount FUSE at %s: %s", path, strerror(-ret));
 		return ret;
 	}
+	ret = snapshots_recover(d);
+	if (ret)
+		log_err("cannot recover snapshot states: %s", strerror(-ret));
 	ret = volumes_recover(d);
 	if (ret) {
 		log_err("refusing to start: some volumes cannot be served (see above); nothing was "
@@ -253,7 +270,8 @@ int main(int argc, char **argv)
 	};
 	const char *home = getenv("EBSIM_HOME"), *engine = "io_uring";
 	bool foreground = false, stop = false;
-	struct daemon d = {.home_fd = -1, .vols_fd = -1};
+	struct daemon d = {.home_fd = -1, .vols_fd = -1, .regions_fd = -1,
+			   .lock = PTHREAD_MUTEX_INITIALIZER};
 	int c, lockfd, lfd = -1, pipefd[2] = {-1, -1}, ret;
 	sigset_t mask;
 
@@ -367,6 +385,10 @@ int main(int argc, char **argv)
 	umask(077);
 	int sfd = signalfd(-1, &mask, SFD_CLOEXEC);
 
+	/* I/O buffers of up to 1 MiB come and go at a high rate: keep them in the heap
+	 * instead of an mmap/munmap (and page faults) per request. */
+	mallopt(M_MMAP_THRESHOLD, 64 << 20);
+	mallopt(M_TRIM_THRESHOLD, 512 << 20);
 	log_info("starting on %s with the %s engine", d.home, engine);
 	ret = start(&d, engine, &lfd);
 	if (ret || sfd < 0) {

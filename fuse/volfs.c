@@ -266,12 +266,19 @@ static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	fuse_reply_err(req, 0);
 }
 
+/* Block-device semantics at the edge: a chunk whose stored copy fails its hash check
+ * (-EBADMSG) is an I/O error to the reader, never wrong bytes. */
+static int edge_errno(int res)
+{
+	return res == -EBADMSG || res == -EUCLEAN ? EIO : -res;
+}
+
 static void read_done(void *arg, int res)
 {
 	struct ioreq *r = arg;
 
 	if (res < 0)
-		fuse_reply_err(r->req, -res);
+		fuse_reply_err(r->req, edge_errno(res));
 	else
 		fuse_reply_buf(r->req, r->buf, (size_t)res);
 	free(r->buf);
@@ -309,7 +316,7 @@ static void write_done(void *arg, int res)
 	struct ioreq *r = arg;
 
 	if (res < 0)
-		fuse_reply_err(r->req, -res);
+		fuse_reply_err(r->req, edge_errno(res));
 	else
 		fuse_reply_write(r->req, (size_t)res);
 	free(r->buf);
@@ -342,7 +349,7 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 
 static void status_done(void *arg, int res)
 {
-	fuse_reply_err((fuse_req_t)arg, res < 0 ? -res : 0);
+	fuse_reply_err((fuse_req_t)arg, res < 0 ? edge_errno(res) : 0);
 }
 
 static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
@@ -447,6 +454,7 @@ int volfs_mount(const char *mountpoint, struct volfs **out)
 	fs->next_ino = FUSE_ROOT_ID + 1;
 	snprintf(fs->mountpoint, sizeof(fs->mountpoint), "%s", mountpoint);
 	fs->se = fuse_session_new(&args, &volfs_ops, sizeof(volfs_ops), fs);
+	fuse_opt_free_args(&args);
 	if (!fs->se) {
 		ret = -EIO;
 		goto out_free;
@@ -606,36 +614,41 @@ void volfs_resized(struct volfs *fs, const char *name)
 	stat(path, &st);
 }
 
-/* path must be canonical (no symlinks, no ..): a dead mount cannot be resolved. */
-static bool is_mountpoint(const char *real)
+/* The file-system type mounted at path ("" if none). path must be canonical (no symlinks,
+ * no ..): a dead mount cannot be resolved. */
+static void mount_type(const char *real, char type[64])
 {
 	char line[8192];
-	bool found = false;
 	FILE *f;
 
+	type[0] = 0;
 	f = fopen("/proc/self/mountinfo", "re");
 	if (!f)
-		return false;
+		return;
 	while (fgets(line, sizeof(line), f)) {
-		char mnt[4096];
-		/* id parent major:minor root mountpoint ... */
-		if (sscanf(line, "%*s %*s %*s %*s %4095s", mnt) == 1 && !strcmp(mnt, real))
-			found = true;
+		/* id parent major:minor root mountpoint options [optional...] - fstype ... */
+		char mnt[4096], *dash;
+		if (sscanf(line, "%*s %*s %*s %*s %4095s", mnt) != 1 || strcmp(mnt, real))
+			continue;
+		dash = strstr(line, " - ");
+		if (dash && sscanf(dash + 3, "%63s", type) != 1)
+			type[0] = 0;
 	}
 	fclose(f);
-	return found;
 }
 
 int volfs_clear_stale(const char *path)
 {
-	struct stat st;
+	char type[64];
 
-	if (!is_mountpoint(path))
+	mount_type(path, type);
+	if (!type[0])
 		return 0;
-	if (stat(path, &st) == 0)
-		return -EBUSY; /* answers: a live server owns it */
-	if (errno != ENOTCONN && errno != ECONNABORTED)
-		return -errno;
+	/* The caller holds the home's lock, so an ebsim mount here belongs to a daemon that
+	 * died; anything else is someone else's and is left alone. (Its attributes may still
+	 * answer stat() from the kernel's cache for a while: do not ask the mount.) */
+	if (strcmp(type, "fuse.ebsim"))
+		return -EBUSY;
 	if (umount2(path, MNT_DETACH) < 0)
 		return -errno;
 	return 1;

@@ -29,10 +29,10 @@ int volfs_open_count(struct volfs *fs, const char *name);
 /* Tell the kernel that name's size changed (after vol_resize). */
 void volfs_resized(struct volfs *fs, const char *name);
 
-/* Stale-mount handling at start-up: if path is a mount point of a FUSE file system whose
- * server is gone (ENOTCONN), detach it. Returns 1 if something was cleared, 0 if nothing
- * was mounted, -errno on failure (e.g. -EBUSY: a live server is mounted there). path must
- * be canonical: a dead mount point cannot be resolved. */
+/* Stale-mount handling at start-up, called while holding the home's lock: an ebsim FUSE
+ * mount at path belongs to a daemon that died, and is detached. Returns 1 if something
+ * was cleared, 0 if nothing was mounted, -EBUSY if another file system is mounted there.
+ * path must be canonical: a dead mount point cannot be resolved. */
 int volfs_clear_stale(const char *path);
 
 #endif

@@ -35,7 +35,15 @@ static const char schema[] =
 	" id TEXT UNIQUE NOT NULL, account TEXT NOT NULL, region TEXT NOT NULL,"
 	" az TEXT NOT NULL, size_gib INTEGER NOT NULL, type TEXT NOT NULL,"
 	" iops INTEGER NOT NULL, throughput INTEGER NOT NULL, encrypted INTEGER NOT NULL,"
-	" create_time TEXT NOT NULL, snapshot_id TEXT NOT NULL, state TEXT NOT NULL);";
+	" create_time TEXT NOT NULL, snapshot_id TEXT NOT NULL, state TEXT NOT NULL,"
+	" changed_base TEXT NOT NULL DEFAULT '');"
+	"CREATE TABLE IF NOT EXISTS snapshots ("
+	" seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+	" id TEXT UNIQUE NOT NULL, account TEXT NOT NULL, region TEXT NOT NULL,"
+	" volume_id TEXT NOT NULL, volume_size_gib INTEGER NOT NULL, description TEXT NOT NULL,"
+	" state TEXT NOT NULL, state_message TEXT NOT NULL, progress INTEGER NOT NULL,"
+	" start_time TEXT NOT NULL, parent TEXT NOT NULL, lineage TEXT NOT NULL,"
+	" encrypted INTEGER NOT NULL, data_size INTEGER NOT NULL, source TEXT NOT NULL);";
 
 static int exec(struct cat *c, const char *sql)
 {
@@ -145,7 +153,7 @@ static void copy_col(sqlite3_stmt *st, int col, char *dst, size_t cap)
 
 #define VOL_COLS                                                                           \
 	"id, account, region, az, size_gib, type, iops, throughput, encrypted, create_time,"  \
-	" snapshot_id, state"
+	" snapshot_id, state, changed_base"
 
 static void vol_from_row(sqlite3_stmt *st, struct cat_volume *v)
 {
@@ -162,6 +170,7 @@ static void vol_from_row(sqlite3_stmt *st, struct cat_volume *v)
 	copy_col(st, 9, v->create_time, sizeof(v->create_time));
 	copy_col(st, 10, v->snapshot_id, sizeof(v->snapshot_id));
 	copy_col(st, 11, v->state, sizeof(v->state));
+	copy_col(st, 12, v->changed_base, sizeof(v->changed_base));
 }
 
 static int vol_bind(sqlite3_stmt *st, const struct cat_volume *v)
@@ -180,6 +189,7 @@ static int vol_bind(sqlite3_stmt *st, const struct cat_volume *v)
 	sqlite3_bind_text(st, i++, v->create_time, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, i++, v->snapshot_id, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, i++, v->state, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, i++, v->changed_base, -1, SQLITE_STATIC);
 	return i;
 }
 
@@ -203,7 +213,7 @@ int cat_volume_insert(struct cat *c, const struct cat_volume *v)
 
 	if (sqlite3_prepare_v2(c->db,
 			       "INSERT INTO volumes (" VOL_COLS
-			       ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+			       ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
 			       -1, &st, NULL) != SQLITE_OK)
 		return -EIO;
 	vol_bind(st, v);
@@ -218,7 +228,7 @@ int cat_volume_update(struct cat *c, const struct cat_volume *v)
 	if (sqlite3_prepare_v2(c->db,
 			       "UPDATE volumes SET id=?1, account=?2, region=?3, az=?4, size_gib=?5,"
 			       " type=?6, iops=?7, throughput=?8, encrypted=?9, create_time=?10,"
-			       " snapshot_id=?11, state=?12 WHERE id=?13",
+			       " snapshot_id=?11, state=?12, changed_base=?13 WHERE id=?14",
 			       -1, &st, NULL) != SQLITE_OK)
 		return -EIO;
 	i = vol_bind(st, v);
@@ -274,6 +284,141 @@ int cat_volume_each(struct cat *c, const char *region,
 		struct cat_volume v;
 		vol_from_row(st, &v);
 		ret = fn(arg, &v);
+		if (ret)
+			break;
+	}
+	if (!ret && rc != SQLITE_DONE)
+		ret = -EIO;
+	sqlite3_finalize(st);
+	return ret;
+}
+
+/* ---- snapshots ----------------------------------------------------------------------- */
+
+#define SNAP_COLS                                                                          \
+	"id, account, region, volume_id, volume_size_gib, description, state, state_message,"   \
+	" progress, start_time, parent, lineage, encrypted, data_size, source"
+
+static void snap_from_row(sqlite3_stmt *st, struct cat_snapshot *s)
+{
+	memset(s, 0, sizeof(*s));
+	copy_col(st, 0, s->id, sizeof(s->id));
+	copy_col(st, 1, s->account, sizeof(s->account));
+	copy_col(st, 2, s->region, sizeof(s->region));
+	copy_col(st, 3, s->volume_id, sizeof(s->volume_id));
+	s->volume_size_gib = (uint64_t)sqlite3_column_int64(st, 4);
+	copy_col(st, 5, s->description, sizeof(s->description));
+	copy_col(st, 6, s->state, sizeof(s->state));
+	copy_col(st, 7, s->state_message, sizeof(s->state_message));
+	s->progress = sqlite3_column_int(st, 8);
+	copy_col(st, 9, s->start_time, sizeof(s->start_time));
+	copy_col(st, 10, s->parent, sizeof(s->parent));
+	copy_col(st, 11, s->lineage, sizeof(s->lineage));
+	s->encrypted = sqlite3_column_int(st, 12) != 0;
+	s->data_size = (uint64_t)sqlite3_column_int64(st, 13);
+	copy_col(st, 14, s->source, sizeof(s->source));
+}
+
+static int snap_bind(sqlite3_stmt *st, const struct cat_snapshot *s)
+{
+	int i = 1;
+
+	sqlite3_bind_text(st, i++, s->id, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, i++, s->account, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, i++, s->region, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, i++, s->volume_id, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, i++, (sqlite3_int64)s->volume_size_gib);
+	sqlite3_bind_text(st, i++, s->description, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, i++, s->state, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, i++, s->state_message, -1, SQLITE_STATIC);
+	sqlite3_bind_int(st, i++, s->progress);
+	sqlite3_bind_text(st, i++, s->start_time, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, i++, s->parent, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, i++, s->lineage, -1, SQLITE_STATIC);
+	sqlite3_bind_int(st, i++, s->encrypted);
+	sqlite3_bind_int64(st, i++, (sqlite3_int64)s->data_size);
+	sqlite3_bind_text(st, i++, s->source, -1, SQLITE_STATIC);
+	return i;
+}
+
+int cat_snapshot_insert(struct cat *c, const struct cat_snapshot *s)
+{
+	sqlite3_stmt *st;
+
+	if (sqlite3_prepare_v2(c->db,
+			       "INSERT INTO snapshots (" SNAP_COLS
+			       ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+			       -1, &st, NULL) != SQLITE_OK)
+		return -EIO;
+	snap_bind(st, s);
+	return step_done(c, st);
+}
+
+int cat_snapshot_update(struct cat *c, const struct cat_snapshot *s)
+{
+	sqlite3_stmt *st;
+	int i;
+
+	if (sqlite3_prepare_v2(c->db,
+			       "UPDATE snapshots SET id=?1, account=?2, region=?3, volume_id=?4,"
+			       " volume_size_gib=?5, description=?6, state=?7, state_message=?8,"
+			       " progress=?9, start_time=?10, parent=?11, lineage=?12, encrypted=?13,"
+			       " data_size=?14, source=?15 WHERE id=?16",
+			       -1, &st, NULL) != SQLITE_OK)
+		return -EIO;
+	i = snap_bind(st, s);
+	sqlite3_bind_text(st, i, s->id, -1, SQLITE_STATIC);
+	return step_done(c, st);
+}
+
+int cat_snapshot_delete(struct cat *c, const char *id)
+{
+	sqlite3_stmt *st;
+
+	if (sqlite3_prepare_v2(c->db, "DELETE FROM snapshots WHERE id=?", -1, &st, NULL) !=
+	    SQLITE_OK)
+		return -EIO;
+	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+	return step_done(c, st);
+}
+
+int cat_snapshot_get(struct cat *c, const char *id, struct cat_snapshot *out)
+{
+	sqlite3_stmt *st;
+	int rc, ret;
+
+	if (sqlite3_prepare_v2(c->db, "SELECT " SNAP_COLS " FROM snapshots WHERE id=?", -1, &st,
+			       NULL) != SQLITE_OK)
+		return -EIO;
+	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		snap_from_row(st, out);
+		ret = 0;
+	} else {
+		ret = rc == SQLITE_DONE ? -ENOENT : -EIO;
+	}
+	sqlite3_finalize(st);
+	return ret;
+}
+
+int cat_snapshot_each(struct cat *c, const char *region,
+		      int (*fn)(void *arg, const struct cat_snapshot *s), void *arg)
+{
+	sqlite3_stmt *st;
+	int rc, ret = 0;
+
+	if (sqlite3_prepare_v2(c->db,
+			       "SELECT " SNAP_COLS " FROM snapshots WHERE ?1 IS NULL OR region=?1"
+			       " ORDER BY seq",
+			       -1, &st, NULL) != SQLITE_OK)
+		return -EIO;
+	if (region)
+		sqlite3_bind_text(st, 1, region, -1, SQLITE_STATIC);
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		struct cat_snapshot s;
+		snap_from_row(st, &s);
+		ret = fn(arg, &s);
 		if (ret)
 			break;
 	}

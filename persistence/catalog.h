@@ -39,6 +39,9 @@ struct cat_volume {
 	char create_time[32];
 	char snapshot_id[ID_MAX]; /* "" when created empty */
 	char state[16];		  /* creating | available | in-use | deleting */
+	/* the snapshot whose start last cleared the volume's changed bits: the parent of its
+	 * next incremental snapshot ("" = the next snapshot must be full) */
+	char changed_base[ID_MAX];
 };
 
 int cat_volume_insert(struct cat *c, const struct cat_volume *v);
@@ -50,5 +53,30 @@ int cat_volume_get(struct cat *c, const char *id, struct cat_volume *out);
  * non-zero to stop, and that value is returned. */
 int cat_volume_each(struct cat *c, const char *region,
 		    int (*fn)(void *arg, const struct cat_volume *v), void *arg);
+
+struct cat_snapshot {
+	char id[ID_MAX];
+	char account[16];
+	char region[32];
+	char volume_id[ID_MAX];
+	uint64_t volume_size_gib;
+	char description[256];
+	char state[16]; /* pending | completed | error */
+	char state_message[256];
+	int progress;	/* percent */
+	char start_time[32];
+	char parent[ID_MAX];  /* "" for a full snapshot */
+	char lineage[ID_MAX]; /* the first snapshot of the chain */
+	bool encrypted;
+	uint64_t data_size;	 /* bytes of new chunks this snapshot stored */
+	char source[ID_MAX + 40]; /* copies: "region/snap-..." of the source; else "" */
+};
+
+int cat_snapshot_insert(struct cat *c, const struct cat_snapshot *s);
+int cat_snapshot_update(struct cat *c, const struct cat_snapshot *s);
+int cat_snapshot_delete(struct cat *c, const char *id);
+int cat_snapshot_get(struct cat *c, const char *id, struct cat_snapshot *out);
+int cat_snapshot_each(struct cat *c, const char *region,
+		      int (*fn)(void *arg, const struct cat_snapshot *s), void *arg);
 
 #endif

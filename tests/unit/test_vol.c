@@ -122,7 +122,7 @@ static void basic_rw(int dfd, struct blk_engine *eng, enum vol_crypt crypt)
 	memset(model, 0, SIZE);
 	CHECK(vol_create(dfd, name, &p, &keys) == 0, "create");
 	CHECK(vol_create(dfd, name, &p, &keys) == -EEXIST, "create twice");
-	CHECK(vol_open(dfd, name, eng, &keys, &v) == 0, "open");
+	CHECK(vol_open(dfd, name, eng, &keys, NULL, &v) == 0, "open");
 	CHECK(vol_size(v) == SIZE, "size");
 	model_check(v, "fresh volume reads zeros");
 
@@ -169,7 +169,7 @@ static void basic_rw(int dfd, struct blk_engine *eng, enum vol_crypt crypt)
 	CHECK(vol_close(v) == 0, "close");
 
 	/* reopen: everything persisted */
-	CHECK(vol_open(dfd, name, eng, &keys, &v) == 0, "reopen");
+	CHECK(vol_open(dfd, name, eng, &keys, NULL, &v) == 0, "reopen");
 	model_check(v, "after reopen");
 
 	/* resize: grow, new area reads zeros, writable; shrink refused */
@@ -188,7 +188,7 @@ static void basic_rw(int dfd, struct blk_engine *eng, enum vol_crypt crypt)
 		CHECK(vol_pread(v, z, CHUNK, SIZE + CHUNK * 2) == (int)CHUNK, "read grown");
 		CHECK(!memcmp(z, w, CHUNK), "grown area round trip");
 		CHECK(vol_close(v) == 0, "close");
-		CHECK(vol_open(dfd, name, eng, &keys, &v) == 0, "reopen grown");
+		CHECK(vol_open(dfd, name, eng, &keys, NULL, &v) == 0, "reopen grown");
 		CHECK(vol_size(v) == SIZE + CHUNK * 3, "size persisted");
 		CHECK(vol_pread(v, z, CHUNK, SIZE + CHUNK * 2) == (int)CHUNK, "read grown");
 		CHECK(!memcmp(z, w, CHUNK), "grown area persisted");
@@ -208,7 +208,7 @@ static void encryption(int dfd, struct blk_engine *eng)
 	int fd;
 
 	CHECK(vol_create(dfd, "enc2", &p, &keys) == 0, "create");
-	CHECK(vol_open(dfd, "enc2", eng, &keys, &v) == 0, "open");
+	CHECK(vol_open(dfd, "enc2", eng, &keys, NULL, &v) == 0, "open");
 	memset(pattern, 0, sizeof(pattern));
 	memcpy(pattern, "EBSIM-CANARY-PLAINTEXT-", 23);
 	for (int i = 0; i < 32; i++)
@@ -226,9 +226,9 @@ static void encryption(int dfd, struct blk_engine *eng)
 		free(buf);
 	}
 	close(fd);
-	CHECK(vol_open(dfd, "enc2", eng, &bad, &v) == -EKEYREJECTED, "wrong master key");
-	CHECK(vol_open(dfd, "enc2", eng, NULL, &v) == -ENOKEY, "no key");
-	CHECK(vol_open(dfd, "enc2", eng, &keys, &v) == 0, "reopen");
+	CHECK(vol_open(dfd, "enc2", eng, &bad, NULL, &v) == -EKEYREJECTED, "wrong master key");
+	CHECK(vol_open(dfd, "enc2", eng, NULL, NULL, &v) == -ENOKEY, "no key");
+	CHECK(vol_open(dfd, "enc2", eng, &keys, NULL, &v) == 0, "reopen");
 	uint8_t back[4096];
 	CHECK(vol_pread(v, back, 4096, 31 * 65536 + 4096) == 4096, "read");
 	CHECK(!memcmp(back, pattern, 4096), "decrypts");
@@ -242,8 +242,8 @@ static void encryption(int dfd, struct blk_engine *eng)
 	struct vol_params pe = {.size = SIZE, .chunk_size = CHUNK, .crypt = VOL_CRYPT_EPHEMERAL};
 	struct vol_keys ekeys = {.ephemeral = ek};
 	CHECK(vol_create(dfd, "eph", &pe, &ekeys) == 0, "create ephemeral");
-	CHECK(vol_open(dfd, "eph", eng, &keys, &v) == -ENOKEY, "ephemeral needs its key");
-	CHECK(vol_open(dfd, "eph", eng, &ekeys, &v) == 0, "open ephemeral");
+	CHECK(vol_open(dfd, "eph", eng, &keys, NULL, &v) == -ENOKEY, "ephemeral needs its key");
+	CHECK(vol_open(dfd, "eph", eng, &ekeys, NULL, &v) == 0, "open ephemeral");
 	CHECK(vol_pwrite(v, pattern, 4096, 0) == 4096, "write");
 	CHECK(vol_pread(v, back, 4096, 0) == 4096 && !memcmp(back, pattern, 4096), "round trip");
 	CHECK(vol_close(v) == 0, "close");
@@ -275,7 +275,7 @@ static void concurrent(int dfd, struct blk_engine *eng, enum vol_crypt crypt, co
 
 	memset(model, 0, SIZE);
 	CHECK(vol_create(dfd, name, &p, &keys) == 0, "create");
-	CHECK(vol_open(dfd, name, eng, &keys, &v) == 0, "open");
+	CHECK(vol_open(dfd, name, eng, &keys, NULL, &v) == 0, "open");
 	atomic_init(&c.left, N);
 	atomic_init(&c.errors, 0);
 	/* piece i covers [i*PIECE + 7, (i+1)*PIECE + 7): adjacent pieces share sectors */
@@ -296,7 +296,7 @@ static void concurrent(int dfd, struct blk_engine *eng, enum vol_crypt crypt, co
 		free(bufs[i]);
 	model_check(v, "after concurrent unaligned writes");
 	CHECK(vol_close(v) == 0, "close");
-	CHECK(vol_open(dfd, name, eng, &keys, &v) == 0, "reopen");
+	CHECK(vol_open(dfd, name, eng, &keys, NULL, &v) == 0, "reopen");
 	model_check(v, "concurrent writes persisted");
 	CHECK(vol_close(v) == 0, "close");
 }
@@ -317,7 +317,7 @@ static void crash(int dfd, struct blk_engine *eng, const char *engine, enum vol_
 	pid = fork();
 	if (pid == 0) {
 		struct blk_engine *e2;
-		if (blk_engine_open(engine, 64, &e2) || vol_open(dfd, name, e2, &keys, &v))
+		if (blk_engine_open(engine, 64, &e2) || vol_open(dfd, name, e2, &keys, NULL, &v))
 			_exit(2);
 		if (vol_pwrite(v, flushed, sizeof(flushed), CHUNK + 5) != (int)sizeof(flushed))
 			_exit(3);
@@ -330,7 +330,7 @@ static void crash(int dfd, struct blk_engine *eng, const char *engine, enum vol_
 	}
 	waitpid(pid, &st, 0);
 	CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child status %d", st);
-	CHECK(vol_open(dfd, name, eng, &keys, &v) == 0, "reopen after crash");
+	CHECK(vol_open(dfd, name, eng, &keys, NULL, &v) == 0, "reopen after crash");
 	uint8_t back[sizeof(flushed)];
 	CHECK(vol_pread(v, back, sizeof(back), CHUNK + 5) == (int)sizeof(back), "read");
 	CHECK(!memcmp(back, flushed, sizeof(back)), "flushed data survived the crash");

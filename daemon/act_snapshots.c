@@ -1,0 +1,1055 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * act_snapshots.c - EBS snapshot actions: CreateSnapshot, DescribeSnapshots,
+ * DeleteSnapshot, CopySnapshot, the EBS direct API listings (ListSnapshotBlocks,
+ * ListChangedBlocks), InitializeVolume (hydration), and the store check.
+ *
+ * Design notes
+ * ------------
+ * CreateSnapshot: vol_snap_begin switches the volume's changed set (writes pause only for
+ * that), the catalog gets a 'pending' row, and a job copies the captured chunks: each is
+ * hashed and stored unless all-zero; unchanged chunks keep the parent's entries. Then
+ * store_sync -> manifest_write -> catalog 'completed'. So a 'completed' snapshot always has
+ * every chunk and its manifest on disk. A crash mid-copy leaves the row 'pending';
+ * snapshots_recover() turns it into 'error', and its volume's next snapshot is full
+ * (volumes.changed_base is cleared), because the changed bits the failed snapshot cleared
+ * may have been persisted.
+ *
+ * Lineage: a snapshot's lineage is its parent's (or its own id for a full snapshot of a
+ * volume not restored from one); a volume restored from S continues S's lineage. The direct
+ * API listings work on 512 KiB blocks (EBS's BlockSize); a block is listed when any of its
+ * chunks is non-zero (ListSnapshotBlocks) or differs (ListChangedBlocks).
+ *
+ * Snapshot visibility: the owning account, in the snapshot's region.
+ */
+#include "daemon/daemon_i.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define GIB (1ull << 30)
+#define DIRECT_BLOCK (512u << 10)
+
+/* ---- JSON ------------------------------------------------------------------------------ */
+
+static json_object *snapshot_json(struct daemon *d, const struct cat_snapshot *s)
+{
+	json_object *o = json_object_new_object();
+	char progress[8];
+	int pct = s->progress;
+	struct job *j;
+
+	if (!strcmp(s->state, "pending") &&
+	    ((j = job_find(d, JOB_SNAPSHOT, s->id)) || (j = job_find(d, JOB_COPY, s->id))) &&
+	    j->total)
+		pct = (int)MIN(99, j->done * 100 / j->total);
+	snprintf(progress, sizeof(progress), "%d%%", pct);
+	json_object_object_add(o, "Description", json_object_new_string(s->description));
+	json_object_object_add(o, "Encrypted", json_object_new_boolean(s->encrypted));
+	json_object_object_add(o, "OwnerId", json_object_new_string(s->account));
+	json_object_object_add(o, "Progress", json_object_new_string(progress));
+	json_object_object_add(o, "SnapshotId", json_object_new_string(s->id));
+	json_object_object_add(o, "StartTime", json_object_new_string(s->start_time));
+	json_object_object_add(o, "State", json_object_new_string(s->state));
+	if (s->state_message[0])
+		json_object_object_add(o, "StateMessage", json_object_new_string(s->state_message));
+	json_object_object_add(o, "VolumeId", json_object_new_string(s->volume_id));
+	json_object_object_add(o, "VolumeSize", json_object_new_int64((int64_t)s->volume_size_gib));
+	json_object_object_add(o, "StorageTier", json_object_new_string("standard"));
+	json_object_object_add(o, "DataSize", json_object_new_int64((int64_t)s->data_size));
+	if (s->parent[0])
+		json_object_object_add(o, "ParentSnapshotId", json_object_new_string(s->parent));
+	if (s->source[0])
+		json_object_object_add(o, "SourceSnapshot", json_object_new_string(s->source));
+	return o;
+}
+
+int snapshot_lookup(struct api_req *r, const char *id, struct cat_snapshot *s)
+{
+	int ret;
+
+	if (check_id(r, "snap", "InvalidSnapshot", id))
+		return -1;
+	ret = cat_snapshot_get(r->d->cat, id, s);
+	if (ret == -ENOENT ||
+	    (!ret && (strcmp(s->account, r->account) || strcmp(s->region, r->region))))
+		return api_error(r, "InvalidSnapshot.NotFound", "The snapshot '%s' does not exist.",
+				 id);
+	if (ret)
+		return api_error(r, "InternalError", "catalog read failed: %s", strerror(-ret));
+	return 0;
+}
+
+/* ---- the snapshot job ------------------------------------------------------------------ */
+
+struct snap_job {
+	struct daemon *d;
+	struct dvol *dv;
+	struct vol_snap *vs;
+	struct snap_store *store;
+	struct manifest *parent; /* NULL for a full snapshot */
+	struct manifest m;	 /* the new manifest's header */
+	uint64_t total;
+};
+
+static int entry_cmp(const void *a, const void *b)
+{
+	const struct manifest_entry *x = a, *y = b;
+
+	return x->idx < y->idx ? -1 : x->idx > y->idx;
+}
+
+static bool all_zero(const uint8_t *p, size_t n)
+{
+	static const uint8_t zero[4096];
+
+	for (size_t i = 0; i < n; i += sizeof(zero))
+		if (memcmp(p + i, zero, MIN(sizeof(zero), n - i)))
+			return false;
+	return true;
+}
+
+/* Copy the captured chunks, then merge with the parent's entries. 0 or -errno. */
+static int snap_copy(struct job *j, struct snap_job *sj, uint64_t *data_size)
+{
+	struct vol *v = sj->dv->vol;
+	size_t cs = vol_chunk_size(v), n = 0, cap = 1024;
+	struct manifest_entry *e = malloc(cap * sizeof(*e));
+	uint64_t *taken = calloc((sj->m.volume_size / cs + 63) / 64, 8);
+	uint8_t *buf = NULL, *plain = NULL;
+	int ret = 0;
+
+	if (!e || !taken || posix_memalign((void **)&buf, 4096, cs) ||
+	    posix_memalign((void **)&plain, 4096, cs)) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	for (;;) {
+		enum vol_snap_kind kind;
+		uint8_t id[OBJ_ID_LEN];
+		uint64_t idx;
+		bool existed = false;
+
+		ret = vol_snap_next(sj->vs, &idx, &kind, buf, id);
+		if (ret <= 0)
+			break;
+		ret = 0;
+		taken[idx / 64] |= 1ull << (idx % 64);
+		j->done++;
+		if (kind == VOL_SNAP_ZERO)
+			continue;
+		if (kind == VOL_SNAP_DATA) {
+			/* all-zero chunks are stored as "zero", never as data */
+			memcpy(plain, buf, cs);
+			ret = vol_chunk_plaintext(v, idx, plain);
+			if (ret)
+				break;
+			if (all_zero(plain, cs))
+				continue;
+			ret = store_put(sj->store, buf, cs, id, &existed);
+			if (ret)
+				break;
+			if (!existed)
+				*data_size += cs;
+		}
+		if (n == cap) {
+			struct manifest_entry *ne = realloc(e, 2 * cap * sizeof(*e));
+			if (!ne) {
+				ret = -ENOMEM;
+				break;
+			}
+			e = ne;
+			cap *= 2;
+		}
+		e[n].idx = idx;
+		memcpy(e[n++].id, id, OBJ_ID_LEN);
+		if (sj->d->stopping) {
+			ret = -ECANCELED;
+			break;
+		}
+	}
+	if (ret)
+		goto out;
+	/* unchanged chunks keep the parent's objects */
+	for (size_t i = 0; sj->parent && i < sj->parent->nentries; i++) {
+		const struct manifest_entry *pe = &sj->parent->e[i];
+		uint64_t c = pe->idx;
+		if (c * cs >= sj->m.volume_size || ((taken[c / 64] >> (c % 64)) & 1))
+			continue;
+		if (n == cap) {
+			struct manifest_entry *ne = realloc(e, 2 * cap * sizeof(*e));
+			if (!ne) {
+				ret = -ENOMEM;
+				goto out;
+			}
+			e = ne;
+			cap *= 2;
+		}
+		e[n++] = *pe;
+	}
+	qsort(e, n, sizeof(*e), entry_cmp);
+	sj->m.e = e;
+	sj->m.nentries = n;
+	e = NULL;
+out:
+	free(e);
+	free(taken);
+	free(buf);
+	free(plain);
+	return ret;
+}
+
+static void *snapshot_job(void *arg)
+{
+	struct job *j = arg;
+	struct snap_job *sj = j->priv;
+	struct daemon *d = sj->d;
+	struct cat_snapshot s;
+	uint64_t data_size = 0;
+	int ret;
+
+	ret = snap_copy(j, sj, &data_size);
+	vol_snap_end(sj->vs, ret == 0);
+	if (!ret)
+		ret = store_sync(sj->store);
+	if (!ret)
+		ret = manifest_write(sj->store, j->id, &sj->m);
+	pthread_mutex_lock(&d->lock);
+	if (cat_snapshot_get(d->cat, j->id, &s) == 0) {
+		if (!ret) {
+			snprintf(s.state, sizeof(s.state), "completed");
+			s.progress = 100;
+			s.data_size = data_size;
+		} else {
+			struct cat_volume v;
+			snprintf(s.state, sizeof(s.state), "error");
+			snprintf(s.state_message, sizeof(s.state_message), "copying the data failed: %s",
+				 strerror(-ret));
+			/* the changed bits are back (vol_snap_end), but be safe: next is full */
+			if (cat_volume_get(d->cat, s.volume_id, &v) == 0 &&
+			    !strcmp(v.changed_base, s.id)) {
+				v.changed_base[0] = 0;
+				cat_volume_update(d->cat, &v);
+			}
+		}
+		crash_point("in-catalog-txn");
+		cat_snapshot_update(d->cat, &s);
+	}
+	log_info("snapshot %s of %s: %s (%llu chunks, %llu bytes new)", j->id, sj->dv->id,
+		 ret ? strerror(-ret) : "completed", (unsigned long long)j->total,
+		 (unsigned long long)data_size);
+	sj->dv->jobs--;
+	j->finished = true;
+	struct region_store *rs;
+	for (rs = d->stores; rs; rs = rs->next)
+		if (!strcmp(rs->region, j->region) && rs->gc_wanted && !jobs_in_region(d, j->region))
+			region_gc(d, j->region);
+	pthread_mutex_unlock(&d->lock);
+	manifest_free(sj->parent);
+	free(sj->m.e);
+	free(sj);
+	return NULL;
+}
+
+int act_create_snapshot(struct api_req *r)
+{
+	static const char *const allowed[] = {"VolumeId", "Description", "TagSpecifications",
+					      "DryRun", "OutpostArn", NULL};
+	struct daemon *d = r->d;
+	const char *vid, *desc = NULL;
+	struct cat_volume v;
+	struct cat_snapshot s = {0}, ps;
+	struct snap_job *sj;
+	struct dvol *dv;
+	struct snap_store *store;
+	bool full = true;
+	int ret;
+
+	if (params_allow(r, allowed) || param_str(r, "VolumeId", true, &vid) < 0 ||
+	    param_str(r, "Description", false, &desc) < 0 || volume_lookup(r, vid, &v))
+		return -1;
+	if (desc && strlen(desc) > 255)
+		return api_error(r, "InvalidParameterValue",
+				 "The description is longer than 255 characters.");
+	dv = dvol_find(d, vid);
+	store = region_store(d, r->region);
+	if (!dv || !store)
+		return api_error(r, "InternalError", "volume %s is not being served", vid);
+	for (struct job *j = d->jobs; j; j = j->next)
+		if (j->kind == JOB_SNAPSHOT && !j->finished && !strcmp(j->volume, vid))
+			return api_error(r, "SnapshotCreationPerVolumeRateExceeded",
+					 "A snapshot of volume %s is already in progress.", vid);
+	sj = calloc(1, sizeof(*sj));
+	if (!sj)
+		return api_error(r, "InternalError", "out of memory");
+	/* incremental when the snapshot that last cleared the changed bits is still usable */
+	if (v.changed_base[0] && cat_snapshot_get(d->cat, v.changed_base, &ps) == 0 &&
+	    !strcmp(ps.state, "completed") && manifest_read(store, ps.id, &sj->parent) == 0 &&
+	    sj->parent->chunk_size == vol_chunk_size(dv->vol)) {
+		full = false;
+		snprintf(s.parent, sizeof(s.parent), "%s", ps.id);
+		snprintf(s.lineage, sizeof(s.lineage), "%s", ps.lineage);
+	} else {
+		manifest_free(sj->parent);
+		sj->parent = NULL;
+	}
+	ret = id_new("snap", s.id);
+	if (!ret)
+		ret = vol_snap_begin(dv->vol, full, &sj->vs, &sj->total);
+	if (ret) {
+		manifest_free(sj->parent);
+		free(sj);
+		return api_error(r, ret == -EBUSY ? "SnapshotCreationPerVolumeRateExceeded"
+						  : "InternalError",
+				 "cannot start the snapshot: %s", strerror(-ret));
+	}
+	if (!s.lineage[0])
+		snprintf(s.lineage, sizeof(s.lineage), "%s", s.id);
+	snprintf(s.account, sizeof(s.account), "%s", r->account);
+	snprintf(s.region, sizeof(s.region), "%s", r->region);
+	snprintf(s.volume_id, sizeof(s.volume_id), "%s", vid);
+	s.volume_size_gib = v.size_gib;
+	snprintf(s.description, sizeof(s.description), "%s", desc ? desc : "");
+	snprintf(s.state, sizeof(s.state), "pending");
+	time_iso8601(s.start_time);
+	s.encrypted = v.encrypted;
+	/* the manifest's header */
+	sj->d = d;
+	sj->dv = dv;
+	sj->store = store;
+	sj->m.volume_size = v.size_gib * GIB;
+	sj->m.chunk_size = vol_chunk_size(dv->vol);
+	snprintf(sj->m.volume_id, sizeof(sj->m.volume_id), "%s", vid);
+	snprintf(sj->m.parent, sizeof(sj->m.parent), "%s", s.parent);
+	snprintf(sj->m.lineage, sizeof(sj->m.lineage), "%s", s.lineage);
+	if (v.encrypted) {
+		sj->m.flags |= MANIFEST_F_ENCRYPTED;
+		vol_wrapped_key(dv->vol, sj->m.wrapped_key);
+	}
+	snprintf(v.changed_base, sizeof(v.changed_base), "%s", s.id);
+	if (cat_snapshot_insert(d->cat, &s) || cat_volume_update(d->cat, &v)) {
+		vol_snap_end(sj->vs, false);
+		manifest_free(sj->parent);
+		free(sj);
+		cat_snapshot_delete(d->cat, s.id);
+		return api_error(r, "InternalError", "catalog update failed");
+	}
+	dv->jobs++;
+	if (!job_start(d, JOB_SNAPSHOT, s.id, r->region, snapshot_job, sj)) {
+		dv->jobs--;
+		vol_snap_end(sj->vs, false);
+		manifest_free(sj->parent);
+		free(sj);
+		snprintf(s.state, sizeof(s.state), "error");
+		cat_snapshot_update(d->cat, &s);
+		return api_error(r, "InternalError", "cannot start the snapshot job");
+	}
+	struct job *j = job_find(d, JOB_SNAPSHOT, s.id);
+	j->total = sj->total;
+	snprintf(j->volume, sizeof(j->volume), "%s", vid);
+	log_info("snapshot %s of %s started (%s, %llu chunks to copy)", s.id, vid,
+		 full ? "full" : "incremental", (unsigned long long)sj->total);
+	r->result = snapshot_json(d, &s);
+	return 0;
+}
+
+/* ---- describe / delete ----------------------------------------------------------------- */
+
+static const struct filter_map snapshot_filters[] = {
+	{"snapshot-id", "SnapshotId"}, {"volume-id", "VolumeId"},     {"status", "State"},
+	{"owner-id", "OwnerId"},       {"description", "Description"}, {"encrypted", "Encrypted"},
+	{"volume-size", "VolumeSize"}, {"progress", "Progress"},       {"start-time", "StartTime"},
+	{NULL, NULL},
+};
+
+struct dsnap_ctx {
+	struct api_req *r;
+	json_object *ids, *owners, *restorable, *filters, *out;
+	bool *seen;
+};
+
+static int describe_snap_one(void *arg, const struct cat_snapshot *s)
+{
+	struct dsnap_ctx *c = arg;
+	struct api_req *r = c->r;
+
+	if (strcmp(s->account, r->account))
+		return 0;
+	if (c->owners) {
+		bool ok = false;
+		for (size_t i = 0; i < json_object_array_length(c->owners); i++) {
+			const char *o = json_object_get_string(json_object_array_get_idx(c->owners, i));
+			ok |= !strcmp(o, "self") || !strcmp(o, s->account);
+		}
+		if (!ok)
+			return 0;
+	}
+	if (c->restorable) {
+		/* snapshots are not shared in ebsim: only their owner can restore them */
+		bool ok = false;
+		for (size_t i = 0; i < json_object_array_length(c->restorable); i++) {
+			const char *u = json_object_get_string(json_object_array_get_idx(c->restorable, i));
+			ok |= !strcmp(u, "self") || !strcmp(u, s->account);
+		}
+		if (!ok)
+			return 0;
+	}
+	if (c->ids) {
+		bool wanted = false;
+		for (size_t i = 0; i < json_object_array_length(c->ids); i++)
+			if (!strcmp(json_object_get_string(json_object_array_get_idx(c->ids, i)),
+				    s->id))
+				wanted = c->seen[i] = true;
+		if (!wanted)
+			return 0;
+	}
+	json_object *o = snapshot_json(r->d, s);
+	if (filters_match(c->filters, snapshot_filters, o))
+		json_object_array_add(c->out, o);
+	else
+		json_object_put(o);
+	return 0;
+}
+
+int act_describe_snapshots(struct api_req *r)
+{
+	static const char *const allowed[] = {"SnapshotIds", "OwnerIds", "RestorableByUserIds",
+					      "Filters", "MaxResults", "NextToken", "DryRun", NULL};
+	struct dsnap_ctx c = {.r = r};
+	size_t nids;
+	int ret;
+
+	if (params_allow(r, allowed) || param_str_list(r, "SnapshotIds", &c.ids) < 0 ||
+	    param_str_list(r, "OwnerIds", &c.owners) < 0 ||
+	    param_str_list(r, "RestorableByUserIds", &c.restorable) < 0 ||
+	    filters_parse(r, snapshot_filters, &c.filters))
+		return -1;
+	if (c.ids && json_object_object_get_ex(r->params, "MaxResults", NULL))
+		return api_error(r, "InvalidParameterCombination",
+				 "The parameter snapshotIds cannot be used with maxResults");
+	nids = c.ids ? json_object_array_length(c.ids) : 0;
+	for (size_t i = 0; i < nids; i++)
+		if (check_id(r, "snap", "InvalidSnapshot",
+			     json_object_get_string(json_object_array_get_idx(c.ids, i))))
+			return -1;
+	c.seen = calloc(nids + 1, sizeof(bool));
+	c.out = json_object_new_array();
+	ret = cat_snapshot_each(r->d->cat, r->region, describe_snap_one, &c);
+	for (size_t i = 0; !ret && i < nids; i++)
+		if (!c.seen[i])
+			ret = api_error(r, "InvalidSnapshot.NotFound",
+					"The snapshot '%s' does not exist.",
+					json_object_get_string(json_object_array_get_idx(c.ids, i)));
+	free(c.seen);
+	if (ret) {
+		json_object_put(c.out);
+		return r->code[0] ? -1 : api_error(r, "InternalError", "catalog read failed");
+	}
+	json_object *page, *next;
+	if (paginate(r, c.out, "SnapshotId", 5, 1000, &page, &next))
+		return -1;
+	r->result = json_object_new_object();
+	json_object_object_add(r->result, "Snapshots", page);
+	if (next)
+		json_object_object_add(r->result, "NextToken", next);
+	return 0;
+}
+
+int act_delete_snapshot(struct api_req *r)
+{
+	static const char *const allowed[] = {"SnapshotId", "DryRun", NULL};
+	struct daemon *d = r->d;
+	struct cat_snapshot s;
+	const char *id;
+
+	if (params_allow(r, allowed) || param_str(r, "SnapshotId", true, &id) < 0 ||
+	    snapshot_lookup(r, id, &s))
+		return -1;
+	if (!strcmp(s.state, "pending"))
+		return api_error(r, "IncorrectState",
+				 "The snapshot '%s' is still pending; wait for it to complete.", id);
+	if (cat_snapshot_delete(d->cat, id))
+		return api_error(r, "InternalError", "catalog update failed");
+	log_info("deleted snapshot %s", id);
+	region_gc(d, r->region);
+	r->result = json_object_new_object();
+	return 0;
+}
+
+/* ---- copy-snapshot --------------------------------------------------------------------- */
+
+struct copy_job {
+	struct daemon *d;
+	struct snap_store *src, *dst;
+	struct manifest *m;
+};
+
+static void *copy_job(void *arg)
+{
+	struct job *j = arg;
+	struct copy_job *cj = j->priv;
+	struct daemon *d = cj->d;
+	struct cat_snapshot s;
+	uint64_t copied_bytes = 0;
+	int ret = 0;
+
+	for (size_t i = 0; i < cj->m->nentries && !ret; i++) {
+		bool copied = false;
+		ret = store_copy_object(cj->src, cj->dst, cj->m->e[i].id, cj->m->chunk_size,
+					&copied);
+		if (copied)
+			copied_bytes += cj->m->chunk_size;
+		j->done++;
+		if (d->stopping)
+			ret = -ECANCELED;
+	}
+	/* the copy starts a lineage of its own in this region */
+	cj->m->parent[0] = 0;
+	snprintf(cj->m->lineage, sizeof(cj->m->lineage), "%s", j->id);
+	if (!ret)
+		ret = store_sync(cj->dst);
+	if (!ret)
+		ret = manifest_write(cj->dst, j->id, cj->m);
+	pthread_mutex_lock(&d->lock);
+	if (cat_snapshot_get(d->cat, j->id, &s) == 0) {
+		snprintf(s.state, sizeof(s.state), "%s", ret ? "error" : "completed");
+		if (ret)
+			snprintf(s.state_message, sizeof(s.state_message), "copy failed: %s",
+				 strerror(-ret));
+		s.progress = ret ? 0 : 100;
+		s.data_size = copied_bytes;
+		cat_snapshot_update(d->cat, &s);
+	}
+	log_info("copy %s: %s, %llu bytes transferred", j->id, ret ? strerror(-ret) : "completed",
+		 (unsigned long long)copied_bytes);
+	j->finished = true;
+	struct region_store *rs;
+	for (rs = d->stores; rs; rs = rs->next)
+		if (!strcmp(rs->region, j->region) && rs->gc_wanted && !jobs_in_region(d, j->region))
+			region_gc(d, j->region);
+	pthread_mutex_unlock(&d->lock);
+	manifest_free(cj->m);
+	free(cj);
+	return NULL;
+}
+
+int act_copy_snapshot(struct api_req *r)
+{
+	static const char *const allowed[] = {"SourceRegion", "SourceSnapshotId", "Description",
+					      "Encrypted", "KmsKeyId", "DestinationRegion",
+					      "TagSpecifications", "DryRun", "PresignedUrl", NULL};
+	struct daemon *d = r->d;
+	const char *src_region, *src_id, *desc = NULL;
+	struct cat_snapshot src, s = {0};
+	struct copy_job *cj;
+	struct api_req sr;
+	const char *dest = NULL;
+	bool encrypt = false;
+	int ret;
+
+	if (params_allow(r, allowed) || param_str(r, "SourceRegion", true, &src_region) < 0 ||
+	    param_str(r, "SourceSnapshotId", true, &src_id) < 0 ||
+	    param_str(r, "Description", false, &desc) < 0 ||
+	    param_str(r, "DestinationRegion", false, &dest) < 0 ||
+	    param_bool(r, "Encrypted", &encrypt) < 0)
+		return -1;
+	if (dest && strcmp(dest, r->region))
+		return api_error(r, "InvalidParameterValue",
+				 "DestinationRegion (%.32s) must be the region of the request (%s).",
+				 dest, r->region);
+	/* look the source up as the same account, in the source region */
+	sr = *r;
+	sr.region = src_region;
+	if (snapshot_lookup(&sr, src_id, &src)) {
+		snprintf(r->code, sizeof(r->code), "%s", sr.code);
+		snprintf(r->message, sizeof(r->message), "%s", sr.message);
+		return -1;
+	}
+	if (strcmp(src.state, "completed"))
+		return api_error(r, "IncorrectState", "The snapshot '%s' is not completed.", src_id);
+	if (encrypt && !src.encrypted)
+		return api_error(r, "InvalidParameterCombination",
+				 "Encrypting an unencrypted snapshot while copying it is not supported "
+				 "by ebsim; copies keep the source's encryption.");
+	cj = calloc(1, sizeof(*cj));
+	if (!cj)
+		return api_error(r, "InternalError", "out of memory");
+	cj->d = d;
+	cj->src = region_store(d, src_region);
+	cj->dst = region_store(d, r->region);
+	if (!cj->src || !cj->dst || (ret = manifest_read(cj->src, src_id, &cj->m))) {
+		free(cj);
+		return api_error(r, "InternalError", "cannot read the source snapshot");
+	}
+	s = src;
+	if (id_new("snap", s.id)) {
+		manifest_free(cj->m);
+		free(cj);
+		return api_error(r, "InternalError", "cannot make an ID");
+	}
+	snprintf(s.region, sizeof(s.region), "%s", r->region);
+	snprintf(s.state, sizeof(s.state), "pending");
+	s.progress = 0;
+	s.parent[0] = 0;
+	snprintf(s.lineage, sizeof(s.lineage), "%s", s.id);
+	snprintf(s.description, sizeof(s.description), "%s",
+		 desc ? desc : src.description);
+	snprintf(s.source, sizeof(s.source), "%s/%s", src_region, src_id);
+	time_iso8601(s.start_time);
+	s.state_message[0] = 0;
+	if (cat_snapshot_insert(d->cat, &s)) {
+		manifest_free(cj->m);
+		free(cj);
+		return api_error(r, "InternalError", "catalog update failed");
+	}
+	struct job *j = job_start(d, JOB_COPY, s.id, r->region, copy_job, cj);
+	if (!j) {
+		cat_snapshot_delete(d->cat, s.id);
+		manifest_free(cj->m);
+		free(cj);
+		return api_error(r, "InternalError", "cannot start the copy");
+	}
+	j->total = cj->m->nentries;
+	r->result = json_object_new_object();
+	json_object_object_add(r->result, "SnapshotId", json_object_new_string(s.id));
+	return 0;
+}
+
+/* ---- EBS direct API listings ----------------------------------------------------------- */
+
+/* Per 512 KiB block: the object ids of its chunks (zeros where a chunk is zero). */
+static const uint8_t *block_chunk(const struct manifest *m, uint64_t block, unsigned k)
+{
+	uint64_t per = DIRECT_BLOCK / m->chunk_size;
+
+	return manifest_lookup(m, block * per + k);
+}
+
+static bool block_differs(const struct manifest *a, const struct manifest *b, uint64_t block)
+{
+	uint64_t per = MAX(1, DIRECT_BLOCK / b->chunk_size);
+
+	for (unsigned k = 0; k < per; k++) {
+		const uint8_t *x = a ? block_chunk(a, block, k) : NULL;
+		const uint8_t *y = block_chunk(b, block, k);
+		if (!x != !y || (x && memcmp(x, y, OBJ_ID_LEN)))
+			return true;
+	}
+	return false;
+}
+
+/* A token naming the block's content (the first non-zero chunk's object id, abbreviated);
+ * false when the block holds no data, and then EBS gives no token. */
+static bool block_token(const struct manifest *m, uint64_t block, char out[48])
+{
+	uint64_t per = MAX(1, DIRECT_BLOCK / m->chunk_size);
+	char hex[OBJ_HEX_LEN + 1];
+
+	for (unsigned k = 0; k < per; k++) {
+		const uint8_t *id = block_chunk(m, block, k);
+		if (id) {
+			obj_id_hex(id, hex);
+			snprintf(out, 48, "EBSim%.40s", hex);
+			return true;
+		}
+	}
+	return false;
+}
+
+static int paging(struct api_req *r, int64_t *max, uint64_t *start)
+{
+	const char *token = NULL;
+	int64_t sbi = 0;
+	int has_max, has_sbi;
+
+	if ((has_max = param_int(r, "MaxResults", false, max)) < 0 ||
+	    param_str(r, "NextToken", false, &token) < 0 ||
+	    (has_sbi = param_int(r, "StartingBlockIndex", false, &sbi)) < 0)
+		return -1;
+	if (!has_max)
+		*max = 10000;
+	if (*max < 100 || *max > 10000)
+		return api_error(r, "ValidationException",
+				 "MaxResults must be between 100 and 10000.");
+	if (sbi < 0)
+		return api_error(r, "ValidationException", "StartingBlockIndex must be >= 0.");
+	*start = (uint64_t)sbi;
+	if (token) {
+		char *end;
+		errno = 0;
+		unsigned long long t = strtoull(token, &end, 10);
+		if (errno || *end || !*token)
+			return api_error(r, "ValidationException", "The pagination token is invalid.");
+		*start = t;
+	}
+	return 0;
+}
+
+static json_object *blocks_result(const struct manifest *m, uint64_t next_block, bool more)
+{
+	json_object *o = json_object_new_object();
+	char tok[32];
+
+	json_object_object_add(o, "VolumeSize", json_object_new_int64((int64_t)(m->volume_size / GIB)));
+	json_object_object_add(o, "BlockSize", json_object_new_int(DIRECT_BLOCK));
+	if (more) {
+		snprintf(tok, sizeof(tok), "%llu", (unsigned long long)next_block);
+		json_object_object_add(o, "NextToken", json_object_new_string(tok));
+	}
+	return o;
+}
+
+static int load_manifest(struct api_req *r, const struct cat_snapshot *s, struct manifest **m)
+{
+	struct snap_store *st = region_store(r->d, r->region);
+
+	if (strcmp(s->state, "completed"))
+		return api_error(r, "ValidationException", "The snapshot '%s' is not completed.",
+				 s->id);
+	if (!st || manifest_read(st, s->id, m))
+		return api_error(r, "InternalError", "cannot read the snapshot's manifest");
+	return 0;
+}
+
+int act_list_snapshot_blocks(struct api_req *r)
+{
+	static const char *const allowed[] = {"SnapshotId", "MaxResults", "NextToken",
+					      "StartingBlockIndex", NULL};
+	struct cat_snapshot s;
+	struct manifest *m = NULL;
+	const char *id;
+	int64_t max;
+	uint64_t start, nblocks, b, listed = 0;
+	json_object *blocks;
+
+	if (params_allow(r, allowed) || param_str(r, "SnapshotId", true, &id) < 0 ||
+	    paging(r, &max, &start) || snapshot_lookup(r, id, &s) || load_manifest(r, &s, &m))
+		return -1;
+	nblocks = (m->volume_size + DIRECT_BLOCK - 1) / DIRECT_BLOCK;
+	blocks = json_object_new_array();
+	uint64_t per = MAX(1, DIRECT_BLOCK / m->chunk_size);
+	for (size_t i = 0; i < m->nentries && listed < (uint64_t)max; i++) {
+		b = m->e[i].idx / per;
+		if (b < start)
+			continue;
+		if (i && m->e[i - 1].idx / per == b)
+			continue;
+		json_object *o = json_object_new_object();
+		char tok[48];
+		block_token(m, b, tok);
+		json_object_object_add(o, "BlockIndex", json_object_new_int64((int64_t)b));
+		json_object_object_add(o, "BlockToken", json_object_new_string(tok));
+		json_object_array_add(blocks, o);
+		listed++;
+		start = b + 1;
+	}
+	bool more = false;
+	for (size_t i = 0; i < m->nentries; i++)
+		if (m->e[i].idx / per >= start) {
+			more = listed == (uint64_t)max;
+			break;
+		}
+	(void)nblocks;
+	r->result = json_object_new_object();
+	json_object_object_add(r->result, "Blocks", blocks);
+	json_object *tail = blocks_result(m, start, more);
+	json_object_object_foreach(tail, k, val) json_object_object_add(r->result, k, json_object_get(val));
+	json_object_put(tail);
+	manifest_free(m);
+	return 0;
+}
+
+int act_list_changed_blocks(struct api_req *r)
+{
+	static const char *const allowed[] = {"FirstSnapshotId", "SecondSnapshotId", "MaxResults",
+					      "NextToken", "StartingBlockIndex", NULL};
+	struct cat_snapshot a, b;
+	struct manifest *ma = NULL, *mb = NULL;
+	const char *ida = NULL, *idb;
+	int64_t max;
+	uint64_t start, listed = 0, blk, nblocks;
+	json_object *out;
+
+	if (params_allow(r, allowed) || param_str(r, "FirstSnapshotId", false, &ida) < 0 ||
+	    param_str(r, "SecondSnapshotId", true, &idb) < 0 || paging(r, &max, &start) ||
+	    snapshot_lookup(r, idb, &b) || (ida && snapshot_lookup(r, ida, &a)))
+		return -1;
+	if (ida && strcmp(a.lineage, b.lineage))
+		return api_error(r, "ValidationException",
+				 "The snapshots %s and %s are not in the same lineage.", ida, idb);
+	if ((ida && load_manifest(r, &a, &ma)) || load_manifest(r, &b, &mb)) {
+		manifest_free(ma);
+		return -1;
+	}
+	if (ma && ma->chunk_size != mb->chunk_size) {
+		manifest_free(ma);
+		manifest_free(mb);
+		return api_error(r, "ValidationException", "The snapshots have different chunk sizes.");
+	}
+	nblocks = (MAX(mb->volume_size, ma ? ma->volume_size : 0) + DIRECT_BLOCK - 1) / DIRECT_BLOCK;
+	out = json_object_new_array();
+	for (blk = start; blk < nblocks && listed < (uint64_t)max; blk++) {
+		if (!block_differs(ma, mb, blk))
+			continue;
+		json_object *o = json_object_new_object();
+		char ta[48], tb[48];
+		json_object_object_add(o, "BlockIndex", json_object_new_int64((int64_t)blk));
+		if (ma && block_token(ma, blk, ta))
+			json_object_object_add(o, "FirstBlockToken", json_object_new_string(ta));
+		if (block_token(mb, blk, tb))
+			json_object_object_add(o, "SecondBlockToken", json_object_new_string(tb));
+		json_object_array_add(out, o);
+		listed++;
+	}
+	bool more = false;
+	for (uint64_t k = blk; k < nblocks && listed == (uint64_t)max; k++)
+		if (block_differs(ma, mb, k)) {
+			more = true;
+			break;
+		}
+	r->result = json_object_new_object();
+	json_object_object_add(r->result, "ChangedBlocks", out);
+	json_object *tail = blocks_result(mb, blk, more);
+	json_object_object_foreach(tail, k2, val)
+		json_object_object_add(r->result, k2, json_object_get(val));
+	json_object_put(tail);
+	manifest_free(ma);
+	manifest_free(mb);
+	return 0;
+}
+
+/* ---- initialize-volume ----------------------------------------------------------------- */
+
+static void *init_job(void *arg)
+{
+	struct job *j = arg;
+	struct daemon *d = j->priv;
+	struct dvol *dv;
+	uint64_t next = 0, left = 0;
+	int ret;
+
+	pthread_mutex_lock(&d->lock);
+	dv = dvol_find(d, j->id);
+	pthread_mutex_unlock(&d->lock);
+	do {
+		ret = vol_hydrate(dv->vol, &next, 64, &left);
+		j->done = j->total > left ? j->total - left : 0;
+	} while (ret == 1 && !d->stopping);
+	pthread_mutex_lock(&d->lock);
+	if (ret == 0) {
+		/* the base is no longer read: forget it, let GC free what nobody needs */
+		log_info("initialized %s: every chunk is in its data file", j->id);
+		manifest_free(dv->base);
+		dv->base = NULL;
+		dv->base_id[0] = 0;
+		j->done = j->total;
+		region_gc(d, dv->region);
+	} else if (ret < 0) {
+		log_err("initializing %s: %s", j->id, strerror(-ret));
+	}
+	dv->jobs--;
+	j->finished = true;
+	pthread_mutex_unlock(&d->lock);
+	return NULL;
+}
+
+json_object *volume_init_status(struct daemon *d, const char *vol_id)
+{
+	struct dvol *dv = dvol_find(d, vol_id);
+	struct job *j = job_find(d, JOB_INIT, vol_id);
+	json_object *o;
+	uint64_t left, total;
+	int pct;
+
+	if (!dv || (!dv->base && !j))
+		return NULL;
+	left = dv->base ? vol_base_left(dv->vol) : 0;
+	total = dv->base ? dv->base->nentries : 0;
+	pct = total ? (int)((total - MIN(left, total)) * 100 / total) : 100;
+	o = json_object_new_object();
+	json_object_object_add(o, "InitializationType", json_object_new_string("default"));
+	json_object_object_add(o, "Progress", json_object_new_int(pct));
+	if (j && j->done && left) {
+		double el = (double)(time_mono_ns() - j->started_ns) / 1e9;
+		double eta = el / (double)j->done * (double)left;
+		json_object_object_add(o, "EstimatedTimeToCompleteInSeconds",
+				       json_object_new_int64((int64_t)(eta + 0.5)));
+	}
+	json_object_object_add(o, "State",
+			       json_object_new_string(left ? (j ? "initializing" : "lazy")
+							   : "completed"));
+	return o;
+}
+
+int act_initialize_volume(struct api_req *r)
+{
+	static const char *const allowed[] = {"VolumeId", NULL};
+	struct daemon *d = r->d;
+	struct cat_volume v;
+	const char *id;
+	struct dvol *dv;
+	struct job *j;
+
+	if (params_allow(r, allowed) || param_str(r, "VolumeId", true, &id) < 0 ||
+	    volume_lookup(r, id, &v))
+		return -1;
+	dv = dvol_find(d, id);
+	if (!dv)
+		return api_error(r, "InternalError", "volume %s is not being served", id);
+	if (dv->base && !job_find(d, JOB_INIT, id)) {
+		dv->jobs++;
+		j = job_start(d, JOB_INIT, id, r->region, init_job, d);
+		if (!j) {
+			dv->jobs--;
+			return api_error(r, "InternalError", "cannot start the initialization");
+		}
+		j->total = dv->base->nentries;
+		j->done = j->total - MIN(j->total, vol_base_left(dv->vol));
+	}
+	r->result = json_object_new_object();
+	json_object_object_add(r->result, "VolumeId", json_object_new_string(id));
+	json_object *st = volume_init_status(d, id);
+	if (!st) {
+		st = json_object_new_object();
+		json_object_object_add(st, "InitializationType", json_object_new_string("default"));
+		json_object_object_add(st, "Progress", json_object_new_int(100));
+		json_object_object_add(st, "State", json_object_new_string("completed"));
+	}
+	json_object_object_add(r->result, "InitializationStatusDetails", st);
+	return 0;
+}
+
+/* ---- check ----------------------------------------------------------------------------- */
+
+struct check_ctx {
+	json_object *corrupt, *missing, *leaked, *bad;
+	const char *region;
+};
+
+static void ck_corrupt(void *arg, const char *obj, const char *snap, uint64_t idx)
+{
+	struct check_ctx *c = arg;
+	json_object *o = json_object_new_object();
+
+	json_object_object_add(o, "Region", json_object_new_string(c->region));
+	json_object_object_add(o, "ObjectId", json_object_new_string(obj));
+	if (snap) {
+		json_object_object_add(o, "SnapshotId", json_object_new_string(snap));
+		json_object_object_add(o, "ChunkIndex", json_object_new_int64((int64_t)idx));
+	}
+	json_object_array_add(c->corrupt, o);
+}
+
+static void ck_missing(void *arg, const char *snap, uint64_t idx, const char *obj)
+{
+	struct check_ctx *c = arg;
+	json_object *o = json_object_new_object();
+
+	json_object_object_add(o, "Region", json_object_new_string(c->region));
+	json_object_object_add(o, "SnapshotId", json_object_new_string(snap));
+	json_object_object_add(o, "ChunkIndex", json_object_new_int64((int64_t)idx));
+	json_object_object_add(o, "ObjectId", json_object_new_string(obj));
+	json_object_array_add(c->missing, o);
+}
+
+static void ck_leaked(void *arg, const char *obj)
+{
+	struct check_ctx *c = arg;
+
+	if (json_object_array_length(c->leaked) < 1000)
+		json_object_array_add(c->leaked, json_object_new_string(obj));
+}
+
+static void ck_bad(void *arg, const char *snap)
+{
+	struct check_ctx *c = arg;
+
+	json_object_array_add(c->bad, json_object_new_string(snap));
+}
+
+int act_check_store(struct api_req *r)
+{
+	static const char *const allowed[] = {NULL};
+	struct check_ctx c = {json_object_new_array(), json_object_new_array(),
+			      json_object_new_array(), json_object_new_array(), NULL};
+	uint64_t objects = 0, leaked = 0;
+
+	int ret = 0;
+
+	if (params_allow(r, allowed))
+		ret = -1;
+	for (size_t i = 0; regions[i] && !ret; i++) {
+		if (faccessat(r->d->regions_fd, regions[i], F_OK, AT_SYMLINK_NOFOLLOW))
+			continue;
+		if (jobs_in_region(r->d, regions[i])) {
+			ret = api_error(r, "IncorrectState",
+					"A snapshot job is running in %s; check again when it ends.",
+					regions[i]);
+			break;
+		}
+		struct snap_store *st = region_store(r->d, regions[i]);
+		struct check_report rep = {.corrupt = ck_corrupt, .missing = ck_missing,
+					   .leaked = ck_leaked, .bad_manifest = ck_bad, .arg = &c};
+		c.region = regions[i];
+		if (!st || store_check(st, &rep)) {
+			ret = api_error(r, "InternalError", "cannot check the store of %s",
+					regions[i]);
+			break;
+		}
+		objects += rep.objects_checked;
+		leaked += rep.leaked_n;
+	}
+	if (ret) {
+		json_object_put(c.corrupt);
+		json_object_put(c.missing);
+		json_object_put(c.leaked);
+		json_object_put(c.bad);
+		return -1;
+	}
+	r->result = json_object_new_object();
+	json_object_object_add(r->result, "ObjectsChecked", json_object_new_int64((int64_t)objects));
+	json_object_object_add(r->result, "Corrupt", c.corrupt);
+	json_object_object_add(r->result, "Missing", c.missing);
+	json_object_object_add(r->result, "BadManifests", c.bad);
+	json_object_object_add(r->result, "LeakedCount", json_object_new_int64((int64_t)leaked));
+	json_object_object_add(r->result, "Leaked", c.leaked);
+	const char *verdict = json_object_array_length(c.corrupt) ||
+					      json_object_array_length(c.missing) ||
+					      json_object_array_length(c.bad)
+				      ? "corrupt"
+			      : leaked ? "leaks"
+				       : "clean";
+	json_object_object_add(r->result, "Result", json_object_new_string(verdict));
+	return 0;
+}
+
+/* ---- recovery -------------------------------------------------------------------------- */
+
+static int recover_snap(void *arg, const struct cat_snapshot *s)
+{
+	struct daemon *d = arg;
+
+	if (strcmp(s->state, "pending"))
+		return 0;
+	struct cat_snapshot n = *s;
+	struct cat_volume v;
+	snprintf(n.state, sizeof(n.state), "error");
+	snprintf(n.state_message, sizeof(n.state_message),
+		 "the daemon stopped before the snapshot completed");
+	cat_snapshot_update(d->cat, &n);
+	if (cat_volume_get(d->cat, s->volume_id, &v) == 0 && !strcmp(v.changed_base, s->id)) {
+		v.changed_base[0] = 0; /* its cleared changed bits may be on disk: go full */
+		cat_volume_update(d->cat, &v);
+	}
+	log_warn("snapshot %s was pending when the daemon stopped: now 'error'", s->id);
+	return 0;
+}
+
+int snapshots_recover(struct daemon *d)
+{
+	return cat_snapshot_each(d->cat, NULL, recover_snap, d);
+}
