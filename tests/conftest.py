@@ -124,8 +124,11 @@ class CliResult:
         self.out = p.stdout
         self.err = p.stderr
         self.json = None
-        if self.rc == 0 and p.stdout.strip():
-            self.json = json.loads(p.stdout)
+        if p.stdout.strip():
+            try:
+                self.json = json.loads(p.stdout)
+            except ValueError:
+                assert self.rc != 0, f"exit 0 with non-JSON output: {p.stdout[:200]}"
 
     def error_code(self):
         """The EC2 code in 'An error occurred (CODE) when calling ...', or None."""

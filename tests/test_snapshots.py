@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import run, sha256_file
+from conftest import STRESS
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -376,8 +376,8 @@ def wait_completed_region(d, snap, region, timeout=60):
 
 def test_kill9_during_pending_snapshot(daemon, home):
     d = daemon
-    vid, path = vol(d, 2)
-    sha = write_pattern(path, "k", 2 * GIB, bs=16 * MIB)
+    vid, path = vol(d, 1)
+    sha = write_pattern(path, "k", GIB // 2, bs=16 * MIB)
     s = snapshot(d, vid, wait=False)
     time.sleep(0.2)
     d.kill9()
@@ -386,26 +386,28 @@ def test_kill9_during_pending_snapshot(daemon, home):
     assert st["State"] in ("error", "completed"), st
     if st["State"] == "completed":
         r = d.ok("create-volume", "--snapshot-id", s["SnapshotId"])
-        assert sha_range(r["LocalPath"], 0, 2 * GIB) == sha
+        assert sha_range(r["LocalPath"], 0, GIB // 2) == sha
     # the volume itself is unaffected, and the next snapshot is complete and correct
-    assert sha_range(path, 0, 2 * GIB) == sha
+    assert sha_range(path, 0, GIB // 2) == sha
     s2 = snapshot(d, vid)
     r = d.ok("create-volume", "--snapshot-id", s2["SnapshotId"])
-    assert sha_range(r["LocalPath"], 0, 2 * GIB) == sha
+    assert sha_range(r["LocalPath"], 0, GIB // 2) == sha
     d.expect_errors()
 
 
 def test_large_sparse_volume(daemon):
+    """64 GiB sparse; 1 GiB written under make stress, 256 MiB in make test."""
     d = daemon
     vid, path = vol(d, 64)
-    sha = write_pattern(path, "big", GIB, off=40 * GIB, bs=16 * MIB)
+    size = GIB if STRESS else GIB // 4
+    sha = write_pattern(path, "big", size, off=40 * GIB, bs=16 * MIB)
     s = snapshot(d, vid)
     assert s["VolumeSize"] == 64
     t0 = time.monotonic()
     r = d.ok("create-volume", "--snapshot-id", s["SnapshotId"])
     assert time.monotonic() - t0 < 1.0
     assert r["Size"] == 64
-    assert sha_range(r["LocalPath"], 40 * GIB, GIB) == sha
+    assert sha_range(r["LocalPath"], 40 * GIB, size) == sha
 
 
 def test_bad_input(daemon):
