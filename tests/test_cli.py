@@ -106,9 +106,6 @@ def test_malformed_volume_id(daemon, name):
     assert snapshot(daemon) == before
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: api.c check_id() echoes the raw ID with %.80s into the message, so a newline or "
-    "escape in a bad ID is printed to the terminal and breaks awscli's one-line error"))
 @pytest.mark.parametrize("ctl", ["\n", "\x1b[2J"])
 def test_error_message_escapes_control_chars(daemon, ctl):
     r = daemon.cli("describe-volumes", "--volume-ids", f"vol-0123{ctl}456789abcdef0")

@@ -209,7 +209,7 @@ def test_restart_after_kill9_serves_all(make_daemon):
     mnt = os.path.join(d.home, "mnt")
     assert is_mounted(mnt)  # stale; ebsimd must clear it itself
     # stat() is answered from cache for 1 s after the crash: see
-    # test_volumes.py::test_restart_right_after_kill9 (xfail) for the bug this sidesteps
+    # (a restart within that second works too: test_volumes.py::test_restart_right_after_kill9)
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         try:
@@ -334,10 +334,6 @@ def test_asan_daemon_no_errors(make_daemon, engine):
 
 
 @needs_asan
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: fuse/volfs.c volfs_mount() never calls fuse_opt_free_args(&args) after "
-    "fuse_session_new(), which reallocates args.argv: LeakSanitizer reports 23 bytes "
-    "leaked from fuse_opt_add_arg at every daemon exit"))
 def test_asan_daemon_no_leaks(make_daemon):
     d, env = asan_daemon(make_daemon, "io_uring", detect_leaks=1)
     exercise(d, env)

@@ -151,7 +151,7 @@ def wait_stat_fails(path, timeout=5.0):
     """Wait until stat(path) on a dead FUSE mount fails. The kernel answers stat() from the
     root inode's cached attributes for ATTR_TIMEOUT (1 s) after the server died, and
     ebsimd's stale-mount check uses stat(), so a restart inside that second is refused
-    (test_restart_right_after_kill9, xfail). Tests about other things wait it out."""
+    (fixed: test_restart_right_after_kill9). Tests about other things still wait it out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -265,11 +265,6 @@ def test_synced_files_survive_kill9(daemon, res):
     check_files(mp, sums)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: volfs_clear_stale() decides 'a live server owns it' from stat(), which the kernel "
-    "answers from the dead connection's cached root attributes for 1 s (ATTR_TIMEOUT), so "
-    "ebsimd refuses to start ('mnt is mounted and in use: Device or resource busy') when "
-    "restarted within a second of a crash"))
 def test_restart_right_after_kill9(daemon):
     v = create(daemon, 1)
     fuse_mnt = os.path.join(daemon.home, "mnt")
