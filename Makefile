@@ -87,11 +87,16 @@ asan:
 
 PYTEST = /usr/bin/python3 -m pytest
 
+# The test-only variants the crash suite (tests/test_crash.py) runs: build-crash/, build-lying/.
+variants:
+	$(MAKE) SAN= LYING= CRASH=1 all
+	$(MAKE) SAN= CRASH= LYING=1 all
+
 # The whole suite: pytest drives the C unit tests (plain and sanitized) and the binaries.
-test: all unit asan
+test: all unit asan variants
 	$(PYTEST) -ra tests/ $(PYTEST_ARGS)
 
-stress: all unit
+stress: all unit variants
 	EBSIM_STRESS=1 $(PYTEST) -ra tests/ $(PYTEST_ARGS)
 
 demo: all
@@ -117,5 +122,5 @@ fmt:
 clean:
 	rm -rf build build-*
 
-.PHONY: all unit check asan test stress demo bench deps fmt clean
+.PHONY: all unit check asan variants test stress demo bench deps fmt clean
 .SECONDARY:
