@@ -1454,12 +1454,13 @@ static void data_fsync_done(struct blk_req *req, int res)
 {
 	struct flush_round *r = req->priv;
 	struct vol *v = r->v;
+	size_t n = r->npages; /* r may be freed by the last map write's completion */
 
 	crash_point("after-data-fsync");
-	if (res < 0 || !r->npages)
+	if (res < 0 || !n)
 		return round_finish(r, res);
-	atomic_init(&r->pending, (int)r->npages);
-	for (size_t i = 0; i < r->npages; i++) {
+	atomic_init(&r->pending, (int)n);
+	for (size_t i = 0; i < n; i++) {
 		uint64_t start = r->page_idx[i] * MAP_PAGE;
 		r->writes[i] = (struct blk_req){
 			.op = BLK_WRITE,
@@ -1471,7 +1472,7 @@ static void data_fsync_done(struct blk_req *req, int res)
 			.priv = r,
 		};
 	}
-	for (size_t i = 0; i < r->npages; i++)
+	for (size_t i = 0; i < n; i++)
 		if (blk_submit(v->eng, &r->writes[i]))
 			map_write_done(&r->writes[i], -EIO);
 }
