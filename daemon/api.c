@@ -142,11 +142,18 @@ int param_str_list(struct api_req *r, const char *name, json_object **out)
 	if (!json_object_is_type(v, json_type_array))
 		return api_error(r, "InvalidParameterValue",
 				 "Invalid value for parameter %s: expected a list of strings", name);
-	for (size_t i = 0; i < json_object_array_length(v); i++)
-		if (!json_object_is_type(json_object_array_get_idx(v, i), json_type_string))
+	for (size_t i = 0; i < json_object_array_length(v); i++) {
+		json_object *e = json_object_array_get_idx(v, i);
+		if (!json_object_is_type(e, json_type_string))
 			return api_error(r, "InvalidParameterValue",
 					 "Invalid value for parameter %s: expected a list of strings",
 					 name);
+		/* as param_str: "vol-...\0/../x" must not pass for "vol-..." */
+		if (strlen(json_object_get_string(e)) != (size_t)json_object_get_string_len(e))
+			return api_error(r, "InvalidParameterValue",
+					 "Invalid value for parameter %s: contains a NUL character",
+					 name);
+	}
 	*out = v;
 	return 1;
 }
