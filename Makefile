@@ -6,6 +6,7 @@
 #   make demo       build, then show a volume's life on the default home
 #   make bench      the fio benchmark matrix (QUICK=1 for a short run)
 #   make deps       install missing Debian packages (does nothing when all are present)
+#   make fuzz       build the libFuzzer targets (tests/fuzz/) and fuzz each for FUZZ_SECONDS
 #   SAN=1           build with ASan+UBSan into build-asan/
 #   V=1             show the commands
 
@@ -93,10 +94,10 @@ variants:
 	$(MAKE) SAN= CRASH= LYING=1 all
 
 # The whole suite: pytest drives the C unit tests (plain and sanitized) and the binaries.
-test: all unit asan variants
+test: all unit asan variants fuzz-build
 	$(PYTEST) -ra tests/ $(PYTEST_ARGS)
 
-stress: all unit variants
+stress: all unit variants fuzz-build
 	EBSIM_STRESS=1 $(PYTEST) -ra tests/ $(PYTEST_ARGS)
 
 demo: all
@@ -104,6 +105,56 @@ demo: all
 
 bench: all
 	bash bench/run.sh $(if $(QUICK),--quick)
+
+# Fuzzing (tests/fuzz/README.md): libFuzzer targets built by clang with ASan+UBSan into
+# build-fuzz/. `make test` replays their seed corpus and fuzzes each for 30 s
+# (tests/test_fuzz.py); `make fuzz` fuzzes each for FUZZ_SECONDS. FUZZ_CC=afl-clang-fast
+# FUZZ_B=build-afl builds the same targets for AFL++.
+FUZZ_CC      ?= clang
+FUZZ_B       ?= build-fuzz
+FUZZ_SECONDS ?= 600
+FUZZ_TARGETS  = fuzz_ctl fuzz_manifest fuzz_volhdr fuzz_cli
+FUZZ_CFLAGS   = -O1 -g -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -pthread -I. -DEBSIM_FUZZ \
+		-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer \
+		$(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+# every module but the FUSE frontend (fuzz_ctl stubs it) and ebsimd's main
+FUZZ_OBJS     = $(patsubst %.c,$(FUZZ_B)/%.o,$(filter-out fuse/%,$(LIB_SRCS)) \
+		$(filter-out daemon/ebsimd.c,$(wildcard daemon/*.c)))
+
+$(FUZZ_B)/%.o: %.c $(wildcard */*.h)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  FUZZCC  $<")
+	$(Q)$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c -o $@ $<
+
+$(FUZZ_B)/libebsim.a: $(FUZZ_OBJS)
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+$(FUZZ_B)/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_util.h $(FUZZ_B)/libebsim.a tools/ebsim.c
+	@$(if $(Q),echo "  FUZZLD  $@")
+	$(Q)$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $< $(FUZZ_B)/libebsim.a $(LDLIBS)
+
+$(FUZZ_B)/mkseeds: tests/fuzz/mkseeds.c $(B)/libebsim.a
+	$(Q)$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# Build the targets when the compiler has libFuzzer; otherwise say so and build nothing
+# (tests/test_fuzz.py then skips, naming the reason).
+fuzz-build:
+	@if echo 'int LLVMFuzzerTestOneInput(const char *d, unsigned long n) { (void)d; (void)n; return 0; }' \
+		| $(FUZZ_CC) -x c -fsanitize=fuzzer -o /dev/null - >/dev/null 2>&1; then \
+		$(MAKE) --no-print-directory $(FUZZ_TARGETS:%=$(FUZZ_B)/%); \
+	else echo "fuzz: $(FUZZ_CC) cannot link -fsanitize=fuzzer (libFuzzer missing): targets not built"; fi
+
+# Fuzz each target for FUZZ_SECONDS, new inputs into $(FUZZ_B)/corpus/<target>/ (the
+# committed seeds in tests/fuzz/corpus/ are read, never written), crashes into
+# $(FUZZ_B)/artifacts/.
+fuzz: fuzz-build
+	@for t in $(FUZZ_TARGETS); do \
+		n=$${t#fuzz_}; mkdir -p $(FUZZ_B)/corpus/$$n $(FUZZ_B)/artifacts; \
+		opts=; [ $$n = volhdr ] && opts=-max_len=16384; \
+		echo "fuzz: $$t for $(FUZZ_SECONDS) s"; \
+		$(FUZZ_B)/$$t $$opts -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -close_fd_mask=3 \
+			-dict=tests/fuzz/$$n.dict -artifact_prefix=$(FUZZ_B)/artifacts/$$n- \
+			$(FUZZ_B)/corpus/$$n tests/fuzz/corpus/$$n || exit 1; done
 
 DEB_PKGS = build-essential pkg-config libfuse3-dev fuse3 liburing-dev libaio-dev libssl-dev \
 	   libsqlite3-dev libjson-c-dev python3-pytest e2fsprogs fio qemu-utils qemu-system-common \
@@ -122,5 +173,5 @@ fmt:
 clean:
 	rm -rf build build-*
 
-.PHONY: all unit check asan variants test stress demo bench deps fmt clean
+.PHONY: all unit check asan variants test stress demo bench deps fmt clean fuzz fuzz-build
 .SECONDARY:
