@@ -65,6 +65,7 @@ static json_object *snapshot_json(struct daemon *d, const struct cat_snapshot *s
 		json_object_object_add(o, "ParentSnapshotId", json_object_new_string(s->parent));
 	if (s->source[0])
 		json_object_object_add(o, "SourceSnapshot", json_object_new_string(s->source));
+	tags_add_json(d, o, s->id);
 	return o;
 }
 
@@ -266,11 +267,13 @@ int act_create_snapshot(struct api_req *r)
 	struct snap_job *sj;
 	struct dvol *dv;
 	struct snap_store *store;
+	json_object *tags;
 	bool full = true;
 	int ret;
 
 	if (params_allow(r, allowed) || param_str(r, "VolumeId", true, &vid) < 0 ||
-	    param_str(r, "Description", false, &desc) < 0 || volume_lookup(r, vid, &v))
+	    param_str(r, "Description", false, &desc) < 0 ||
+	    tag_specs_parse(r, "snapshot", &tags) || volume_lookup(r, vid, &v))
 		return -1;
 	if (desc && strlen(desc) > 255)
 		return api_error(r, "InvalidParameterValue",
@@ -331,11 +334,22 @@ int act_create_snapshot(struct api_req *r)
 		vol_wrapped_key(dv->vol, sj->m.wrapped_key);
 	}
 	snprintf(v.changed_base, sizeof(v.changed_base), "%s", s.id);
-	if (cat_snapshot_insert(d->cat, &s) || cat_volume_update(d->cat, &v)) {
+	ret = cat_begin(d->cat);
+	if (!ret) {
+		ret = cat_snapshot_insert(d->cat, &s);
+		if (!ret)
+			ret = cat_volume_update(d->cat, &v);
+		if (!ret)
+			ret = tags_put(d, s.id, tags);
+		if (!ret)
+			ret = cat_commit(d->cat);
+		if (ret)
+			cat_rollback(d->cat);
+	}
+	if (ret) {
 		vol_snap_end(sj->vs, false);
 		manifest_free(sj->parent);
 		free(sj);
-		cat_snapshot_delete(d->cat, s.id);
 		return api_error(r, "InternalError", "catalog update failed");
 	}
 	dv->jobs++;
@@ -548,6 +562,7 @@ int act_copy_snapshot(struct api_req *r)
 	struct copy_job *cj;
 	struct api_req sr;
 	const char *dest = NULL;
+	json_object *tags;
 	bool encrypt = false;
 	int ret;
 
@@ -555,7 +570,7 @@ int act_copy_snapshot(struct api_req *r)
 	    param_str(r, "SourceSnapshotId", true, &src_id) < 0 ||
 	    param_str(r, "Description", false, &desc) < 0 ||
 	    param_str(r, "DestinationRegion", false, &dest) < 0 ||
-	    param_bool(r, "Encrypted", &encrypt) < 0)
+	    param_bool(r, "Encrypted", &encrypt) < 0 || tag_specs_parse(r, "snapshot", &tags))
 		return -1;
 	if (dest && strcmp(dest, r->region))
 		return api_error(r, "InvalidParameterValue",
@@ -601,7 +616,17 @@ int act_copy_snapshot(struct api_req *r)
 	snprintf(s.source, sizeof(s.source), "%s/%s", src_region, src_id);
 	time_iso8601(s.start_time);
 	s.state_message[0] = 0;
-	if (cat_snapshot_insert(d->cat, &s)) {
+	ret = cat_begin(d->cat);
+	if (!ret) {
+		ret = cat_snapshot_insert(d->cat, &s);
+		if (!ret)
+			ret = tags_put(d, s.id, tags);
+		if (!ret)
+			ret = cat_commit(d->cat);
+		if (ret)
+			cat_rollback(d->cat);
+	}
+	if (ret) {
 		manifest_free(cj->m);
 		free(cj);
 		return api_error(r, "InternalError", "catalog update failed");

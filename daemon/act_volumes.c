@@ -157,6 +157,7 @@ static json_object *volume_json(struct daemon *d, const struct cat_volume *v, bo
 	json_object *init = volume_init_status(d, v->id);
 	if (init)
 		json_object_object_add(o, "InitializationStatusDetails", init);
+	tags_add_json(d, o, v->id);
 	return o;
 }
 
@@ -232,10 +233,11 @@ int act_create_volume(struct api_req *r)
 	struct daemon *d = r->d;
 	const char *type = "gp2", *az = NULL, *snap = NULL;
 	int64_t size = 0, iops = 0, tput = 0;
-	int has_size, has_iops, has_tput;
+	int has_size, has_iops, has_tput, ret;
 	bool encrypted = false;
 	struct cat_volume v = {0};
 	const struct vtype *t;
+	json_object *tags;
 
 	if (params_allow(r, allowed) || (has_size = param_int(r, "Size", false, &size)) < 0 ||
 	    param_str(r, "VolumeType", false, &type) < 0 ||
@@ -243,7 +245,8 @@ int act_create_volume(struct api_req *r)
 	    (has_tput = param_int(r, "Throughput", false, &tput)) < 0 ||
 	    param_bool(r, "Encrypted", &encrypted) < 0 ||
 	    param_str(r, "AvailabilityZone", false, &az) < 0 ||
-	    param_str(r, "SnapshotId", false, &snap) < 0)
+	    param_str(r, "SnapshotId", false, &snap) < 0 ||
+	    tag_specs_parse(r, "volume", &tags))
 		return -1;
 	if (!type)
 		type = "gp2";
@@ -293,8 +296,24 @@ int act_create_volume(struct api_req *r)
 	snprintf(v.type, sizeof(v.type), "%s", t->name);
 	v.size_gib = (uint64_t)size;
 	v.encrypted = encrypted;
-	if (volume_create(r, &v, snap ? &cs : NULL))
+	/* the row and its tags commit together: a volume is never seen without its tags */
+	ret = cat_begin(d->cat);
+	if (ret)
+		return api_error(r, "InternalError", "catalog update failed: %s", strerror(-ret));
+	if (volume_create(r, &v, snap ? &cs : NULL)) {
+		cat_rollback(d->cat);
 		return -1;
+	}
+	ret = tags_put(d, v.id, tags);
+	if (!ret)
+		ret = cat_commit(d->cat);
+	if (ret) {
+		cat_rollback(d->cat);
+		if (dvol_unserve(d, v.id) || vol_destroy(d->vols_fd, v.id))
+			log_err("undoing the create of %s failed; recovery at next start removes it",
+				v.id);
+		return api_error(r, "InternalError", "cannot tag the volume: %s", strerror(-ret));
+	}
 	r->result = volume_json(d, &v, false);
 	return 0;
 }

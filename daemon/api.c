@@ -42,6 +42,9 @@ static const struct action actions[] = {
 	{"ListChangedBlocks", act_list_changed_blocks},
 	{"InitializeVolume", act_initialize_volume},
 	{"CheckStore", act_check_store},
+	{"CreateTags", act_create_tags},
+	{"DeleteTags", act_delete_tags},
+	{"DescribeTags", act_describe_tags},
 };
 
 int api_error(struct api_req *r, const char *code, const char *fmt, ...)
@@ -237,23 +240,63 @@ bad:
 			 "Filters must be a list of {\"Name\": ..., \"Values\": [...]}");
 }
 
+/* Whether any of the filter's values matches s (NULL never matches). */
+static bool values_match(json_object *values, const char *s)
+{
+	for (size_t k = 0; s && k < json_object_array_length(values); k++)
+		if (glob_match(json_object_get_string(json_object_array_get_idx(values, k)), s))
+			return true;
+	return false;
+}
+
+/* tag:<key> (the value of the object's tag <key>) and tag-key (any of its keys), on the
+ * object's "Tags": [{"Key", "Value"}]. An object without tags matches neither. */
+static bool tag_filter_match(const char *name, json_object *values, json_object *obj)
+{
+	json_object *tags;
+
+	if (!json_object_object_get_ex(obj, "Tags", &tags) ||
+	    !json_object_is_type(tags, json_type_array))
+		return false;
+	for (size_t i = 0; i < json_object_array_length(tags); i++) {
+		json_object *t = json_object_array_get_idx(tags, i), *k, *v;
+		const char *key;
+
+		if (!json_object_object_get_ex(t, "Key", &k))
+			continue;
+		key = json_object_get_string(k);
+		if (!strcmp(name, "tag-key")) {
+			if (values_match(values, key))
+				return true;
+		} else if (!strcmp(name + 4, key)) {
+			/* keys are unique: this is the one tag that can match */
+			return json_object_object_get_ex(t, "Value", &v) &&
+			       values_match(values, json_object_get_string(v));
+		}
+	}
+	return false;
+}
+
 bool filters_match(json_object *filters, const struct filter_map *map, json_object *obj)
 {
 	for (size_t i = 0; filters && i < json_object_array_length(filters); i++) {
 		json_object *f = json_object_array_get_idx(filters, i), *name, *values, *fv;
-		const char *field, *val = NULL;
-		bool any = false;
+		const char *n, *field, *val = NULL;
 
 		json_object_object_get_ex(f, "Name", &name);
 		json_object_object_get_ex(f, "Values", &values);
-		field = filter_field(map, json_object_get_string(name));
-		if (field && json_object_object_get_ex(obj, field, &fv))
+		n = json_object_get_string(name);
+		field = filter_field(map, n);
+		if (!field) {
+			/* filters_parse let only tag:<key> and tag-key through */
+			if (!tag_filter_match(n, values, obj))
+				return false;
+			continue;
+		}
+		if (json_object_object_get_ex(obj, field, &fv))
 			val = json_object_get_string(fv);
-		for (size_t k = 0; val && k < json_object_array_length(values); k++)
-			any |= glob_match(json_object_get_string(json_object_array_get_idx(values, k)),
-					  val);
-		if (!any)
-			return false; /* tag filters: ebsim keeps no tags, so nothing matches */
+		if (!values_match(values, val))
+			return false;
 	}
 	return true;
 }

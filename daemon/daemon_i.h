@@ -175,4 +175,16 @@ int snapshots_recover(struct daemon *d);
 /* InitializationStatusDetails for a volume, or NULL when it has no base. Under d->lock. */
 json_object *volume_init_status(struct daemon *d, const char *vol_id);
 
+/* Tags (act_tags.c). */
+int act_create_tags(struct api_req *r);
+int act_delete_tags(struct api_req *r);
+int act_describe_tags(struct api_req *r);
+/* Check the request's TagSpecifications, which may name only resource type `type`: *tags
+ * is its list of tags (borrowed from r), NULL when there are none. 0 or -1 (recorded). */
+int tag_specs_parse(struct api_req *r, const char *type, json_object **tags);
+/* Store checked tags (tag_specs_parse) on a resource, in the caller's transaction. */
+int tags_put(struct daemon *d, const char *resource, json_object *tags);
+/* Add "Tags": [{"Key", "Value"}] to an output object when the resource has tags. */
+void tags_add_json(struct daemon *d, json_object *o, const char *resource);
+
 #endif

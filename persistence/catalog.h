@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * catalog.h - the catalog: what exists (volumes now; snapshots, images and instances as
- * they land), kept in SQLite in WAL mode with synchronous=FULL, so a row that a reply
- * announced survives a crash.
+ * catalog.h - the catalog: what exists (volumes, snapshots and their tags now; images and
+ * instances as they land), kept in SQLite in WAL mode with synchronous=FULL, so a row that
+ * a reply announced survives a crash.
  *
  * Public API of persistence/.
  */
@@ -78,5 +78,27 @@ int cat_snapshot_delete(struct cat *c, const char *id);
 int cat_snapshot_get(struct cat *c, const char *id, struct cat_snapshot *out);
 int cat_snapshot_each(struct cat *c, const char *region,
 		      int (*fn)(void *arg, const struct cat_snapshot *s), void *arg);
+
+/* EC2 tags: a key (1-128 characters) and a value (0-256) per resource, keys unique per
+ * resource. The catalog stores what it is given; the rules are the daemon's. Deleting a
+ * volume's or snapshot's row deletes its tags. */
+#define CAT_TAG_KEY_MAX (128 * 4 + 1)	 /* 128 characters of UTF-8, NUL */
+#define CAT_TAG_VALUE_MAX (256 * 4 + 1) /* 256 characters of UTF-8, NUL */
+
+struct cat_tag {
+	char resource[ID_MAX];
+	char key[CAT_TAG_KEY_MAX];
+	char value[CAT_TAG_VALUE_MAX];
+};
+
+/* The tags of a resource, ordered by key, in a malloc'd array (*out NULL when none). */
+int cat_tags_get(struct cat *c, const char *resource, struct cat_tag **out, size_t *n);
+/* Call fn for every tag, ordered by resource, then key; fn returns non-zero to stop. */
+int cat_tags_each(struct cat *c, int (*fn)(void *arg, const struct cat_tag *t), void *arg);
+/* Add a tag, or overwrite the value of the resource's tag with that key. */
+int cat_tags_set(struct cat *c, const char *resource, const char *key, const char *value);
+/* Delete the resource's tag key when its value is value (NULL: whatever it is); key NULL
+ * deletes all its tags. -ENOENT when nothing matched. */
+int cat_tags_delete(struct cat *c, const char *resource, const char *key, const char *value);
 
 #endif

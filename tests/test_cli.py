@@ -294,10 +294,6 @@ def test_describe_volumes_output(daemon):
     assert d["State"] == "available"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: act_create_volume() accepts TagSpecifications but never stores them: the reply "
-    "has no Tags and the tag:<key> / tag-key filters that describe-volumes --help documents "
-    "match nothing"))
 def test_create_volume_tags(daemon):
     spec = '[{"ResourceType":"volume","Tags":[{"Key":"Name","Value":"data"}]}]'
     v = daemon.create_volume(1, "--tag-specifications", spec)

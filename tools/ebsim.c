@@ -21,6 +21,7 @@
  *   list      words -> ["a", "b"]; a word that starts with '[' is read as a JSON array
  *   json      parsed strictly; text that does not parse goes as the raw string
  *   filters   Name=n,Values=a,b (awscli shorthand) or JSON, one filter per word
+ *   tags      Key=k,Value=v (awscli shorthand) or JSON, one tag per word
  *   flag      --x -> true; no value and no --no-x form
  * An option whose param is CLI_LOCAL is ebsim's own (initialize-volume --no-wait): it is
  * parsed and shown in the help like the others but never sent to ebsimd.
@@ -87,6 +88,7 @@ enum cli_type {
 	CLI_LIST,
 	CLI_JSON,
 	CLI_FILTERS,
+	CLI_TAGS,
 	CLI_FLAG,
 };
 
@@ -136,7 +138,8 @@ static int cli_finish_bench(const struct cli *c, struct json_object *res);
 /* The tables below are laid out by hand: clang-format mangles nested initializers. */
 /* clang-format off */
 #define TAG_FIELDS(d)                                                                          \
-	{d, "Tags", "list", "The tags of the resource."},                                      \
+	{d, "Tags", "list",                                                                    \
+	 "The tags of the resource, ordered by key; absent when it has none."},                \
 	    {d + 1, "Key", "string", "The key of the tag."},                                   \
 	    {d + 1, "Value", "string", "The value of the tag."}
 
@@ -213,7 +216,8 @@ static int cli_finish_bench(const struct cli *c, struct json_object *res);
 	     "ebsim only: for an incremental snapshot, the earlier snapshot of the same "      \
 	     "volume it builds on; absent for a full snapshot."},                              \
 	    {d, "SourceSnapshot", "string",                                                    \
-	     "ebsim only: for a copy, where it was copied from, as <region>/<snapshot-id>."}
+	     "ebsim only: for a copy, where it was copied from, as <region>/<snapshot-id>."},  \
+	    TAG_FIELDS(d)
 
 #define DIRECT_API_HELP                                                                        \
 	"This is an action of the EBS direct API (in awscli, aws ebs ...). It sees a "         \
@@ -236,6 +240,11 @@ static int cli_finish_bench(const struct cli *c, struct json_object *res);
 	    {0, "BlockSize", "integer", "The size of a block, in bytes: always 524288."},      \
 	    {0, "NextToken", "string",                                                         \
 	     "The token to pass to --next-token for the next page; absent on the last page."}
+
+#define TAG_SPEC_HELP                                                                          \
+	"A key is 1 to 128 characters and may not start with aws:; a value is 0 to 256 "       \
+	"characters; keys are unique and a resource has at most 50 tags. ebsimd checks them "  \
+	"before it creates anything."
 
 #define VOLUME_TYPE_HELP                                                                       \
 	"The volume type: gp2 (General Purpose SSD), gp3 (General Purpose SSD with "           \
@@ -300,7 +309,8 @@ static const struct cli_verb cli_verbs[] = {
 			{"tag-specifications", CLI_JSON, false, NULL,
 			 "Tags to put on the new volume, as JSON, for example "
 			 "[{\"ResourceType\":\"volume\",\"Tags\":[{\"Key\":\"Name\",\"Value\":\"data\"}]}]. "
-			 "awscli's shorthand syntax is not accepted for this option."},
+			 "awscli's shorthand syntax is not accepted for this option. The ResourceType "
+			 "must be volume. " TAG_SPEC_HELP},
 			{NULL, 0, false, NULL, NULL},
 		},
 		.output = (const struct cli_field[]){
@@ -327,8 +337,7 @@ static const struct cli_verb cli_verbs[] = {
 			"        \"Throughput\": 125,\n"
 			"        \"Encrypted\": false,\n"
 			"        \"MultiAttachEnabled\": false,\n"
-			"        \"LocalPath\": \"/var/lib/ebsim/mnt/vol-0123456789abcdef0\",\n"
-			"        \"Tags\": []\n"
+			"        \"LocalPath\": \"/var/lib/ebsim/mnt/vol-0123456789abcdef0\"\n"
 			"    }\n"
 			"\n"
 			"To restore an encrypted snapshot into a larger, tagged volume\n"
@@ -627,7 +636,7 @@ static const struct cli_verb cli_verbs[] = {
 			 "Tags to put on the new snapshot, as JSON, for example "
 			 "[{\"ResourceType\":\"snapshot\",\"Tags\":[{\"Key\":\"Name\","
 			 "\"Value\":\"nightly\"}]}]. awscli's shorthand syntax is not accepted for "
-			 "this option."},
+			 "this option. The ResourceType must be snapshot. " TAG_SPEC_HELP},
 			{NULL, 0, false, NULL, NULL},
 		},
 		.output = (const struct cli_field[]){
@@ -820,7 +829,8 @@ static const struct cli_verb cli_verbs[] = {
 			{"tag-specifications", CLI_JSON, false, NULL,
 			 "Tags to put on the copy, as JSON, for example "
 			 "[{\"ResourceType\":\"snapshot\",\"Tags\":[{\"Key\":\"Name\","
-			 "\"Value\":\"dr\"}]}]."},
+			 "\"Value\":\"dr\"}]}]. The copy does not get the source's tags. "
+			 TAG_SPEC_HELP},
 			{NULL, 0, false, NULL, NULL},
 		},
 		.output = (const struct cli_field[]){
@@ -967,6 +977,177 @@ static const struct cli_verb cli_verbs[] = {
 			"To turn the indexes into byte offsets\n"
 			"\n"
 			"    ebsim list-changed-blocks ... | jq '.ChangedBlocks[].BlockIndex * 524288'\n",
+	},
+	{
+		.name = "create-tags",
+		.action = "CreateTags",
+		.summary = "Adds or overwrites tags on volumes and snapshots.",
+		.description =
+			"Adds tags to one or more volumes and snapshots of the account in the region "
+			"of the request. A tag is a key and a value; a resource has at most one tag "
+			"with a given key, so a tag whose key the resource already has replaces its "
+			"value. Other tags of the resources are left as they are.\n"
+			"\n"
+			"EC2's rules apply:\n"
+			"\n"
+			"* a key is 1 to 128 characters and may not start with aws: (in any case);\n"
+			"* a value is 0 to 256 characters; a tag given without a Value gets an empty "
+			"one;\n"
+			"* keys and values are case-sensitive, and a key may be given only once;\n"
+			"* a resource has at most 50 tags: the call fails with TagLimitExceeded when "
+			"one of the resources would have more.\n"
+			"\n"
+			"A resource ID that is not a volume or snapshot ID fails with InvalidID; one "
+			"that does not exist, or belongs to another account or region, fails with "
+			"InvalidVolume.NotFound or InvalidSnapshot.NotFound. ebsimd checks every "
+			"resource and every tag first: when the call fails, no resource is tagged.\n"
+			"\n"
+			"Tags show in the Tags of describe-volumes and describe-snapshots, select "
+			"resources with their tag:<key> and tag-key filters, and are listed by "
+			"describe-tags. They are deleted with their resource.\n"
+			"\n"
+			"On success nothing is printed.",
+		.opts = (const struct cli_opt[]){
+			{"resources", CLI_LIST, true, NULL,
+			 "The IDs of the volumes and snapshots to tag, separated by spaces (up to "
+			 "1000)."},
+			{"tags", CLI_TAGS, true, NULL,
+			 "The tags, each in awscli's shorthand, Key=string,Value=string, or in JSON, "
+			 "[{\"Key\":\"string\",\"Value\":\"string\"},...]. Quote a value that holds a "
+			 "comma, and the word in the shell: \"Key=owners,Value='ops,dev'\"."},
+			{NULL, 0, false, NULL, NULL},
+		},
+		.output = NULL,
+		.examples =
+			"To name a volume and mark it as production data\n"
+			"\n"
+			"    ebsim create-tags --resources vol-0123456789abcdef0 \\\n"
+			"        --tags Key=Name,Value=web Key=env,Value=prod\n"
+			"\n"
+			"This prints nothing when it succeeds.\n"
+			"\n"
+			"To tag a volume and its snapshot alike, in JSON\n"
+			"\n"
+			"    ebsim create-tags \\\n"
+			"        --resources vol-0123456789abcdef0 snap-0123456789abcdef0 \\\n"
+			"        --tags '[{\"Key\":\"project\",\"Value\":\"atlas\"}]'\n",
+	},
+	{
+		.name = "delete-tags",
+		.action = "DeleteTags",
+		.summary = "Deletes tags from volumes and snapshots.",
+		.description =
+			"Deletes tags from one or more volumes and snapshots of the account in the "
+			"region of the request.\n"
+			"\n"
+			"* A tag given with only a Key (Key=env) is deleted whatever its value.\n"
+			"* A tag given with a Value (Key=env,Value=prod) is deleted only when its "
+			"value is that one; Key=env,Value= deletes it only when its value is empty.\n"
+			"* Without --tags, every tag of the resources is deleted.\n"
+			"\n"
+			"Deleting a tag that the resource does not have is not an error. Keys that "
+			"start with aws: cannot be deleted (InvalidParameterValue). The resource IDs "
+			"are checked as create-tags checks them, all before anything is deleted.\n"
+			"\n"
+			"On success nothing is printed.",
+		.opts = (const struct cli_opt[]){
+			{"resources", CLI_LIST, true, NULL,
+			 "The IDs of the volumes and snapshots, separated by spaces (up to 1000)."},
+			{"tags", CLI_TAGS, false, NULL,
+			 "The tags to delete, each in awscli's shorthand, Key=string or "
+			 "Key=string,Value=string, or in JSON, "
+			 "[{\"Key\":\"string\",\"Value\":\"string\"},...]. Default: all of them."},
+			{NULL, 0, false, NULL, NULL},
+		},
+		.output = NULL,
+		.examples =
+			"To delete the tag env of a volume, whatever its value\n"
+			"\n"
+			"    ebsim delete-tags --resources vol-0123456789abcdef0 --tags Key=env\n"
+			"\n"
+			"To delete the tag env only where it is env=test\n"
+			"\n"
+			"    ebsim delete-tags --resources vol-0123456789abcdef0 \\\n"
+			"        vol-0fedcba9876543210 --tags Key=env,Value=test\n"
+			"\n"
+			"To delete every tag of a snapshot\n"
+			"\n"
+			"    ebsim delete-tags --resources snap-0123456789abcdef0\n",
+	},
+	{
+		.name = "describe-tags",
+		.action = "DescribeTags",
+		.summary = "Lists the tags of volumes and snapshots, one entry per tag.",
+		.description =
+			"Lists the tags of the volumes and snapshots of the account in the region of "
+			"the request: one entry per tag, with the resource it is on, ordered by "
+			"resource ID and then by key.\n"
+			"\n"
+			"A tag is listed when it matches every filter, and it matches a filter when "
+			"it matches any of the filter's values; values may use the wildcards * (any "
+			"characters) and ? (one character). The filter names are EC2's:\n"
+			"\n"
+			"* key, value: the tag's key and value\n"
+			"* resource-id: the ID of the volume or snapshot\n"
+			"* resource-type: volume or snapshot\n"
+			"* tag:<key>: the tags of the resources whose tag <key> has one of the values; "
+			"for example Name=tag:env,Values=prod lists every tag of the resources tagged "
+			"env=prod\n"
+			"\n"
+			"As with describe-volumes, ebsim does not fetch the pages of a long answer "
+			"for you: with --max-results the reply holds at most that many tags, and a "
+			"NextToken when more remain.",
+		.opts = (const struct cli_opt[]){
+			{"filters", CLI_FILTERS, false, NULL,
+			 "Filters, each in awscli's shorthand, Name=string,Values=string,string, "
+			 "or in JSON, [{\"Name\":\"string\",\"Values\":[\"string\",...]},...]. "
+			 "Give several words, or repeat --filters, to combine filters."},
+			{"max-results", CLI_INTEGER, false, NULL,
+			 "The largest number of tags in one reply (EC2 accepts 5 to 1000). The reply "
+			 "carries a NextToken when more tags remain."},
+			{"next-token", CLI_STRING, false, NULL,
+			 "The NextToken of the previous reply, to get the next page."},
+			{NULL, 0, false, NULL, NULL},
+		},
+		.output = (const struct cli_field[]){
+			{0, "Tags", "list", "The tags, each described as follows."},
+			{1, "Key", "string", "The key of the tag."},
+			{1, "ResourceId", "string", "The ID of the volume or snapshot."},
+			{1, "ResourceType", "string", "volume or snapshot."},
+			{1, "Value", "string", "The value of the tag."},
+			{0, "NextToken", "string",
+			 "The token to pass to --next-token for the next page; absent on the last "
+			 "page."},
+			{0, NULL, NULL, NULL},
+		},
+		.examples =
+			"To list the tags of one volume\n"
+			"\n"
+			"    ebsim describe-tags --filters Name=resource-id,Values=vol-0123456789abcdef0\n"
+			"\n"
+			"Output:\n"
+			"\n"
+			"    {\n"
+			"        \"Tags\": [\n"
+			"            {\n"
+			"                \"Key\": \"Name\",\n"
+			"                \"ResourceId\": \"vol-0123456789abcdef0\",\n"
+			"                \"ResourceType\": \"volume\",\n"
+			"                \"Value\": \"web\"\n"
+			"            },\n"
+			"            {\n"
+			"                \"Key\": \"env\",\n"
+			"                \"ResourceId\": \"vol-0123456789abcdef0\",\n"
+			"                \"ResourceType\": \"volume\",\n"
+			"                \"Value\": \"prod\"\n"
+			"            }\n"
+			"        ]\n"
+			"    }\n"
+			"\n"
+			"To list every snapshot tag whose key starts with backup\n"
+			"\n"
+			"    ebsim describe-tags --filters Name=resource-type,Values=snapshot \\\n"
+			"        'Name=key,Values=backup*'\n",
 	},
 	{
 		.name = "check",
@@ -1142,6 +1323,8 @@ static const struct cli_verb cli_verbs[] = {
 
 /* Keys whose value is a list even when the shorthand gives one value (Values=a). */
 static const char *const cli_filter_list_keys[] = {"Values", NULL};
+/* A tag's Key and Value are strings: Key=a,Value=b has no list keys. */
+static const char *const cli_tag_list_keys[] = {NULL};
 
 /* --- parse state ---------------------------------------------------------------------- */
 
@@ -1592,11 +1775,14 @@ static bool cli_name_is(const char *a, size_t nlen, const char *name)
 	return strlen(name) == nlen && memcmp(a, name, nlen) == 0;
 }
 
-/* One value of the filters option: JSON, or a shorthand word. */
-static int cli_add_filter(struct cli *c, const struct cli_opt *o, struct json_object *list,
+/* One value of a filters or tags option: JSON, or a shorthand word (one structure). */
+static int cli_add_struct(struct cli *c, const struct cli_opt *o, struct json_object *list,
 			  const char *w)
 {
-	struct cli_sh p = {.s = w, .len = strlen(w), .list_keys = cli_filter_list_keys};
+	struct cli_sh p = {.s = w,
+			   .len = strlen(w),
+			   .list_keys = o->type == CLI_TAGS ? cli_tag_list_keys
+							    : cli_filter_list_keys};
 	struct json_object *f;
 	int ret;
 
@@ -1632,14 +1818,15 @@ static int cli_store(struct cli *c, size_t k, const char *w)
 	switch (o->type) {
 	case CLI_LIST:
 	case CLI_FILTERS:
+	case CLI_TAGS:
 		if (!c->vals[k]) {
 			c->vals[k] = json_object_new_array();
 			if (!c->vals[k])
 				return -ENOMEM;
 		}
 		c->given[k] = true;
-		if (o->type == CLI_FILTERS)
-			return cli_add_filter(c, o, c->vals[k], w);
+		if (o->type == CLI_FILTERS || o->type == CLI_TAGS)
+			return cli_add_struct(c, o, c->vals[k], w);
 		if (cli_starts_with(w, "["))
 			return cli_append_json(c->vals[k], w);
 		v = json_object_new_string(w);
@@ -1694,7 +1881,7 @@ static int cli_take(struct cli *c, size_t k, bool negated, int argc, char **argv
 		ret = cli_store(c, k, inl);
 		return ret < 0 ? ret : i;
 	}
-	if (o->type == CLI_LIST || o->type == CLI_FILTERS) {
+	if (o->type == CLI_LIST || o->type == CLI_FILTERS || o->type == CLI_TAGS) {
 		for (j = i + 1; j < argc && !cli_is_option(argv[j]); j++) {
 			ret = cli_store(c, k, argv[j]);
 			if (ret < 0)
@@ -2039,6 +2226,8 @@ static const char *cli_type_name(enum cli_type t)
 		return "JSON";
 	case CLI_FILTERS:
 		return "list of filters";
+	case CLI_TAGS:
+		return "list of tags";
 	case CLI_FLAG:
 		return "flag";
 	}
@@ -2191,6 +2380,7 @@ static void cli_synopsis_opt(FILE *f, const struct cli_opt *o)
 		break;
 	case CLI_LIST:
 	case CLI_FILTERS:
+	case CLI_TAGS:
 		fprintf(f, "%s--%s <value> [<value> ...]%s\n", open, o->name, close);
 		break;
 	default:
