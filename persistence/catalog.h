@@ -79,4 +79,20 @@ int cat_snapshot_get(struct cat *c, const char *id, struct cat_snapshot *out);
 int cat_snapshot_each(struct cat *c, const char *region,
 		      int (*fn)(void *arg, const struct cat_snapshot *s), void *arg);
 
+/*
+ * Documents: resources kept as JSON objects (images, instances), keyed by kind and id,
+ * with their owner account and region for lookups. The JSON is what describe calls
+ * return, plus private fields whose names start with "_".
+ */
+struct json_object;
+int cat_doc_put(struct cat *c, const char *kind, const char *id, const char *account,
+		const char *region, struct json_object *doc);
+/* -ENOENT when absent; *out is a new reference. */
+int cat_doc_get(struct cat *c, const char *kind, const char *id, struct json_object **out);
+int cat_doc_delete(struct cat *c, const char *kind, const char *id);
+/* fn gets a borrowed object; return non-zero to stop. region NULL = all. */
+int cat_doc_each(struct cat *c, const char *kind, const char *region,
+		 int (*fn)(void *arg, const char *id, const char *account, struct json_object *doc),
+		 void *arg);
+
 #endif
