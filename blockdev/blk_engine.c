@@ -143,3 +143,23 @@ int blk_req_exec_sync(struct blk_req *req)
 		;
 	return res;
 }
+
+int blk_req_check(const struct blk_req *req)
+{
+	if (!req || !req->done)
+		return -EINVAL;
+	switch (req->op) {
+	case BLK_READ:
+	case BLK_WRITE:
+		if (!req->buf || req->len > INT_MAX || req->off > (uint64_t)INT64_MAX - req->len)
+			return -EINVAL;
+		return 0;
+	case BLK_FSYNC:
+		return 0;
+	case BLK_FALLOC:
+		if (req->off > (uint64_t)INT64_MAX || req->len > (uint64_t)INT64_MAX)
+			return -EINVAL;
+		return 0;
+	}
+	return -EINVAL;
+}

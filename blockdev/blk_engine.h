@@ -108,6 +108,10 @@ static inline const char *blk_engine_name(const struct blk_engine *e)
  */
 int blk_req_account(struct blk_req *req, int raw, int *res);
 
+/* Shared by every engine's submit: -EINVAL for a request no engine can run (no done
+ * callback, unknown op, NULL buffer, a length beyond INT_MAX, an offset that overflows). */
+int blk_req_check(const struct blk_req *req);
+
 /* Execute one request synchronously with the normalisation rules above; returns the result
  * to pass to done. Used by psync and for ops an engine cannot do asynchronously. */
 int blk_req_exec_sync(struct blk_req *req);

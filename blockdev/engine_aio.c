@@ -82,25 +82,6 @@ struct aio_engine {
  * request and close can refuse to wait for itself. */
 static _Thread_local struct aio_engine *aio_self;
 
-static int aio_req_check(const struct blk_req *req)
-{
-	if (!req || !req->done)
-		return -EINVAL;
-	switch (req->op) {
-	case BLK_READ:
-	case BLK_WRITE:
-		if (!req->buf || req->len > INT_MAX || req->off > (uint64_t)INT64_MAX - req->len)
-			return -EINVAL;
-		return 0;
-	case BLK_FSYNC:
-		return 0;
-	case BLK_FALLOC:
-		if (req->off > (uint64_t)INT64_MAX || req->len > (uint64_t)INT64_MAX)
-			return -EINVAL;
-		return 0;
-	}
-	return -EINVAL;
-}
 
 static void aio_queue_push(struct blk_req **head, struct blk_req **tail, struct blk_req *req)
 {
@@ -207,7 +188,7 @@ static int aio_submit(struct blk_engine *be, struct blk_req *req)
 {
 	struct aio_engine *e = (struct aio_engine *)be;
 	struct iocb *iocb = NULL;
-	int ret = aio_req_check(req);
+	int ret = blk_req_check(req);
 
 	if (ret)
 		return ret;

@@ -41,25 +41,6 @@ struct psync_engine {
 /* The engine whose worker runs on this thread, so submit can tell a chained request. */
 static _Thread_local struct psync_engine *psync_self;
 
-static int psync_req_check(const struct blk_req *req)
-{
-	if (!req || !req->done)
-		return -EINVAL;
-	switch (req->op) {
-	case BLK_READ:
-	case BLK_WRITE:
-		if (!req->buf || req->len > INT_MAX || req->off > (uint64_t)INT64_MAX - req->len)
-			return -EINVAL;
-		return 0;
-	case BLK_FSYNC:
-		return 0;
-	case BLK_FALLOC:
-		if (req->off > (uint64_t)INT64_MAX || req->len > (uint64_t)INT64_MAX)
-			return -EINVAL;
-		return 0;
-	}
-	return -EINVAL;
-}
 
 static void *psync_worker(void *arg)
 {
@@ -96,7 +77,7 @@ static void *psync_worker(void *arg)
 static int psync_submit(struct blk_engine *be, struct blk_req *req)
 {
 	struct psync_engine *e = (struct psync_engine *)be;
-	int ret = psync_req_check(req);
+	int ret = blk_req_check(req);
 
 	if (ret)
 		return ret;

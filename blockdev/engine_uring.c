@@ -72,25 +72,6 @@ struct uring_engine {
 /* The engine whose reaper runs on this thread, so submit can tell a chained request. */
 static _Thread_local struct uring_engine *uring_self;
 
-static int uring_req_check(const struct blk_req *req)
-{
-	if (!req || !req->done)
-		return -EINVAL;
-	switch (req->op) {
-	case BLK_READ:
-	case BLK_WRITE:
-		if (!req->buf || req->len > INT_MAX || req->off > (uint64_t)INT64_MAX - req->len)
-			return -EINVAL;
-		return 0;
-	case BLK_FSYNC:
-		return 0;
-	case BLK_FALLOC:
-		if (req->off > (uint64_t)INT64_MAX || req->len > (uint64_t)INT64_MAX)
-			return -EINVAL;
-		return 0;
-	}
-	return -EINVAL;
-}
 
 /*
  * Hand every prepared SQE to the kernel. Transient refusals (no memory for requests, a
@@ -180,7 +161,7 @@ static int uring_submit(struct blk_engine *be, struct blk_req *req)
 {
 	struct uring_engine *e = (struct uring_engine *)be;
 	bool chained = uring_self == e;
-	int ret = uring_req_check(req);
+	int ret = blk_req_check(req);
 
 	if (ret)
 		return ret;

@@ -11,8 +11,9 @@
  * Bit 7 (CHANGED) is set by every write or discard and cleared by snapshots (snapshot/).
  *
  * A "simple" volume (plaintext, no base) keeps every byte in the data file: an ABSENT chunk
- * is a hole there, so reads and writes go straight to the engine without consulting the
- * map; writes only set PRESENT|CHANGED. Other volumes go chunk by chunk:
+ * is a hole there, so writes go straight to the engine and only set PRESENT|CHANGED.
+ * Reads of every volume consult the map, so that chunks that were never written or were
+ * discarded read as zeros without I/O. Other volumes go chunk by chunk:
  *   - a write to a PRESENT chunk (sector aligned when encrypted) goes straight to the data
  *     file, encrypted in place;
  *   - anything else is a "slow" write under a per-chunk lock: a write into an ABSENT or
@@ -966,12 +967,8 @@ void vol_read(struct vol *v, void *buf, size_t len, uint64_t off, vol_cb cb, voi
 	io = io_new(v, cb, arg, (int)len);
 	if (!io)
 		return cb(arg, -ENOMEM);
-	if (v->simple) {
-		ret = seg_submit(io, BLK_READ, v->data_fd, buf, len, off, 0, NULL);
-		return io_put(io, ret);
-	}
 	/* Piece by piece: gather runs of PRESENT chunks under the lock and zero-fill the
-	 * rest, then submit the runs. */
+	 * rest (never-written and discarded chunks cost no I/O), then submit the runs. */
 	for (uint64_t p = off; p < end && !ret;) {
 		uint64_t pend = MIN(end, ((p >> v->chunk_shift) + PLAN_CHUNKS) << v->chunk_shift);
 		struct {

@@ -124,7 +124,7 @@ uint64_t time_mono_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-static int write_full(int fd, const void *buf, size_t len)
+int file_write_full(int fd, const void *buf, size_t len)
 {
 	const uint8_t *p = buf;
 
@@ -135,6 +135,8 @@ static int write_full(int fd, const void *buf, size_t len)
 				continue;
 			return -errno;
 		}
+		if (n == 0)
+			return -EIO;
 		p += n;
 		len -= (size_t)n;
 	}
@@ -151,7 +153,7 @@ int file_write_atomic(int dirfd, const char *name, const void *buf, size_t len, 
 	fd = openat(dirfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, mode);
 	if (fd < 0)
 		return -errno;
-	ret = write_full(fd, buf, len);
+	ret = file_write_full(fd, buf, len);
 	if (!ret && fchmod(fd, mode) < 0)
 		ret = -errno;
 	if (!ret && fsync(fd) < 0)

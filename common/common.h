@@ -48,6 +48,8 @@ uint64_t time_mono_ns(void);
 /* Write buf to dirfd/name atomically: temp file in the same directory, fsync, rename,
  * fsync the directory. mode applies to the new file. 0 or -errno. */
 int file_write_atomic(int dirfd, const char *name, const void *buf, size_t len, mode_t mode);
+/* write(2) all of buf, retrying on EINTR and short writes. 0 or -errno. */
+int file_write_full(int fd, const void *buf, size_t len);
 /* Read all of dirfd/name (O_NOFOLLOW) into a malloc'd buffer (NUL-terminated as a courtesy). */
 int file_read_all(int dirfd, const char *name, void **buf, size_t *len);
 /* Remove dirfd/name and everything below it (no symlinks followed). 0 or -errno. */

@@ -486,6 +486,9 @@ int act_delete_snapshot(struct api_req *r)
 	if (!strcmp(s.state, "pending"))
 		return api_error(r, "IncorrectState",
 				 "The snapshot '%s' is still pending; wait for it to complete.", id);
+	if (snapshot_in_use(d, id))
+		return api_error(r, "InvalidSnapshot.InUse",
+				 "The snapshot %s is currently in use by a registered image.", id);
 	if (cat_snapshot_delete(d->cat, id))
 		return api_error(r, "InternalError", "catalog update failed");
 	log_info("deleted snapshot %s", id);

@@ -137,8 +137,12 @@ static json_object *volume_json(struct daemon *d, const struct cat_volume *v, bo
 
 	if (!strcmp(state, "available") && volfs_open_count(d->fs, v->id) > 0)
 		state = "in-use";
-	if (attachments)
-		json_object_object_add(o, "Attachments", json_object_new_array());
+	if (attachments) {
+		json_object *list = json_object_new_array(), *a;
+		if (cat_doc_get(d->cat, "attachment", v->id, &a) == 0)
+			json_object_array_add(list, a);
+		json_object_object_add(o, "Attachments", list);
+	}
 	json_object_object_add(o, "AvailabilityZone", json_object_new_string(v->az));
 	json_object_object_add(o, "CreateTime", json_object_new_string(v->create_time));
 	json_object_object_add(o, "Encrypted", json_object_new_boolean(v->encrypted));

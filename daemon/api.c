@@ -45,6 +45,18 @@ static const struct action actions[] = {
 	{"CreateTags", act_create_tags},
 	{"DeleteTags", act_delete_tags},
 	{"DescribeTags", act_describe_tags},
+	{"RegisterImage", act_register_image},
+	{"DescribeImages", act_describe_images},
+	{"DeregisterImage", act_deregister_image},
+	{"RunInstances", act_run_instances},
+	{"DescribeInstances", act_describe_instances},
+	{"StopInstances", act_stop_instances},
+	{"StartInstances", act_start_instances},
+	{"RebootInstances", act_reboot_instances},
+	{"TerminateInstances", act_terminate_instances},
+	{"ModifyInstanceAttribute", act_modify_instance_attribute},
+	{"AttachVolume", act_attach_volume},
+	{"DetachVolume", act_detach_volume},
 };
 
 int api_error(struct api_req *r, const char *code, const char *fmt, ...)

@@ -32,6 +32,8 @@ struct dvol {
 	struct manifest *base; /* the base snapshot's manifest while it is still read */
 	char base_id[ID_MAX];  /* its id ("" when none) */
 	char region[32];
+	bool ephemeral;	       /* an instance-store volume: its key lives only here */
+	uint8_t key[VOL_DATA_KEY_LEN];
 	int jobs;	       /* background jobs using this volume (it cannot be removed) */
 	struct dvol *next;
 };
@@ -71,6 +73,9 @@ struct daemon {
 	struct dvol *vols;
 	pthread_mutex_t lock;
 	int regions_fd; /* <home>/regions */
+	int eph_fd;	/* <home>/instance-store */
+	int inst_fd;	/* <home>/instances */
+	double store_scale; /* --instance-store-scale */
 	struct region_store *stores;
 	struct job *jobs;
 	bool stopping; /* jobs stop early at shutdown */
@@ -172,6 +177,36 @@ int act_check_store(struct api_req *r);
 int snapshot_lookup(struct api_req *r, const char *id, struct cat_snapshot *s);
 /* Start-up recovery: snapshots left pending by a crash become 'error'. */
 int snapshots_recover(struct daemon *d);
+/* Images (act_images.c). */
+int act_register_image(struct api_req *r);
+int act_describe_images(struct api_req *r);
+int act_deregister_image(struct api_req *r);
+/* Validate and normalise a BlockDeviceMappings value; NULL with the error recorded. */
+json_object *bdm_parse(struct api_req *r, json_object *in, bool for_image);
+/* An image visible to the request (owner, or public); *out is a new reference. */
+int image_lookup(struct api_req *r, const char *id, json_object **out);
+/* A copy of a catalog document without its private "_" fields. */
+json_object *doc_public(json_object *doc);
+/* Does a registered image use this snapshot? */
+bool snapshot_in_use(struct daemon *d, const char *snap);
+/* "/dev/sdb" -> "sdb" */
+const char *device_basename(const char *dev);
+
+/* Instances (act_instances.c). */
+int act_run_instances(struct api_req *r);
+int act_describe_instances(struct api_req *r);
+int act_stop_instances(struct api_req *r);
+int act_start_instances(struct api_req *r);
+int act_reboot_instances(struct api_req *r);
+int act_terminate_instances(struct api_req *r);
+int act_modify_instance_attribute(struct api_req *r);
+int act_attach_volume(struct api_req *r);
+int act_detach_volume(struct api_req *r);
+/* Start-up: instances cannot survive the daemon (their instance store is gone). */
+int instances_recover(struct daemon *d);
+/* Shutdown: unmount roots and detach loops of running instances (state kept). */
+void instances_shutdown(struct daemon *d);
+
 /* InitializationStatusDetails for a volume, or NULL when it has no base. Under d->lock. */
 json_object *volume_init_status(struct daemon *d, const char *vol_id);
 

@@ -59,6 +59,9 @@ static void usage(FILE *f)
 		"    --stop            stop the daemon serving DIR: every volume is flushed and\n"
 		"                      the FUSE mount is removed\n"
 		"    --log-level L     error, warning, info (default) or debug\n"
+		"    --instance-store-scale F\n"
+		"                      scale instance-store volumes to F (0 < F <= 1) of the EC2\n"
+		"                      size of their instance type (they are sparse in any case)\n"
 		"    --help, --version\n\n"
 		"EXIT STATUS\n"
 		"    0 ready (or stopped); 1 failure, with the reason on standard error.\n",
@@ -158,6 +161,8 @@ static int do_stop(const char *home)
 static void shutdown_daemon(struct daemon *d)
 {
 	jobs_stop(d);
+	if (d->fs && d->cat)
+		instances_shutdown(d);
 	volfs_unmount(d->fs);
 	d->fs = NULL;
 	while (d->vols) {
@@ -210,6 +215,15 @@ static int start(struct daemon *d, const char *engine, int *lfd)
 	d->regions_fd = openat(d->home_fd, "regions", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	if (d->regions_fd < 0)
 		return -errno;
+	ret = mkdir_mode(d->home_fd, "instance-store", 0700);
+	if (!ret)
+		ret = mkdir_mode(d->home_fd, "instances", 0755);
+	if (ret)
+		return ret;
+	d->eph_fd = openat(d->home_fd, "instance-store", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	d->inst_fd = openat(d->home_fd, "instances", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (d->eph_fd < 0 || d->inst_fd < 0)
+		return -errno;
 	ret = load_master_key(d);
 	if (ret) {
 		log_err("cannot load %s/keys/master.key: %s", d->home, strerror(-ret));
@@ -243,6 +257,9 @@ static int start(struct daemon *d, const char *engine, int *lfd)
 			"deleted");
 		return ret;
 	}
+	ret = instances_recover(d);
+	if (ret)
+		log_err("cannot recover instance states: %s", strerror(-ret));
 	ret = ctl_listen(d, lfd);
 	if (ret) {
 		log_err("cannot listen on %s/%s: %s", d->home, CTL_SOCK_NAME, strerror(-ret));
@@ -264,14 +281,15 @@ int main(int argc, char **argv)
 		{"foreground", no_argument, NULL, 'f'},
 		{"stop", no_argument, NULL, 's'},
 		{"log-level", required_argument, NULL, 'l'},
+		{"instance-store-scale", required_argument, NULL, 'S'},
 		{"help", no_argument, NULL, 'H'},
 		{"version", no_argument, NULL, 'V'},
 		{0},
 	};
 	const char *home = getenv("EBSIM_HOME"), *engine = "io_uring";
 	bool foreground = false, stop = false;
-	struct daemon d = {.home_fd = -1, .vols_fd = -1, .regions_fd = -1,
-			   .lock = PTHREAD_MUTEX_INITIALIZER};
+	struct daemon d = {.home_fd = -1, .vols_fd = -1, .regions_fd = -1, .eph_fd = -1,
+			   .inst_fd = -1, .store_scale = 1.0, .lock = PTHREAD_MUTEX_INITIALIZER};
 	int c, lockfd, lfd = -1, pipefd[2] = {-1, -1}, ret;
 	sigset_t mask;
 
@@ -293,6 +311,15 @@ int main(int argc, char **argv)
 				return 1;
 			}
 			break;
+		case 'S': {
+			char *end;
+			d.store_scale = strtod(optarg, &end);
+			if (*end || d.store_scale <= 0 || d.store_scale > 1) {
+				fprintf(stderr, "ebsimd: --instance-store-scale takes a number in (0, 1]\n");
+				return 1;
+			}
+			break;
+		}
 		case 'H': usage(stdout); return 0;
 		case 'V': printf("ebsimd %s\n", VERSION); return 0;
 		default: usage(stderr); return 1;

@@ -593,6 +593,16 @@ int volfs_open_count(struct volfs *fs, const char *name)
 	return n;
 }
 
+int volfs_wait_closed(struct volfs *fs, const char *name, int timeout_ms)
+{
+	for (int waited = 0; volfs_open_count(fs, name) > 0; waited += 10) {
+		if (waited >= timeout_ms)
+			return -EBUSY;
+		usleep(10000);
+	}
+	return 0;
+}
+
 void volfs_resized(struct volfs *fs, const char *name)
 {
 	struct vfile *f;

@@ -24,6 +24,9 @@ int volfs_add(struct volfs *fs, const char *name, struct vol *v);
 /* Stop exposing name; -EBUSY while the file is open (a loop device holds it open),
  * -ENOENT if unknown. On success the vol is the caller's again. */
 int volfs_remove(struct volfs *fs, const char *name);
+/* Wait up to timeout_ms for name to have no open handle (a detached loop device releases
+ * its file asynchronously). 0, or -EBUSY on timeout. */
+int volfs_wait_closed(struct volfs *fs, const char *name, int timeout_ms);
 /* How many open file handles the kernel holds on name (0 if unknown). */
 int volfs_open_count(struct volfs *fs, const char *name);
 /* Tell the kernel that name's size changed (after vol_resize). */

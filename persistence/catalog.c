@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <json-c/json.h>
 #include <sqlite3.h>
 
 #define SCHEMA_VERSION 2
@@ -56,7 +57,10 @@ static const char schema[] =
 	"CREATE TRIGGER IF NOT EXISTS volumes_untag AFTER DELETE ON volumes"
 	" BEGIN DELETE FROM tags WHERE resource_id = OLD.id; END;"
 	"CREATE TRIGGER IF NOT EXISTS snapshots_untag AFTER DELETE ON snapshots"
-	" BEGIN DELETE FROM tags WHERE resource_id = OLD.id; END;";
+	" BEGIN DELETE FROM tags WHERE resource_id = OLD.id; END;"
+	"CREATE TABLE IF NOT EXISTS docs ("
+	" seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, id TEXT NOT NULL,"
+	" account TEXT NOT NULL, region TEXT NOT NULL, json TEXT NOT NULL, UNIQUE (kind, id));";
 
 static int exec(struct cat *c, const char *sql)
 {
@@ -548,4 +552,104 @@ int cat_tags_delete(struct cat *c, const char *resource, const char *key, const 
 	if (value)
 		sqlite3_bind_text(st, 3, value, -1, SQLITE_STATIC);
 	return step_done(c, st);
+}
+
+/* ---- documents ----------------------------------------------------------------------- */
+
+int cat_doc_put(struct cat *c, const char *kind, const char *id, const char *account,
+		const char *region, struct json_object *doc)
+{
+	sqlite3_stmt *st;
+	const char *text = json_object_to_json_string_ext(doc, JSON_C_TO_STRING_PLAIN);
+
+	if (sqlite3_prepare_v2(c->db,
+			       "INSERT INTO docs (kind, id, account, region, json) VALUES (?,?,?,?,?)"
+			       " ON CONFLICT (kind, id) DO UPDATE SET json=excluded.json,"
+			       " account=excluded.account, region=excluded.region",
+			       -1, &st, NULL) != SQLITE_OK)
+		return -EIO;
+	sqlite3_bind_text(st, 1, kind, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 3, account, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 4, region, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 5, text, -1, SQLITE_TRANSIENT);
+	return step_done(c, st);
+}
+
+static struct json_object *parse_doc(sqlite3_stmt *st, int col)
+{
+	const char *t = (const char *)sqlite3_column_text(st, col);
+	struct json_object *o = t ? json_tokener_parse(t) : NULL;
+
+	if (o && !json_object_is_type(o, json_type_object)) {
+		json_object_put(o);
+		o = NULL;
+	}
+	return o;
+}
+
+int cat_doc_get(struct cat *c, const char *kind, const char *id, struct json_object **out)
+{
+	sqlite3_stmt *st;
+	int rc, ret = -ENOENT;
+
+	if (sqlite3_prepare_v2(c->db, "SELECT json FROM docs WHERE kind=? AND id=?", -1, &st,
+			       NULL) != SQLITE_OK)
+		return -EIO;
+	sqlite3_bind_text(st, 1, kind, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		*out = parse_doc(st, 0);
+		ret = *out ? 0 : -EUCLEAN;
+	} else if (rc != SQLITE_DONE) {
+		ret = -EIO;
+	}
+	sqlite3_finalize(st);
+	return ret;
+}
+
+int cat_doc_delete(struct cat *c, const char *kind, const char *id)
+{
+	sqlite3_stmt *st;
+
+	if (sqlite3_prepare_v2(c->db, "DELETE FROM docs WHERE kind=? AND id=?", -1, &st, NULL) !=
+	    SQLITE_OK)
+		return -EIO;
+	sqlite3_bind_text(st, 1, kind, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC);
+	return step_done(c, st);
+}
+
+int cat_doc_each(struct cat *c, const char *kind, const char *region,
+		 int (*fn)(void *arg, const char *id, const char *account, struct json_object *doc),
+		 void *arg)
+{
+	sqlite3_stmt *st;
+	int rc, ret = 0;
+
+	if (sqlite3_prepare_v2(c->db,
+			       "SELECT id, account, json FROM docs WHERE kind=?1 AND"
+			       " (?2 IS NULL OR region=?2) ORDER BY seq",
+			       -1, &st, NULL) != SQLITE_OK)
+		return -EIO;
+	sqlite3_bind_text(st, 1, kind, -1, SQLITE_STATIC);
+	if (region)
+		sqlite3_bind_text(st, 2, region, -1, SQLITE_STATIC);
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		struct json_object *o = parse_doc(st, 2);
+		if (!o) {
+			ret = -EUCLEAN;
+			break;
+		}
+		ret = fn(arg, (const char *)sqlite3_column_text(st, 0),
+			 (const char *)sqlite3_column_text(st, 1), o);
+		json_object_put(o);
+		if (ret)
+			break;
+	}
+	if (!ret && rc != SQLITE_DONE && rc != SQLITE_ROW)
+		ret = -EIO;
+	sqlite3_finalize(st);
+	return ret;
 }

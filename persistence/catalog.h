@@ -101,4 +101,20 @@ int cat_tags_set(struct cat *c, const char *resource, const char *key, const cha
  * deletes all its tags. -ENOENT when nothing matched. */
 int cat_tags_delete(struct cat *c, const char *resource, const char *key, const char *value);
 
+/*
+ * Documents: resources kept as JSON objects (images, instances), keyed by kind and id,
+ * with their owner account and region for lookups. The JSON is what describe calls
+ * return, plus private fields whose names start with "_".
+ */
+struct json_object;
+int cat_doc_put(struct cat *c, const char *kind, const char *id, const char *account,
+		const char *region, struct json_object *doc);
+/* -ENOENT when absent; *out is a new reference. */
+int cat_doc_get(struct cat *c, const char *kind, const char *id, struct json_object **out);
+int cat_doc_delete(struct cat *c, const char *kind, const char *id);
+/* fn gets a borrowed object; return non-zero to stop. region NULL = all. */
+int cat_doc_each(struct cat *c, const char *kind, const char *region,
+		 int (*fn)(void *arg, const char *id, const char *account, struct json_object *doc),
+		 void *arg);
+
 #endif

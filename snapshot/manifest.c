@@ -40,7 +40,7 @@
  * which stops at 64 MiB (~1.6M entries, 100 GiB of 64 KiB chunks); its only cap is the
  * largest well-formed size.
  */
-#include "snapshot/snapshot.h"
+#include "snapshot/snapshot_i.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -81,9 +81,6 @@ _Static_assert(sizeof(((struct manifest *)0)->wrapped_key) == 72 && OFF_KEY + 72
 _Static_assert(ID_MAX == 32, "ID fields are 32 bytes on disk");
 _Static_assert(sizeof(struct manifest_entry) == MF_ENTRY_LEN, "entry layout");
 
-/* Defined in store.c (no private header: snapshot.h is the module's only header). */
-int store_manifest_dirfd(struct snap_store *s);
-int store_sha256(const void *buf, size_t len, uint8_t out[OBJ_ID_LEN]);
 
 static uint32_t get32(const uint8_t *p)
 {

@@ -48,7 +48,7 @@
  * than kept: a large volume's manifest is tens of MiB. Temp files and foreign names in the
  * fan-out directories are neither checked nor reported (GC removes temp files).
  */
-#include "snapshot/snapshot.h"
+#include "snapshot/snapshot_i.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -76,9 +76,6 @@ struct snap_store {
 	atomic_ulong tmpseq;
 };
 
-/* Shared with manifest.c (snapshot.h is the fixed public API; there is no private header). */
-int store_manifest_dirfd(struct snap_store *s);
-int store_sha256(const void *buf, size_t len, uint8_t out[OBJ_ID_LEN]);
 
 int store_manifest_dirfd(struct snap_store *s)
 {
@@ -282,24 +279,6 @@ static int fan_fd(struct snap_store *s, unsigned int b, bool create)
 
 /* ---- objects ------------------------------------------------------------------------- */
 
-static int write_full(int fd, const void *buf, size_t len)
-{
-	const uint8_t *p = buf;
-
-	while (len) {
-		ssize_t n = write(fd, p, len);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		if (n == 0)
-			return -EIO;
-		p += n;
-		len -= (size_t)n;
-	}
-	return 0;
-}
 
 /* pread exactly len bytes from offset 0: 0, -EBADMSG if the file is shorter, or -errno. */
 static int read_full(int fd, void *buf, size_t len)
@@ -335,7 +314,7 @@ static int write_tmp(struct snap_store *s, int dfd, const void *buf, size_t len,
 		if (fd < 0 && (errno != EEXIST || tries >= 100))
 			return -errno;
 	}
-	ret = write_full(fd, buf, len);
+	ret = file_write_full(fd, buf, len);
 	if (close(fd) < 0 && !ret)
 		ret = -errno;
 	if (ret)
