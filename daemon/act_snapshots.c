@@ -246,9 +246,14 @@ static void *snapshot_job(void *arg)
 	sj->dv->jobs--;
 	j->finished = true;
 	struct region_store *rs;
-	for (rs = d->stores; rs; rs = rs->next)
+	for (rs = d->stores; rs; rs = rs->next) {
+		/* a failed copy leaves chunks no manifest references: collect them now (on a
+		 * full store nothing else could, every trigger writes the catalog first) */
+		if (ret && !strcmp(rs->region, j->region))
+			rs->gc_wanted = true;
 		if (!strcmp(rs->region, j->region) && rs->gc_wanted && !jobs_in_region(d, j->region))
 			region_gc(d, j->region);
+	}
 	pthread_mutex_unlock(&d->lock);
 	manifest_free(sj->parent);
 	free(sj->m.e);
