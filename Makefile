@@ -158,7 +158,7 @@ fuzz: fuzz-build
 
 DEB_PKGS = build-essential pkg-config libfuse3-dev fuse3 liburing-dev libaio-dev libssl-dev \
 	   libsqlite3-dev libjson-c-dev python3-pytest e2fsprogs fio qemu-utils qemu-system-common \
-	   util-linux sqlite3 gnuplot-nox clang
+	   util-linux sqlite3 gnuplot-nox clang fiu-utils
 deps:
 	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
 		| grep -q '^install ok installed' || echo $$p; done); \
