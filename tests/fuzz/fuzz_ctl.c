@@ -2,42 +2,59 @@
 /*
  * fuzz_ctl.c - libFuzzer target for the control-socket request handler ctl_handle()
  * (daemon/ctl.c), i.e. everything a local client can send to ebsimd: JSON parsing,
- * dispatch, parameter checks and the actions themselves, against a real catalog, real
- * volume files and real snapshot stores in a scratch home.
+ * dispatch, parameter checks and the actions themselves (volumes, snapshots, tags, images,
+ * instances), against a real catalog, real volume files and real snapshot stores in a
+ * scratch home.
  *
  * Design notes
  * ------------
  * Input: up to MAX_LINES requests separated by '\n', each handed to ctl_handle() as raw
  * bytes (NULs included), as ctl_serve_one() would. Each input runs against a fresh home
- * (catalog, volumes/, regions/), so a crash reproduces from its input alone. The literal
- * IDs vol-fffffffffffffffff and snap-fffffffffffffffff in a request are replaced by the
- * last volume and snapshot the input created, so that seeds (and mutations of them) can
- * create a volume, snapshot it, restore it, describe and delete it in one input. Background
- * jobs (snapshot copies, hydration) finish before the next request is handled, so an input
- * always does the same thing. A volume the input creates gets 192 KiB written to it, as a
- * guest would through FUSE, so that snapshots and listings have chunks to work on.
+ * (catalog, volumes/, regions/, instance-store/, instances/), so a crash reproduces from its
+ * input alone. The literal IDs vol-fffffffffffffffff, snap-fffffffffffffffff,
+ * ami-fffffffffffffffff and i-fffffffffffffffff in a request are replaced by the last
+ * volume, snapshot, image and instance the input created, so that seeds (and mutations of
+ * them) can create a volume, snapshot it, register an image, run an instance from it and so
+ * on, in one input. Background jobs (snapshot copies, hydration) finish before the next
+ * request is handled, so an input always does the same thing. A volume the input creates
+ * gets 192 KiB written to it, as a guest would through FUSE, so that snapshots and listings
+ * have chunks to work on.
  *
- * The daemon is built as ebsimd.c start() would build it, minus FUSE: the frontend's
- * functions are stubbed here (volfs_add keeps nothing, open counts are 0), which is why
- * the target links every daemon/ file except ebsimd.c and no fuse/ object. Nothing in
+ * The daemon is built as ebsimd.c start() would build it, minus FUSE and loop devices: the
+ * frontend's functions are stubbed here (volfs_add keeps nothing, open counts are 0, loop
+ * devices are /dev/null, which holds no file system, so no root is ever mounted), which is
+ * why the target links every daemon/ file except ebsimd.c and no fuse/ object. Nothing in
  * daemon/ or fuse/ changes for the harness. The I/O engine is psync, shared by all inputs.
  *
- * Bound: a request whose Params.Size is a volume size that could be created and is over
- * 1 TiB (1024 < Size <= 65536) is skipped: a volume's chunk map lives in memory (16 MiB per
- * TiB by design), so a few such volumes in one input would exceed libFuzzer's memory limit
- * without saying anything about the code. Larger sizes are always refused by the rules and
- * still reach them.
+ * Bound: a request naming a "Size" or "VolumeSize" over MAX_GIB that could be created
+ * (<= 65536) is skipped, and instance-store volumes are scaled to 1/1024 of their EC2 size
+ * (--instance-store-scale): a volume's chunk map lives in memory (16 MiB per TiB, by design),
+ * so a few large volumes in one input would exceed libFuzzer's memory limit without saying
+ * anything about the code. Larger sizes are always refused by the rules and still reach
+ * them.
  *
  * Oracles: every reply is a JSON object with exactly one of Result or Error; an Error has a
- * non-empty Code and a Message without control characters (they reach terminals).
+ * non-empty Code and a Message without control characters (they reach terminals); a reply
+ * serialises to one line.
  */
 #include "common/ctl_proto.h"
 #include "daemon/ctl_i.h"
+#include "fuse/loop.h"
 #include "tests/fuzz/fuzz_util.h"
 
 #define MAX_LINES 8
-#define VOL_TOKEN "vol-fffffffffffffffff"
-#define SNAP_TOKEN "snap-fffffffffffffffff"
+#define MAX_GIB 256 /* see "Bound" above */
+
+/* Placeholders a request may use for the last resource of each kind the input created. */
+static const struct {
+	const char *token, *key, *prefix;
+} tokens[] = {
+	{"vol-fffffffffffffffff", "VolumeId", "vol"},
+	{"snap-fffffffffffffffff", "SnapshotId", "snap"},
+	{"ami-fffffffffffffffff", "ImageId", "ami"},
+	{"i-fffffffffffffffff", "InstanceId", "i"},
+};
+#define NTOKENS (sizeof(tokens) / sizeof(tokens[0]))
 
 /* ---- fuse/volfs.h stubs: the harness serves no FUSE mount ------------------------------ */
 
@@ -67,6 +84,14 @@ int volfs_remove(struct volfs *fs, const char *name)
 	return 0;
 }
 
+int volfs_wait_closed(struct volfs *fs, const char *name, int timeout_ms)
+{
+	(void)fs;
+	(void)name;
+	(void)timeout_ms;
+	return 0;
+}
+
 int volfs_open_count(struct volfs *fs, const char *name)
 {
 	(void)fs;
@@ -83,6 +108,29 @@ void volfs_resized(struct volfs *fs, const char *name)
 int volfs_clear_stale(const char *path)
 {
 	(void)path;
+	return 0;
+}
+
+/* ---- fuse/loop.h stubs: a fuzzer must not attach real loop devices ---------------------- */
+
+int loop_attach(const char *path, bool read_only, char dev[LOOP_DEV_MAX])
+{
+	(void)path;
+	(void)read_only;
+	snprintf(dev, LOOP_DEV_MAX, "/dev/null");
+	return 0;
+}
+
+int loop_detach(const char *dev, const char *path)
+{
+	(void)dev;
+	(void)path;
+	return 0;
+}
+
+int loop_set_capacity(const char *dev)
+{
+	(void)dev;
 	return 0;
 }
 
@@ -124,7 +172,8 @@ static int daemon_up(struct daemon *d, unsigned long n)
 	char path[4200];
 
 	memset(d, 0, sizeof(*d));
-	d->home_fd = d->vols_fd = d->regions_fd = -1;
+	d->home_fd = d->vols_fd = d->regions_fd = d->eph_fd = d->inst_fd = -1;
+	d->store_scale = 1.0 / 1024; /* see "Bound" */
 	pthread_mutex_init(&d->lock, NULL);
 	snprintf(d->home, sizeof(d->home), "%s/h%lu", root, n);
 	if (mkdir(d->home, 0700) < 0)
@@ -134,7 +183,9 @@ static int daemon_up(struct daemon *d, unsigned long n)
 		return -errno;
 	d->vols_fd = mkdir_open(d->home_fd, "volumes");
 	d->regions_fd = mkdir_open(d->home_fd, "regions");
-	if (d->vols_fd < 0 || d->regions_fd < 0)
+	d->eph_fd = mkdir_open(d->home_fd, "instance-store");
+	d->inst_fd = mkdir_open(d->home_fd, "instances");
+	if (d->vols_fd < 0 || d->regions_fd < 0 || d->eph_fd < 0 || d->inst_fd < 0)
 		return -errno;
 	for (size_t i = 0; i < sizeof(d->master_key); i++)
 		d->master_key[i] = (uint8_t)(0x5a ^ i);
@@ -147,6 +198,8 @@ static int daemon_up(struct daemon *d, unsigned long n)
 static void daemon_down(struct daemon *d)
 {
 	jobs_stop(d);
+	if (d->cat)
+		instances_shutdown(d);
 	while (d->vols) {
 		struct dvol *dv = d->vols;
 		d->vols = dv->next;
@@ -161,12 +214,10 @@ static void daemon_down(struct daemon *d)
 		free(rs);
 	}
 	cat_close(d->cat);
-	if (d->vols_fd >= 0)
-		close(d->vols_fd);
-	if (d->regions_fd >= 0)
-		close(d->regions_fd);
-	if (d->home_fd >= 0)
-		close(d->home_fd);
+	int fds[] = {d->vols_fd, d->regions_fd, d->eph_fd, d->inst_fd, d->home_fd};
+	for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
 	fuzz_rmtree(d->home);
 	pthread_mutex_destroy(&d->lock);
 }
@@ -187,22 +238,42 @@ static void substitute(char *s, size_t len, const char *token, const char *id)
 	}
 }
 
+/* Any "Size" or "VolumeSize" integer in (MAX_GIB, 65536] anywhere in v. */
+static bool big_size(json_object *v, int depth)
+{
+	if (depth > 16)
+		return false;
+	if (json_object_is_type(v, json_type_array)) {
+		for (size_t i = 0; i < json_object_array_length(v); i++)
+			if (big_size(json_object_array_get_idx(v, i), depth + 1))
+				return true;
+	} else if (json_object_is_type(v, json_type_object)) {
+		json_object_object_foreach(v, key, val)
+		{
+			if ((!strcmp(key, "Size") || !strcmp(key, "VolumeSize")) &&
+			    json_object_is_type(val, json_type_int)) {
+				int64_t gib = json_object_get_int64(val);
+				if (gib > MAX_GIB && gib <= 65536)
+					return true;
+			}
+			if (big_size(val, depth + 1))
+				return true;
+		}
+	}
+	return false;
+}
+
 /* The memory bound described above. */
 static bool too_big(const char *s, size_t len)
 {
 	json_tokener *tok = json_tokener_new();
-	json_object *req, *params, *size;
-	bool big = false;
+	json_object *req;
+	bool big;
 
 	if (!tok)
 		return false;
 	req = json_tokener_parse_ex(tok, s, (int)MIN(len, (size_t)CTL_MAX_MSG));
-	if (req && json_object_object_get_ex(req, "Params", &params) &&
-	    json_object_object_get_ex(params, "Size", &size) &&
-	    json_object_is_type(size, json_type_int)) {
-		int64_t gib = json_object_get_int64(size);
-		big = gib > 1024 && gib <= 65536;
-	}
+	big = req && big_size(req, 0);
 	json_object_put(req);
 	json_tokener_free(tok);
 	return big;
@@ -243,9 +314,22 @@ static void scribble(struct daemon *d, const char *id, unsigned n)
 	vol_fsync(dv->vol);
 }
 
-static void check_reply(json_object *reply, char *vol, char *snap)
+/* Remember the IDs a result names, for the placeholders. */
+static void remember(json_object *o, char ids[][ID_MAX])
 {
-	json_object *res = NULL, *err = NULL, *code, *msg, *id;
+	json_object *id;
+
+	if (!json_object_is_type(o, json_type_object))
+		return;
+	for (size_t k = 0; k < NTOKENS; k++)
+		if (json_object_object_get_ex(o, tokens[k].key, &id) &&
+		    id_valid(tokens[k].prefix, json_object_get_string(id)))
+			snprintf(ids[k], ID_MAX, "%s", json_object_get_string(id));
+}
+
+static void check_reply(json_object *reply, char ids[][ID_MAX])
+{
+	json_object *res = NULL, *err = NULL, *code, *msg, *inst;
 
 	FUZZ_ASSERT(json_object_is_type(reply, json_type_object), "reply is not an object");
 	bool has_res = json_object_object_get_ex(reply, "Result", &res);
@@ -262,17 +346,16 @@ static void check_reply(json_object *reply, char *vol, char *snap)
 				    "control character 0x%02x in an error message", m[i]);
 		return;
 	}
-	if (json_object_object_get_ex(res, "VolumeId", &id) && id_valid("vol", json_object_get_string(id)))
-		snprintf(vol, ID_MAX, "%s", json_object_get_string(id));
-	if (json_object_object_get_ex(res, "SnapshotId", &id) &&
-	    id_valid("snap", json_object_get_string(id)))
-		snprintf(snap, ID_MAX, "%s", json_object_get_string(id));
+	if (json_object_object_get_ex(res, "Instances", &inst) &&
+	    json_object_is_type(inst, json_type_array) && json_object_array_length(inst))
+		remember(json_object_array_get_idx(inst, 0), ids);
+	remember(res, ids);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	static unsigned long seq;
-	char vol[ID_MAX] = "", snap[ID_MAX] = "";
+	char ids[NTOKENS][ID_MAX] = {{0}};
 	struct daemon d;
 	char *text;
 	int ret;
@@ -290,16 +373,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	for (int n = 0; n < MAX_LINES && line <= end; n++) {
 		char *nl = memchr(line, '\n', (size_t)(end - line));
 		size_t len = nl ? (size_t)(nl - line) : (size_t)(end - line);
-		substitute(line, len, VOL_TOKEN, vol);
-		substitute(line, len, SNAP_TOKEN, snap);
+		for (size_t k = 0; k < NTOKENS; k++)
+			substitute(line, len, tokens[k].token, ids[k]);
 		if (!too_big(line, len)) {
+			char before[ID_MAX];
 			json_object *reply = ctl_handle(&d, line, len);
 			FUZZ_ASSERT(reply, "ctl_handle returned NULL");
-			char before[ID_MAX];
-			snprintf(before, sizeof(before), "%s", vol);
-			check_reply(reply, vol, snap);
-			if (strcmp(before, vol))
-				scribble(&d, vol, (unsigned)n);
+			snprintf(before, sizeof(before), "%s", ids[0]);
+			check_reply(reply, ids);
+			if (strcmp(before, ids[0]))
+				scribble(&d, ids[0], (unsigned)n);
 			/* what ctl_serve_one sends */
 			const char *out = json_object_to_json_string_ext(
 				reply, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
