@@ -153,6 +153,7 @@ fuzz: fuzz-build
 		opts=; [ $$n = volhdr ] && opts=-max_len=16384; \
 		echo "fuzz: $$t for $(FUZZ_SECONDS) s"; \
 		$(FUZZ_B)/$$t $$opts -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -close_fd_mask=3 \
+			-rss_limit_mb=4096 \
 			-dict=tests/fuzz/$$n.dict -artifact_prefix=$(FUZZ_B)/artifacts/$$n- \
 			$(FUZZ_B)/corpus/$$n tests/fuzz/corpus/$$n || exit 1; done
 
