@@ -303,13 +303,22 @@ FIU_CTRL = shutil.which("fiu-ctrl")
 
 @pytest.fixture
 def fiu_daemon(home, make_daemon):
-    """ebsimd (psync engine) under fiu-run -x, with its control FIFO in the home."""
+    """ebsimd (psync engine) under fiu-run -x, with its control FIFO in the home.
+
+    libfiu's preload starts its FIFO thread before ebsimd's main() blocks SIGTERM for its
+    signalfd, so that thread would take SIGTERM and the default action would kill the
+    daemon without its orderly shutdown; the wrapper blocks the signals before exec, so
+    every thread inherits the mask and `ebsimd --stop` works as without libfiu."""
     if not (FIU_RUN and FIU_CTRL and os.path.exists("/usr/lib/fiu/fiu_posix_preload.so")):
         pytest.skip("libfiu (Debian fiu-utils) is not installed: make deps")
     wrapper = os.path.join(home, "ebsimd-fiu")
     prefix = os.path.join(home, "fiu")
     with open(wrapper, "w") as f:
-        f.write(f'#!/bin/sh\nexec {FIU_RUN} -x -f {prefix} {EBSIMD} "$@"\n')
+        f.write("#!/usr/bin/python3\nimport os, signal, sys\n"
+                "signal.pthread_sigmask(signal.SIG_BLOCK, "
+                "{signal.SIGTERM, signal.SIGINT, signal.SIGHUP})\n"
+                f"os.execv({FIU_RUN!r}, ['fiu-run', '-x', '-f', {prefix!r}, {EBSIMD!r}]"
+                " + sys.argv[1:])\n")
     os.chmod(wrapper, 0o755)
     d = make_daemon(engine="psync", ebsimd=wrapper, subhome="h")
     fifo = f"{prefix}-{d.pid}.in"
@@ -384,8 +393,20 @@ def test_injected_eio_and_short_writes(fiu_daemon, capsys):
     assert d.alive()
     assert len(d.ok("describe-volumes")["Volumes"]) == 3
     assert sha_range(a["LocalPath"], 0, 8 * MIB) == sha_a
+    # 6. a clean stop cannot mark A clean (its flush fails), so the next start recovers it;
+    # what every volume had flushed before the faults is there afterwards
+    d.stop()
+    assert f"flushing {a['VolumeId']} at shutdown" in d.log()
+    d.ebsimd = EBSIMD
+    d.start()
+    assert f"volume {a['VolumeId']} was not closed cleanly" in d.log()
+    assert sha_range(a["LocalPath"], 0, 8 * MIB) == sha_a
+    assert sha_range(b["LocalPath"], 0, 8 * MIB) == sha_b
+    assert sha_range(c["LocalPath"], 0, 2 * MIB) == sha_c
+    assert fsync_errno(b["LocalPath"]) == 0
     with capsys.disabled():
         print(f"\nlibfiu (psync engine): injected pwrite EIO -> writer {results['write']}; "
               f"fdatasync EIO -> fsync {results['flush']} (3 more fsyncs failed after the "
               f"fault was off); short pwrite -> writer {results['short write']}; other "
-              f"volumes read, write and flush normally; daemon up")
+              f"volumes read, write and flush normally; daemon up; after a clean stop A is "
+              f"recovered at start and every flushed byte of A, B, C reads back")
