@@ -91,6 +91,9 @@ def crash_daemon(home, res, tmp_path):
     res.cleanup()
     for d in made:
         _teardown_daemon(d)
+    for i, d in enumerate(made):  # keep the daemon logs: the home is removed next
+        with open(os.path.join(tmp_path, f"ebsimd-{i}.log"), "w") as f:
+            f.write(d.log())
 
 
 @pytest.fixture
@@ -117,12 +120,16 @@ def ctx(request, tmp_path, capsys, summary):
         summary.fsck += tally.fsck_errors
 
 
-def guarded(c, fn, *args, **kw):
-    """Run a harness loop; a CrashFailure fails the test with the harness log's tail."""
+def guarded(c, daemons, fn, *args, **kw):
+    """Run a harness loop; a CrashFailure fails the test with the tails of the harness
+    log and of the daemon's log."""
     try:
         return fn(*args, **kw)
     except H.CrashFailure as e:
         msg = f"{e}\n--- last harness log lines ---\n" + "\n".join(c.log.tail)
+        for d in daemons.made:
+            msg += f"\n--- last lines of {d.home}/ebsimd.log ---\n"
+            msg += "\n".join(d.log().splitlines()[-40:])
     pytest.fail(msg, pytrace=False)
 
 
@@ -134,8 +141,10 @@ def assert_clean_logs(crash_daemon):
 def test_crash_random_kill(crash_daemon, res, ctx):
     """Random-time SIGKILL of ebsimd (normal build) while the writer appends to ext4."""
     d = crash_daemon("normal")
-    rig = H.FsRig(d, res, ctx.workdir, ctx.seed, ctx.tally, ctx.log, epoch_len=25 if STRESS else 7)
-    guarded(ctx, H.random_kill_loop, rig, RANDOM_ITERS, ctx.name, MASTER, ctx.replay)
+    rig = H.FsRig(d, res, ctx.workdir, ctx.seed, ctx.tally, ctx.log,
+                  epoch_len=25 if STRESS else 7)
+    guarded(ctx, crash_daemon, H.random_kill_loop, rig, RANDOM_ITERS, ctx.name, MASTER,
+            ctx.replay)
     assert ctx.tally.crash_points == RANDOM_ITERS
     assert ctx.tally.lost == 0 and ctx.tally.fsck_errors == 0
     assert ctx.tally.records_checked > 0, "the writer never got a batch acknowledged"
@@ -152,7 +161,7 @@ def test_crash_points_writer(crash_daemon, res, ctx):
             lo, hi = ranges[rnd % len(ranges)]
             plan.append((point, rng.randint(lo, hi)))
     rig = H.FsRig(d, res, ctx.workdir, ctx.seed, ctx.tally, ctx.log, epoch_len=30)
-    guarded(ctx, H.crash_point_loop, rig, plan, ctx.name, MASTER, ctx.replay)
+    guarded(ctx, crash_daemon, H.crash_point_loop, rig, plan, ctx.name, MASTER, ctx.replay)
     assert ctx.tally.crash_points == len(plan)
     assert ctx.tally.lost == 0 and ctx.tally.fsck_errors == 0
     assert_clean_logs(crash_daemon)
@@ -163,8 +172,8 @@ def test_crash_points_catalog(crash_daemon, ctx):
     d = crash_daemon("crash", start=False)
     rng = random.Random(ctx.seed)
     plan = [(p, rng.randint(1, 4)) for _ in range(CATALOG_ROUNDS) for p in CATALOG_POINTS]
-    vols = guarded(ctx, H.catalog_loop, d, plan, ctx.tally, ctx.log, MASTER, ctx.replay,
-                   ctx.name)
+    vols = guarded(ctx, crash_daemon, H.catalog_loop, d, plan, ctx.tally, ctx.log, MASTER,
+                   ctx.replay, ctx.name)
     assert ctx.tally.crash_points == len(plan)
     ctx.log(f"{len(vols)} volumes exist at the end")
     assert_clean_logs(crash_daemon)
@@ -173,8 +182,8 @@ def test_crash_points_catalog(crash_daemon, ctx):
 def test_crash_fio_raw(crash_daemon, res, ctx):
     """fio verify_state_save/verify_only on the raw loop device across SIGKILL."""
     d = crash_daemon("normal")
-    guarded(ctx, H.fio_loop, d, res, ctx.workdir, FIO_ITERS, ctx.seed, ctx.tally, ctx.log,
-            MASTER, ctx.replay, ctx.name)
+    guarded(ctx, crash_daemon, H.fio_loop, d, res, ctx.workdir, FIO_ITERS, ctx.seed,
+            ctx.tally, ctx.log, MASTER, ctx.replay, ctx.name)
     assert ctx.tally.crash_points == FIO_ITERS
     assert ctx.tally.blocks_verified > 0
     assert_clean_logs(crash_daemon)

@@ -98,25 +98,43 @@ def sub_seed(*parts):
 
 
 def pid_running(pid):
-    """True while pid exists and is not a zombie (ebsimd's parent is PID 1, which may reap
-    late)."""
+    """True while any thread of pid is alive. A zombie leader is not enough: ebsimd's
+    parent is PID 1, which may reap late, and while another thread is still exiting the
+    process keeps its files, so its home lock and /dev/fuse are still held."""
     try:
         os.kill(pid, 0)
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        for t in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{t}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X"):
+                    return True
     except (ProcessLookupError, FileNotFoundError):
-        return False
+        pass
+    return False
+
+
+def wait_pid_gone(pid, timeout=30.0):
+    end = time.monotonic() + timeout
+    while pid and pid_running(pid):
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def kill9(d):
+    """SIGKILL d and wait until every one of its threads is gone."""
+    pid = d.pid
+    d.kill9()
+    if not wait_pid_gone(pid):
+        raise CrashFailure(f"ebsimd {pid} still has live threads 30 s after SIGKILL")
 
 
 def wait_daemon_dead(d, timeout):
     """Wait for d (killed by a crash point) to be gone; True if it is."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if not d.pid or not pid_running(d.pid):
-            d.pid = None
-            return True
-        time.sleep(0.02)
-    return False
+    if not wait_pid_gone(d.pid, timeout):
+        return False
+    d.pid = None
+    return True
 
 
 def loop_gone(dev, timeout=10.0):
@@ -137,6 +155,7 @@ class CrashFailure(AssertionError):
 
 
 STALE_BUSY = "is mounted and in use"
+LOCK_BUSY = "is already serving"
 
 
 def start_daemon(d, env, tally, timeout=5.0):
@@ -149,9 +168,12 @@ def start_daemon(d, env, tally, timeout=5.0):
         try:
             return d.start(env=env)
         except AssertionError as e:
-            if STALE_BUSY not in str(e) or time.monotonic() > end:
+            if time.monotonic() > end:
                 raise
-            tally.restart_refusals += 1
+            if STALE_BUSY in str(e):
+                tally.restart_refusals += 1
+            elif LOCK_BUSY not in str(e):  # (a dead daemon's last threads still exiting)
+                raise
             time.sleep(0.2)
 
 
@@ -344,6 +366,13 @@ class FsRig:
                  "--wseed", str(wseed)],
                 stdout=err, stderr=err)
 
+    def writer_tail(self):
+        try:
+            with open(self.writer_log) as f:
+                return f.read().strip().splitlines()[-1]
+        except (OSError, IndexError, TypeError):
+            return "?"
+
     def kill_writer(self):
         if self.writer is None:
             return
@@ -469,9 +498,9 @@ def random_kill_loop(rig, iters, label, master, replay, stop_on_detect=False):
         rig.start_writer(sub_seed(rig.seed, "writer", i))
         time.sleep(delay)
         if rig.writer.poll() is not None:
-            raise CrashFailure(f"{where}: writer exited early ({rig.writer.returncode}); "
-                               f"see {rig.writer_log}")
-        d.kill9()
+            raise CrashFailure(f"{where}: the writer stopped before the kill (exit "
+                               f"{rig.writer.returncode}: {rig.writer_tail()})")
+        kill9(d)
         tally.crash_points += 1
         rig.after_crash()
         r = rig.recover()
@@ -500,8 +529,15 @@ def crash_point_loop(rig, plan, label, master, replay):
         rig.cycle(crash_env(point, after))
         if rig.mounted():
             rig.start_writer(sub_seed(rig.seed, "writer", i))
-        if not wait_daemon_dead(d, 30):
-            raise CrashFailure(f"{where}: crash point not reached within 30 s")
+        end = time.monotonic() + 60
+        while not wait_daemon_dead(d, 0.2):
+            if rig.writer and rig.writer.poll() is not None and not wait_daemon_dead(d, 3):
+                raise CrashFailure(
+                    f"{where}: the writer stopped (exit {rig.writer.returncode}: "
+                    f"{rig.writer_tail()}) while ebsimd was alive and the crash point "
+                    f"not reached")
+            if time.monotonic() > end:
+                raise CrashFailure(f"{where}: crash point not reached within 60 s")
         new, _ = rig.daemon_log_since(off)
         if f"crash point {point} reached" not in new:
             raise CrashFailure(f"{where}: ebsimd died, but not at the crash point:\n{new[-2000:]}")
@@ -640,7 +676,7 @@ def fio_loop(d, res, workdir, iters, seed, tally, log, master, replay, label):
         if w.poll() is not None:
             raise CrashFailure(f"{where}: fio ended before the kill (rc {w.returncode}): "
                                f"{w.stderr.read()[-2000:]}")
-        d.kill9()
+        kill9(d)
         tally.crash_points += 1
         try:
             wout, werr = w.communicate(timeout=60)
@@ -670,9 +706,9 @@ def fio_loop(d, res, workdir, iters, seed, tally, log, master, replay, label):
         loop_gone(dev)
         vj = fio_json(p.stdout)
         verified = vj["jobs"][0]["read"]["total_ios"] if vj else -1
-        err = [l for l in werr.splitlines() if "error" in l][:1]
-        log(f"{where}: fio wrote {written} blocks before the kill ({err[0] if err else 'no error'}), "
-            f"verified {verified}, rc {p.returncode}")
+        err = ([l for l in werr.splitlines() if "error" in l] + ["no error"])[0]
+        log(f"{where}: fio wrote {written} blocks before the kill ({err}), verified "
+            f"{verified}, rc {p.returncode}")
         if p.returncode != 0 or verified < 0 or "verify:" in p.stderr + p.stdout:
             raise CrashFailure(f"{where}: fio verify failed (rc {p.returncode}):\n"
                                f"{p.stderr[-3000:]}\n" + "\n".join(
