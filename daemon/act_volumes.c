@@ -173,7 +173,8 @@ int volume_lookup(struct api_req *r, const char *id, struct cat_volume *v)
 		return -1;
 	ret = cat_volume_get(r->d->cat, id, v);
 	if (ret == -ENOENT || (!ret && (strcmp(v->account, r->account) ||
-					strcmp(v->region, r->region) || !strcmp(v->state, "deleting"))))
+					strcmp(v->region, r->region) || !strcmp(v->state, "deleting") ||
+					!strcmp(v->state, "creating"))))
 		return api_error(r, "InvalidVolume.NotFound", "The volume '%s' does not exist.", id);
 	if (ret)
 		return api_error(r, "InternalError", "catalog read failed: %s", strerror(-ret));
@@ -237,7 +238,7 @@ int act_create_volume(struct api_req *r)
 	struct daemon *d = r->d;
 	const char *type = "gp2", *az = NULL, *snap = NULL;
 	int64_t size = 0, iops = 0, tput = 0;
-	int has_size, has_iops, has_tput, ret;
+	int has_size, has_iops, has_tput;
 	bool encrypted = false;
 	struct cat_volume v = {0};
 	const struct vtype *t;
@@ -300,29 +301,26 @@ int act_create_volume(struct api_req *r)
 	snprintf(v.type, sizeof(v.type), "%s", t->name);
 	v.size_gib = (uint64_t)size;
 	v.encrypted = encrypted;
-	/* the row and its tags commit together: a volume is never seen without its tags */
-	ret = cat_begin(d->cat);
-	if (ret)
-		return api_error(r, "InternalError", "catalog update failed: %s", strerror(-ret));
-	if (volume_create(r, &v, snap ? &cs : NULL)) {
-		cat_rollback(d->cat);
+	if (volume_create_tagged(r, &v, snap ? &cs : NULL, tags))
 		return -1;
-	}
-	ret = tags_put(d, v.id, tags);
-	if (!ret)
-		ret = cat_commit(d->cat);
-	if (ret) {
-		cat_rollback(d->cat);
-		if (dvol_unserve(d, v.id) || vol_destroy(d->vols_fd, v.id))
-			log_err("undoing the create of %s failed; recovery at next start removes it",
-				v.id);
-		return api_error(r, "InternalError", "cannot tag the volume: %s", strerror(-ret));
-	}
 	r->result = volume_json(d, &v, false);
 	return 0;
 }
 
 int volume_create(struct api_req *r, struct cat_volume *v, const struct cat_snapshot *snap)
+{
+	return volume_create_tagged(r, v, snap, NULL);
+}
+
+/*
+ * The create protocol: a 'creating' row is committed first, then the volume directory is
+ * built (under a temporary name, renamed into place), then the row becomes 'available'
+ * together with its tags. A crash leaves either nothing, or a 'creating' row that recovery
+ * removes with whatever directory it has: the request never answered. So a volume
+ * directory without a row is never ours to delete (volumes_recover leaves it alone).
+ */
+int volume_create_tagged(struct api_req *r, struct cat_volume *v, const struct cat_snapshot *snap,
+			 json_object *tags)
 {
 	struct daemon *d = r->d;
 	struct manifest *m = NULL;
@@ -335,7 +333,7 @@ int volume_create(struct api_req *r, struct cat_volume *v, const struct cat_snap
 	snprintf(v->account, sizeof(v->account), "%s", r->account);
 	snprintf(v->region, sizeof(v->region), "%s", r->region);
 	time_iso8601(v->create_time);
-	snprintf(v->state, sizeof(v->state), "available");
+	snprintf(v->state, sizeof(v->state), "creating");
 	snprintf(v->snapshot_id, sizeof(v->snapshot_id), "%s", snap ? snap->id : "");
 	/* a restored volume continues its snapshot's lineage: the next snapshot is incremental */
 	snprintf(v->changed_base, sizeof(v->changed_base), "%s", snap ? snap->id : "");
@@ -353,27 +351,42 @@ int volume_create(struct api_req *r, struct cat_volume *v, const struct cat_snap
 		if (m->flags & MANIFEST_F_ENCRYPTED)
 			p.wrapped_key = m->wrapped_key;
 	}
+	ret = cat_volume_insert(d->cat, v);
+	if (ret) {
+		manifest_free(m);
+		return api_error(r, "InternalError", "catalog update failed: %s", strerror(-ret));
+	}
+	crash_point("in-catalog-txn"); /* the row says 'creating'; the volume does not exist */
 	struct vol_keys keys = {.master = d->master_key};
 	ret = vol_create(d->vols_fd, v->id, &p, &keys);
 	manifest_free(m);
-	if (ret)
+	if (ret) {
+		cat_volume_delete(d->cat, v->id);
 		return api_error(r, ret == -ENOSPC ? "InsufficientVolumeCapacity" : "InternalError",
 				 "cannot create the volume: %s", strerror(-ret));
-	crash_point("in-catalog-txn"); /* the volume exists on disk, its row does not yet */
-	ret = cat_volume_insert(d->cat, v);
+	}
+	snprintf(v->state, sizeof(v->state), "available");
+	ret = cat_begin(d->cat);
+	if (!ret) {
+		ret = cat_volume_update(d->cat, v);
+		if (!ret && tags)
+			ret = tags_put(d, v->id, tags);
+		ret = ret ? ret : cat_commit(d->cat);
+		if (ret)
+			cat_rollback(d->cat);
+	}
 	if (ret)
 		goto out_destroy;
 	ret = dvol_serve(d, v->id, v->region);
 	if (ret)
-		goto out_uncatalog;
+		goto out_destroy;
 	log_info("created %s (%llu GiB %s%s%s%s) for %s in %s", v->id,
 		 (unsigned long long)v->size_gib, v->type, v->encrypted ? ", encrypted" : "",
 		 snap ? ", from " : "", snap ? snap->id : "", v->account, v->region);
 	return 0;
-out_uncatalog:
-	cat_volume_delete(d->cat, v->id);
 out_destroy:
 	vol_destroy(d->vols_fd, v->id);
+	cat_volume_delete(d->cat, v->id);
 	return api_error(r, "InternalError", "cannot create the volume: %s", strerror(-ret));
 }
 
@@ -401,7 +414,8 @@ static int describe_one(void *arg, const struct cat_volume *v)
 	json_object *vj;
 	bool match = true;
 
-	if (strcmp(v->account, r->account) || !strcmp(v->state, "deleting"))
+	if (strcmp(v->account, r->account) || !strcmp(v->state, "deleting") ||
+	    !strcmp(v->state, "creating"))
 		return 0;
 	if (c->ids) {
 		bool wanted = false;
@@ -610,8 +624,8 @@ static int recover_one(void *arg, const struct cat_volume *v)
 		c->failed++;
 		return 0;
 	}
-	if (!strcmp(v->state, "deleting"))
-		return 0; /* finished below, outside the iteration */
+	if (!strcmp(v->state, "deleting") || !strcmp(v->state, "creating"))
+		return 0; /* finished or undone above */
 	ret = dvol_serve(c->d, v->id, v->region);
 	if (ret) {
 		log_err("volume %s cannot be served: %s", v->id, strerror(-ret));
@@ -631,7 +645,8 @@ static int collect_deleting(void *arg, const struct cat_volume *v)
 {
 	struct deleting *del = arg;
 
-	if (strcmp(v->state, "deleting") || !id_valid("vol", v->id))
+	/* 'deleting': finish; 'creating': a create that never answered, undo it */
+	if ((strcmp(v->state, "deleting") && strcmp(v->state, "creating")) || !id_valid("vol", v->id))
 		return 0;
 	snprintf(del->ids[del->n++], ID_MAX, "%s", v->id);
 	return del->n == (int)ARRAY_SIZE(del->ids); /* stop when full; the caller loops */
@@ -644,17 +659,21 @@ int volumes_recover(struct daemon *d)
 	DIR *dir;
 	int dfd, ret;
 
-	/* directories without a catalog row: creates that never answered */
+	/* Temporary directories are creates that never finished building: remove them. A
+	 * directory without a row is not ours to judge (a catalog restored from a backup, or
+	 * moved aside): it is left alone, and not served. */
 	dfd = dup(d->vols_fd);
 	dir = dfd >= 0 ? fdopendir(dfd) : NULL;
 	while (dir && (de = readdir(dir))) {
 		struct cat_volume v;
 		if (de->d_name[0] == '.' && (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..")))
 			continue;
-		if (de->d_name[0] == '.' ||
-		    (id_valid("vol", de->d_name) && cat_volume_get(d->cat, de->d_name, &v) == -ENOENT)) {
-			log_warn("removing %s: left by an interrupted create", de->d_name);
+		if (de->d_name[0] == '.') {
+			log_warn("removing %s: an interrupted create", de->d_name);
 			file_remove_tree(d->vols_fd, de->d_name);
+		} else if (cat_volume_get(d->cat, de->d_name, &v) == -ENOENT) {
+			log_warn("volumes/%.64s is not in the catalog: left untouched, not served",
+				 de->d_name);
 		}
 	}
 	if (dir)

@@ -163,6 +163,9 @@ int volume_lookup(struct api_req *r, const char *id, struct cat_volume *v);
 /* Create a volume (empty, or from snapshot `snap`) and serve it: the shared core of
  * CreateVolume and run-instances. 0 or -1 with the error recorded. */
 int volume_create(struct api_req *r, struct cat_volume *v, const struct cat_snapshot *snap);
+/* The same, with tags (an array of {Key, Value}) committed with the volume's row. */
+int volume_create_tagged(struct api_req *r, struct cat_volume *v, const struct cat_snapshot *snap,
+			 json_object *tags);
 
 /* Actions (act_snapshots.c). */
 int act_create_snapshot(struct api_req *r);

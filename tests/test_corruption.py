@@ -328,10 +328,6 @@ def test_damage_repaired_by_restoring_the_file(populated):
     assert d.cli("check").rc == 0
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: volumes_recover() (daemon/act_volumes.c) "
-                   "removes every volume directory that has no catalog row, taking it for an "
-                   "interrupted create: a catalog that lost a row, or one moved aside as the "
-                   "refusal message suggests, makes the next start delete volume data")
 @pytest.mark.parametrize("how", ["row-lost", "moved-aside"])
 def test_catalog_without_rows_deletes_nothing(populated, how):
     """The catalog lost a row (restored from an old backup, a lost transaction) or was moved
