@@ -439,24 +439,46 @@ static int jint(struct api_req *r, json_object *o, const char *k, int64_t def, i
 	return 0;
 }
 
-/* Merge the image's mappings with the request's (by device; NoDevice removes). */
+static bool same_device(json_object *a, json_object *b)
+{
+	return !strcmp(device_basename(jstr(a, "DeviceName")), device_basename(jstr(b, "DeviceName")));
+}
+
+/* Merge the image's mappings with the request's, by device. A request's Ebs mapping over an
+ * image's Ebs mapping changes only the fields it gives: EC2 keeps the image's SnapshotId
+ * (and the rest) when a launch sets, say, DeleteOnTermination false on the root device.
+ * Any other request mapping replaces the image's; NoDevice removes it. */
 static json_object *merge_bdm(json_object *img_bdm, json_object *req_bdm)
 {
 	json_object *out = json_object_new_array();
+	size_t ni = img_bdm ? json_object_array_length(img_bdm) : 0;
+	size_t nr = req_bdm ? json_object_array_length(req_bdm) : 0;
 
-	for (size_t i = 0; img_bdm && i < json_object_array_length(img_bdm); i++) {
-		json_object *m = json_object_array_get_idx(img_bdm, i);
-		bool overridden = false;
-		for (size_t k = 0; req_bdm && k < json_object_array_length(req_bdm); k++)
-			overridden |= !strcmp(device_basename(jstr(m, "DeviceName")),
-					      device_basename(jstr(json_object_array_get_idx(req_bdm, k),
-								   "DeviceName")));
-		if (!overridden)
+	for (size_t i = 0; i < ni; i++) {
+		json_object *m = json_object_array_get_idx(img_bdm, i), *over = NULL;
+		for (size_t k = 0; k < nr; k++)
+			if (same_device(m, json_object_array_get_idx(req_bdm, k)))
+				over = json_object_array_get_idx(req_bdm, k);
+		if (!over) {
 			json_object_array_add(out, json_object_get(m));
+		} else if (jget(m, "Ebs") && jget(over, "Ebs")) {
+			json_object *n = json_object_new_object(), *e = json_object_new_object();
+			json_object_object_foreach(jget(m, "Ebs"), k1, v1)
+				json_object_object_add(e, k1, json_object_get(v1));
+			json_object_object_foreach(jget(over, "Ebs"), k2, v2)
+				json_object_object_add(e, k2, json_object_get(v2));
+			json_object_object_add(n, "DeviceName", json_object_get(jget(m, "DeviceName")));
+			json_object_object_add(n, "Ebs", e);
+			json_object_array_add(out, n);
+		}
 	}
-	for (size_t k = 0; req_bdm && k < json_object_array_length(req_bdm); k++) {
+	for (size_t k = 0; k < nr; k++) {
 		json_object *m = json_object_array_get_idx(req_bdm, k);
-		if (!jget(m, "NoDevice"))
+		bool merged = false;
+		for (size_t i = 0; jget(m, "Ebs") && i < ni; i++)
+			merged |= same_device(m, json_object_array_get_idx(img_bdm, i)) &&
+				  jget(json_object_array_get_idx(img_bdm, i), "Ebs");
+		if (!merged && !jget(m, "NoDevice"))
 			json_object_array_add(out, json_object_get(m));
 	}
 	return out;
