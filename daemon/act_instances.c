@@ -499,6 +499,12 @@ static void inst_rollback(struct daemon *d, json_object *inst)
 	file_remove_tree(d->inst_fd, jstr(inst, "InstanceId"));
 }
 
+/* The size of each instance-store volume of type t, scaled by --instance-store-scale. */
+static uint64_t store_gib(struct daemon *d, const struct itype *t)
+{
+	return (uint64_t)MAX(1.0, (double)t->store_gib * d->store_scale + 0.5);
+}
+
 /* Build one instance: create its volumes, bring it up. NULL with the error recorded. */
 static json_object *inst_build(struct api_req *r, json_object *img, const struct itype *t,
 			       json_object *bdm, const char *resv, const char *az,
@@ -596,7 +602,7 @@ static json_object *inst_build(struct api_req *r, json_object *img, const struct
 			continue;
 		snprintf(name, sizeof(name), "%s.eph%d", id, n & 31);
 		json_object *e = json_object_new_object();
-		uint64_t gib = (uint64_t)MAX(1.0, (double)t->store_gib * d->store_scale + 0.5);
+		uint64_t gib = store_gib(d, t);
 		json_object_object_add(e, "DeviceName", json_object_new_string(dev));
 		json_object_object_add(e, "VirtualName", json_object_new_string(vname));
 		json_object_object_add(e, "SizeGiB", json_object_new_int64((int64_t)gib));
@@ -869,15 +875,19 @@ int act_start_instances(struct api_req *r)
 		json_object *inst = json_object_array_get_idx(all, i);
 		int prev = state_code(inst), ret;
 		if (prev == ST_STOPPED) {
-			/* the instance type may have changed while stopped: re-plan the store */
+			/* the instance type may have changed while stopped: re-plan the store (its
+			 * count and size follow the new type) */
 			const struct itype *t = itype_find(jstr(inst, "InstanceType"));
 			json_object *eph = jget(inst, "_Ephemeral");
 			for (size_t k = 0; t && eph && k < json_object_array_length(eph);) {
 				json_object *e = json_object_array_get_idx(eph, k);
-				if (atoi(jstr(e, "VirtualName") + 9) >= t->store_count)
+				if (atoi(jstr(e, "VirtualName") + 9) >= t->store_count) {
 					json_object_array_del_idx(eph, k, 1);
-				else
+				} else {
+					json_object_object_add(e, "SizeGiB",
+							       json_object_new_int64((int64_t)store_gib(r->d, t)));
 					k++;
+				}
 			}
 			ret = inst_up(r->d, inst);
 			if (ret) {
