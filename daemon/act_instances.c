@@ -344,11 +344,13 @@ static void inst_down(struct daemon *d, json_object *inst, bool destroy_store)
 
 	root_unmount(d, id);
 	json_object_object_del(inst, "RootMount");
-	json_object_object_foreach(lp ? lp : json_object_new_object(), k, v)
-	{
-		(void)v;
-		if (n < 64)
-			devs[n++] = strdup(k);
+	if (lp) {
+		json_object_object_foreach(lp, k, v)
+		{
+			(void)v;
+			if (n < 64)
+				devs[n++] = strdup(k);
+		}
 	}
 	for (int i = 0; i < n; i++) {
 		dev_detach(d, inst, devs[i]);
