@@ -684,6 +684,17 @@ int act_run_instances(struct api_req *r)
 				 "MinCount and MaxCount must satisfy 1 <= MinCount <= MaxCount <= 20");
 	if (ud && strlen(ud) > 16384)
 		return api_error(r, "InvalidParameterValue", "User data is limited to 16384 bytes");
+	json_object *pl = jget(r->params, "Placement");
+	if (pl && !json_object_is_type(pl, json_type_object))
+		return api_error(r, "InvalidParameterValue",
+				 "Placement must be an object such as {\"AvailabilityZone\": \"%sa\"}",
+				 r->region);
+	snprintf(az, sizeof(az), "%sa", r->region);
+	if (jstr(pl, "AvailabilityZone")[0]) {
+		if (zone_check(r, jstr(pl, "AvailabilityZone")))
+			return -1;
+		snprintf(az, sizeof(az), "%s", jstr(pl, "AvailabilityZone"));
+	}
 	if (image_lookup(r, image_id, &img))
 		return -1;
 	t = itype_find(type);
@@ -712,10 +723,6 @@ int act_run_instances(struct api_req *r)
 	}
 	bdm = merge_bdm(jget(img, "BlockDeviceMappings"), req_bdm);
 	json_object_put(req_bdm);
-	json_object *pl = jget(r->params, "Placement");
-	snprintf(az, sizeof(az), "%sa", r->region);
-	if (pl && jstr(pl, "AvailabilityZone")[0])
-		snprintf(az, sizeof(az), "%s", jstr(pl, "AvailabilityZone"));
 	id_new("r", resv);
 	out = json_object_new_array();
 	for (int64_t n = 0; n < maxc; n++) {
