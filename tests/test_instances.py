@@ -722,6 +722,27 @@ def test_launch_checks(daemon, res):
         d.ok("terminate-instances", "--instance-ids", inst["InstanceId"])
 
 
+def test_placement_zone(daemon, image):
+    d = daemon
+    inst = run1(d, image["ami"], ITYPE, "--placement", '{"AvailabilityZone": "us-east-1b"}')
+    iid = inst["InstanceId"]
+    assert inst["Placement"] == {"AvailabilityZone": "us-east-1b"}
+    assert volume(d, root_volume(inst))["AvailabilityZone"] == "us-east-1b"
+    other_zone = d.create_volume(1)["VolumeId"]  # us-east-1a
+    r = d.cli("attach-volume", "--volume-id", other_zone, "--instance-id", iid, "--device", "/dev/sdf")
+    assert_error(r, "InvalidVolume.ZoneMismatch")
+    same_zone = d.create_volume(1, "--availability-zone", "us-east-1b")["VolumeId"]
+    d.ok("attach-volume", "--volume-id", same_zone, "--instance-id", iid, "--device", "/dev/sdf")
+    before = world(d)
+    for placement, code in (('{"AvailabilityZone": "eu-west-1a"}', "InvalidZone.NotFound"),
+                            ('{"AvailabilityZone": "us-east-1z"}', "InvalidZone.NotFound"),
+                            ('"us-east-1a"', "InvalidParameterValue")):
+        r = d.cli("run-instances", "--image-id", image["ami"], "--instance-type", ITYPE,
+                  "--placement", placement)
+        assert_error(r, code)
+        assert world(d) == before, placement
+
+
 # ---- bad input ---------------------------------------------------------------------------
 
 def test_attach_errors_and_terminated_instances(daemon, image):
