@@ -11,7 +11,8 @@
  * "ephemeralN", or NoDevice. Every referenced snapshot must be completed and owned by the
  * caller; a snapshot an image uses cannot be deleted (InvalidSnapshot.InUse).
  * Visibility: the owner, or anyone when Public (launch permissions come with the AMI
- * issue).
+ * issue). DescribeImages filters match fields of the image document (image_filters);
+ * ExecutableUsers is accepted and not applied until launch permissions exist.
  */
 #include "daemon/daemon_i.h"
 
@@ -359,8 +360,28 @@ out_put:
 
 struct dimg_ctx {
 	struct api_req *r;
-	json_object *ids, *owners, *out;
+	json_object *ids, *owners, *filters, *out;
 	bool *seen;
+};
+
+/* DescribeImages filters: each matches a field of the image document. */
+static const struct filter_map image_filters[] = {
+	{"architecture", "Architecture"},
+	{"creation-date", "CreationDate"},
+	{"description", "Description"},
+	{"hypervisor", "Hypervisor"},
+	{"image-id", "ImageId"},
+	{"image-type", "ImageType"},
+	{"is-public", "Public"},
+	{"name", "Name"},
+	{"owner-id", "OwnerId"},
+	{"platform-details", "PlatformDetails"},
+	{"root-device-name", "RootDeviceName"},
+	{"root-device-type", "RootDeviceType"},
+	{"state", "State"},
+	{"usage-operation", "UsageOperation"},
+	{"virtualization-type", "VirtualizationType"},
+	{NULL, NULL},
 };
 
 static int describe_image_one(void *arg, const char *id, const char *account, json_object *doc)
@@ -387,6 +408,8 @@ static int describe_image_one(void *arg, const char *id, const char *account, js
 		if (!wanted)
 			return 0;
 	}
+	if (!filters_match(c->filters, image_filters, doc))
+		return 0;
 	json_object_array_add(c->out, doc_public(doc));
 	return 0;
 }
@@ -401,7 +424,8 @@ int act_describe_images(struct api_req *r)
 	int ret;
 
 	if (params_allow(r, allowed) || param_str_list(r, "ImageIds", &c.ids) < 0 ||
-	    param_str_list(r, "Owners", &c.owners) < 0)
+	    param_str_list(r, "Owners", &c.owners) < 0 ||
+	    filters_parse(r, image_filters, &c.filters))
 		return -1;
 	nids = c.ids ? json_object_array_length(c.ids) : 0;
 	for (size_t i = 0; i < nids; i++)

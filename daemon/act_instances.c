@@ -441,24 +441,46 @@ static int jint(struct api_req *r, json_object *o, const char *k, int64_t def, i
 	return 0;
 }
 
-/* Merge the image's mappings with the request's (by device; NoDevice removes). */
+static bool same_device(json_object *a, json_object *b)
+{
+	return !strcmp(device_basename(jstr(a, "DeviceName")), device_basename(jstr(b, "DeviceName")));
+}
+
+/* Merge the image's mappings with the request's, by device. A request's Ebs mapping over an
+ * image's Ebs mapping changes only the fields it gives: EC2 keeps the image's SnapshotId
+ * (and the rest) when a launch sets, say, DeleteOnTermination false on the root device.
+ * Any other request mapping replaces the image's; NoDevice removes it. */
 static json_object *merge_bdm(json_object *img_bdm, json_object *req_bdm)
 {
 	json_object *out = json_object_new_array();
+	size_t ni = img_bdm ? json_object_array_length(img_bdm) : 0;
+	size_t nr = req_bdm ? json_object_array_length(req_bdm) : 0;
 
-	for (size_t i = 0; img_bdm && i < json_object_array_length(img_bdm); i++) {
-		json_object *m = json_object_array_get_idx(img_bdm, i);
-		bool overridden = false;
-		for (size_t k = 0; req_bdm && k < json_object_array_length(req_bdm); k++)
-			overridden |= !strcmp(device_basename(jstr(m, "DeviceName")),
-					      device_basename(jstr(json_object_array_get_idx(req_bdm, k),
-								   "DeviceName")));
-		if (!overridden)
+	for (size_t i = 0; i < ni; i++) {
+		json_object *m = json_object_array_get_idx(img_bdm, i), *over = NULL;
+		for (size_t k = 0; k < nr; k++)
+			if (same_device(m, json_object_array_get_idx(req_bdm, k)))
+				over = json_object_array_get_idx(req_bdm, k);
+		if (!over) {
 			json_object_array_add(out, json_object_get(m));
+		} else if (jget(m, "Ebs") && jget(over, "Ebs")) {
+			json_object *n = json_object_new_object(), *e = json_object_new_object();
+			json_object_object_foreach(jget(m, "Ebs"), k1, v1)
+				json_object_object_add(e, k1, json_object_get(v1));
+			json_object_object_foreach(jget(over, "Ebs"), k2, v2)
+				json_object_object_add(e, k2, json_object_get(v2));
+			json_object_object_add(n, "DeviceName", json_object_get(jget(m, "DeviceName")));
+			json_object_object_add(n, "Ebs", e);
+			json_object_array_add(out, n);
+		}
 	}
-	for (size_t k = 0; req_bdm && k < json_object_array_length(req_bdm); k++) {
+	for (size_t k = 0; k < nr; k++) {
 		json_object *m = json_object_array_get_idx(req_bdm, k);
-		if (!jget(m, "NoDevice"))
+		bool merged = false;
+		for (size_t i = 0; jget(m, "Ebs") && i < ni; i++)
+			merged |= same_device(m, json_object_array_get_idx(img_bdm, i)) &&
+				  jget(json_object_array_get_idx(img_bdm, i), "Ebs");
+		if (!merged && !jget(m, "NoDevice"))
 			json_object_array_add(out, json_object_get(m));
 	}
 	return out;
@@ -477,6 +499,12 @@ static void inst_rollback(struct daemon *d, json_object *inst)
 	}
 	cat_doc_delete(d->cat, "instance", jstr(inst, "InstanceId"));
 	file_remove_tree(d->inst_fd, jstr(inst, "InstanceId"));
+}
+
+/* The size of each instance-store volume of type t, scaled by --instance-store-scale. */
+static uint64_t store_gib(struct daemon *d, const struct itype *t)
+{
+	return (uint64_t)MAX(1.0, (double)t->store_gib * d->store_scale + 0.5);
 }
 
 /* Build one instance: create its volumes, bring it up. NULL with the error recorded. */
@@ -576,7 +604,7 @@ static json_object *inst_build(struct api_req *r, json_object *img, const struct
 			continue;
 		snprintf(name, sizeof(name), "%s.eph%d", id, n & 31);
 		json_object *e = json_object_new_object();
-		uint64_t gib = (uint64_t)MAX(1.0, (double)t->store_gib * d->store_scale + 0.5);
+		uint64_t gib = store_gib(d, t);
 		json_object_object_add(e, "DeviceName", json_object_new_string(dev));
 		json_object_object_add(e, "VirtualName", json_object_new_string(vname));
 		json_object_object_add(e, "SizeGiB", json_object_new_int64((int64_t)gib));
@@ -656,6 +684,17 @@ int act_run_instances(struct api_req *r)
 				 "MinCount and MaxCount must satisfy 1 <= MinCount <= MaxCount <= 20");
 	if (ud && strlen(ud) > 16384)
 		return api_error(r, "InvalidParameterValue", "User data is limited to 16384 bytes");
+	json_object *pl = jget(r->params, "Placement");
+	if (pl && !json_object_is_type(pl, json_type_object))
+		return api_error(r, "InvalidParameterValue",
+				 "Placement must be an object such as {\"AvailabilityZone\": \"%sa\"}",
+				 r->region);
+	snprintf(az, sizeof(az), "%sa", r->region);
+	if (jstr(pl, "AvailabilityZone")[0]) {
+		if (zone_check(r, jstr(pl, "AvailabilityZone")))
+			return -1;
+		snprintf(az, sizeof(az), "%s", jstr(pl, "AvailabilityZone"));
+	}
 	if (image_lookup(r, image_id, &img))
 		return -1;
 	t = itype_find(type);
@@ -684,10 +723,6 @@ int act_run_instances(struct api_req *r)
 	}
 	bdm = merge_bdm(jget(img, "BlockDeviceMappings"), req_bdm);
 	json_object_put(req_bdm);
-	json_object *pl = jget(r->params, "Placement");
-	snprintf(az, sizeof(az), "%sa", r->region);
-	if (pl && jstr(pl, "AvailabilityZone")[0])
-		snprintf(az, sizeof(az), "%s", jstr(pl, "AvailabilityZone"));
 	id_new("r", resv);
 	out = json_object_new_array();
 	for (int64_t n = 0; n < maxc; n++) {
@@ -849,15 +884,19 @@ int act_start_instances(struct api_req *r)
 		json_object *inst = json_object_array_get_idx(all, i);
 		int prev = state_code(inst), ret;
 		if (prev == ST_STOPPED) {
-			/* the instance type may have changed while stopped: re-plan the store */
+			/* the instance type may have changed while stopped: re-plan the store (its
+			 * count and size follow the new type) */
 			const struct itype *t = itype_find(jstr(inst, "InstanceType"));
 			json_object *eph = jget(inst, "_Ephemeral");
 			for (size_t k = 0; t && eph && k < json_object_array_length(eph);) {
 				json_object *e = json_object_array_get_idx(eph, k);
-				if (atoi(jstr(e, "VirtualName") + 9) >= t->store_count)
+				if (atoi(jstr(e, "VirtualName") + 9) >= t->store_count) {
 					json_object_array_del_idx(eph, k, 1);
-				else
+				} else {
+					json_object_object_add(e, "SizeGiB",
+							       json_object_new_int64((int64_t)store_gib(r->d, t)));
 					k++;
+				}
 			}
 			ret = inst_up(r->d, inst);
 			if (ret) {

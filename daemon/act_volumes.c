@@ -229,6 +229,16 @@ static int volume_rules(struct api_req *r, const struct vtype *t, int64_t size, 
 
 /* ---- actions ------------------------------------------------------------------------- */
 
+int zone_check(struct api_req *r, const char *az)
+{
+	size_t n = strlen(r->region);
+
+	if (strncmp(az, r->region, n) || strlen(az) != n + 1 || az[n] < 'a' || az[n] > 'f')
+		return api_error(r, "InvalidZone.NotFound",
+				 "The zone '%.64s' does not exist in region %s.", az, r->region);
+	return 0;
+}
+
 int act_create_volume(struct api_req *r)
 {
 	static const char *const allowed[] = {
@@ -289,11 +299,8 @@ int act_create_volume(struct api_req *r)
 	if (volume_rules(r, t, size, has_iops, iops, has_tput, tput, &v))
 		return -1;
 	if (az) {
-		size_t n = strlen(r->region);
-		if (strncmp(az, r->region, n) || strlen(az) != n + 1 || az[n] < 'a' || az[n] > 'f')
-			return api_error(r, "InvalidZone.NotFound",
-					 "The zone '%.64s' does not exist in region %s.", az,
-					 r->region);
+		if (zone_check(r, az))
+			return -1;
 		snprintf(v.az, sizeof(v.az), "%s", az);
 	} else {
 		snprintf(v.az, sizeof(v.az), "%sa", r->region);

@@ -158,6 +158,9 @@ int act_modify_volume(struct api_req *r);
 
 /* Start-up recovery of volumes: finish interrupted creates and deletes, serve the rest. */
 int volumes_recover(struct daemon *d);
+/* Is az a zone of the request's region (<region>a to <region>f)? 0, or -1 with
+ * InvalidZone.NotFound recorded. */
+int zone_check(struct api_req *r, const char *az);
 /* Look a volume up for this request's account and region; records the EC2 error. */
 int volume_lookup(struct api_req *r, const char *id, struct cat_volume *v);
 /* Create a volume (empty, or from snapshot `snap`) and serve it: the shared core of

@@ -171,6 +171,7 @@ static void shutdown_daemon(struct daemon *d)
 		int ret = vol_close(dv->vol);
 		if (ret)
 			log_err("flushing %s at shutdown: %s", dv->id, strerror(-ret));
+		manifest_free(dv->base);
 		free(dv);
 	}
 	blk_engine_close(d->eng);

@@ -23,8 +23,15 @@
  *   filters   Name=n,Values=a,b (awscli shorthand) or JSON, one filter per word
  *   tags      Key=k,Value=v (awscli shorthand) or JSON, one tag per word
  *   flag      --x -> true; no value and no --no-x form
+ *   value     an EC2 attribute value: "t3.small", Value=t3.small (awscli shorthand) or
+ *             {"Value": "t3.small"} all become {"Value": "t3.small"}
  * An option whose param is CLI_LOCAL is ebsim's own (initialize-volume --no-wait): it is
  * parsed and shown in the help like the others but never sent to ebsimd.
+ * A verb with a prepare hook rewrites its Params before they are sent, for what one option
+ * cannot map: run-instances turns --count N or MIN:MAX into MinCount and MaxCount, as
+ * awscli does, and the options that take awscli's file://PATH (--user-data,
+ * --block-device-mappings, --placement) are replaced by the file's text (JSON options: its
+ * value).
  * The CLI does no semantic checks (ctl_proto.h): ebsimd is the one place where rules live,
  * so bad values travel as strings and come back as InvalidParameterValue.  Only shorthand
  * that cannot be parsed at all is refused here, as awscli refuses it (exit 252).
@@ -48,6 +55,7 @@
 #include "common/ctl_proto.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <json-c/json.h>
 #include <limits.h>
 #include <signal.h>
@@ -90,6 +98,7 @@ enum cli_type {
 	CLI_FILTERS,
 	CLI_TAGS,
 	CLI_FLAG,
+	CLI_VALUE,
 };
 
 /* The param of an option that ebsim handles itself and does not send. */
@@ -122,6 +131,9 @@ struct cli_verb {
 	const struct cli_opt *opts;	/* ends with an entry whose name is NULL */
 	const struct cli_field *output; /* ends with a NULL name; NULL: prints nothing */
 	const char *examples;
+	/* Rewrites params (the request's Params, built from the options) before they are
+	 * sent; returns 0 or an exit code, after printing why. NULL: send them as they are. */
+	int (*prepare)(const struct cli *c, struct json_object *params);
 	/* Prints the Result and returns the exit code; NULL: print it, exit 0. res stays
 	 * the caller's, but the hook may change it. */
 	int (*finish)(const struct cli *c, struct json_object *res);
@@ -130,6 +142,9 @@ struct cli_verb {
 static int cli_finish_init(const struct cli *c, struct json_object *res);
 static int cli_finish_check(const struct cli *c, struct json_object *res);
 static int cli_finish_bench(const struct cli *c, struct json_object *res);
+static int cli_prepare_register(const struct cli *c, struct json_object *params);
+static int cli_prepare_run(const struct cli *c, struct json_object *params);
+static int cli_prepare_modify(const struct cli *c, struct json_object *params);
 
 /* Help text: blank lines separate paragraphs, which are wrapped; a line that starts with a
  * space is printed as it is, less that space; a line that starts with "* " is a bullet with
@@ -250,6 +265,104 @@ static int cli_finish_bench(const struct cli *c, struct json_object *res);
 	"The volume type: gp2 (General Purpose SSD), gp3 (General Purpose SSD with "           \
 	"provisioned IOPS and throughput), io1 or io2 (Provisioned IOPS SSD), st1 (Throughput "  \
 	"Optimized HDD), sc1 (Cold HDD) or standard (Magnetic)."
+
+#define EBS_MAPPING_FIELDS(d)                                                                  \
+	{d, "BlockDeviceMappings", "list", "The block device mappings, each as follows."},     \
+	    {d + 1, "DeviceName", "string", "The device name, e.g. /dev/xvda."}
+
+#define IMAGE_FIELDS(d)                                                                        \
+	{d, "Architecture", "string", "x86_64, arm64 or i386."},                               \
+	    {d, "CreationDate", "timestamp", "When the image was registered, ISO 8601 in UTC."}, \
+	    {d, "ImageId", "string", "The ID of the image: ami- and 17 hexadecimal digits."},  \
+	    {d, "ImageLocation", "string", "<owner account>/<image name>."},                   \
+	    {d, "ImageType", "string", "machine."},                                            \
+	    {d, "Public", "boolean", "Whether every account may launch the image."},           \
+	    {d, "OwnerId", "string", "The account that owns the image."},                      \
+	    {d, "PlatformDetails", "string", "Linux/UNIX."},                                   \
+	    {d, "UsageOperation", "string", "RunInstances."},                                  \
+	    {d, "State", "string", "available."},                                              \
+	    EBS_MAPPING_FIELDS(d),                                                             \
+	    {d + 1, "Ebs", "structure", "An EBS volume, created for each instance."},          \
+	    {d + 2, "SnapshotId", "string", "The snapshot it is restored from, if any."},      \
+	    {d + 2, "VolumeSize", "integer", "Its size, in GiB."},                             \
+	    {d + 2, "Encrypted", "boolean", "Whether it is encrypted (as its snapshot)."},     \
+	    {d + 2, "DeleteOnTermination", "boolean",                                          \
+	     "Whether it is deleted when its instance terminates (default true)."},            \
+	    {d + 2, "VolumeType", "string", "Its volume type (default gp2)."},                 \
+	    {d + 1, "VirtualName", "string",                                                   \
+	     "ephemeralN: the instance type's Nth instance-store volume."},                    \
+	    {d + 1, "NoDevice", "string", "Present (empty) when the device is suppressed."},  \
+	    {d, "Description", "string", "The description, or an empty string."},              \
+	    {d, "Name", "string", "The name of the image."},                                   \
+	    {d, "RootDeviceName", "string", "The root device, e.g. /dev/xvda."},               \
+	    {d, "RootDeviceType", "string",                                                    \
+	     "ebs: the root device is an EBS volume restored from a snapshot."},               \
+	    {d, "VirtualizationType", "string", "hvm or paravirtual."},                        \
+	    {d, "Hypervisor", "string", "xen."}
+
+#define INSTANCE_FIELDS(d)                                                                     \
+	{d, "InstanceId", "string", "The ID of the instance: i- and 17 hexadecimal digits."},  \
+	    {d, "ImageId", "string", "The image it was launched from."},                       \
+	    {d, "InstanceType", "string", "The instance type, e.g. t3.micro."},                \
+	    {d, "LaunchTime", "timestamp", "When it was launched, ISO 8601 in UTC."},          \
+	    {d, "Placement", "structure", "Where it runs."},                                   \
+	    {d + 1, "AvailabilityZone", "string", "Its Availability Zone, e.g. us-east-1a."},  \
+	    {d, "Architecture", "string", "x86_64, arm64 or i386: the image's."},              \
+	    {d, "VirtualizationType", "string", "hvm or paravirtual: the image's."},           \
+	    {d, "RootDeviceType", "string", "ebs or instance-store."},                         \
+	    {d, "RootDeviceName", "string", "The root device, e.g. /dev/xvda."},               \
+	    {d, "Hypervisor", "string", "xen."},                                               \
+	    {d, "OwnerId", "string", "The account that owns the instance."},                   \
+	    EBS_MAPPING_FIELDS(d),                                                             \
+	    {d + 1, "Ebs", "structure", "The EBS volume attached there."},                     \
+	    {d + 2, "AttachTime", "timestamp", "When it was attached."},                       \
+	    {d + 2, "DeleteOnTermination", "boolean",                                          \
+	     "Whether it is deleted when the instance terminates."},                           \
+	    {d + 2, "Status", "string", "attached."},                                          \
+	    {d + 2, "VolumeId", "string", "The ID of the volume."},                            \
+	    {d, "State", "structure", "The state of the instance."},                           \
+	    {d + 1, "Code", "integer",                                                         \
+	     "0 pending, 16 running, 32 shutting-down, 48 terminated, 64 stopping, 80 "        \
+	     "stopped."},                                                                      \
+	    {d + 1, "Name", "string", "The name of the state."},                               \
+	    {d, "StateTransitionReason", "string",                                             \
+	     "Why it last changed state, or an empty string."},                                \
+	    {d, "StateReason", "structure",                                                    \
+	     "For a stopped or terminated instance: why. Code Client.UserInitiatedShutdown "   \
+	     "after stop-instances or terminate-instances; Server.InternalError when ebsimd "  \
+	     "stopped or restarted while the instance ran (its instance store was lost)."},    \
+	    {d + 1, "Code", "string", "The reason code."},                                     \
+	    {d + 1, "Message", "string", "The reason, in words."},                             \
+	    {d, "KernelId", "string", "The kernel set by modify-instance-attribute, if any."}, \
+	    {d, "RamdiskId", "string",                                                         \
+	     "The RAM disk set by modify-instance-attribute, if any."},                        \
+	    {d, "LocalDevices", "map",                                                         \
+	     "ebsim only, while the instance runs: each device name (/dev/xvda) and the "      \
+	     "loop device that is it on this host (/dev/loop3). "                              \
+	     "HOME/instances/<id>/dev/<name> links to the same."},                             \
+	    {d, "RootMount", "string",                                                         \
+	     "ebsim only, while the instance runs: where its root file system is mounted, "    \
+	     "HOME/instances/<id>/root; absent when the root volume holds no ext2/3/4 file "   \
+	     "system."}
+
+#define STATE_FIELDS(d)                                                                        \
+	{d + 1, "Code", "integer",                                                             \
+	 "0 pending, 16 running, 32 shutting-down, 48 terminated, 64 stopping, 80 stopped."},  \
+	    {d + 1, "Name", "string", "The name of the state."}
+
+#define STATE_CHANGE_FIELDS(d)                                                                 \
+	{d, "CurrentState", "structure", "The state the instance moves to."},                  \
+	    STATE_FIELDS(d),                                                                   \
+	    {d, "InstanceId", "string", "The ID of the instance."},                            \
+	    {d, "PreviousState", "structure", "The state it was in."},                         \
+	    STATE_FIELDS(d)
+
+#define ATTACHMENT_FIELDS(d)                                                                   \
+	{d, "AttachTime", "timestamp", "When the volume was attached."},                       \
+	    {d, "Device", "string", "The device name."},                                       \
+	    {d, "InstanceId", "string", "The ID of the instance."},                            \
+	    {d, "State", "string", "attaching or detaching."},                                 \
+	    {d, "VolumeId", "string", "The ID of the volume."}
 
 static const struct cli_verb cli_verbs[] = {
 	{
@@ -1150,6 +1263,780 @@ static const struct cli_verb cli_verbs[] = {
 			"        'Name=key,Values=backup*'\n",
 	},
 	{
+		.name = "register-image",
+		.action = "RegisterImage",
+		.summary = "Registers an EBS-backed AMI from snapshots.",
+		.description =
+			"Registers an Amazon Machine Image (AMI) whose root device is an EBS volume "
+			"restored from a snapshot: the image is the snapshot plus what an instance "
+			"needs to know to start from it (root device name, block device mappings, "
+			"architecture, virtualization type). Take the snapshot first "
+			"(create-snapshot), of a volume that holds the root file system, and wait "
+			"until it is completed.\n"
+			"\n"
+			"--block-device-mappings lists the devices an instance launched from the "
+			"image gets, in EC2's JSON (or file://PATH to read it from a file):\n"
+			"\n"
+			"* {\"DeviceName\": \"/dev/xvda\", \"Ebs\": {\"SnapshotId\": \"snap-...\"}}: an EBS "
+			"volume restored from the snapshot (lazily: usable at once, blocks fetched on "
+			"first touch). Ebs also takes VolumeSize (GiB, default and minimum: the "
+			"snapshot's), VolumeType (default gp2), DeleteOnTermination (default true), "
+			"Iops, Throughput and Encrypted. An Ebs entry with a VolumeSize and no "
+			"SnapshotId is an empty volume.\n"
+			"* {\"DeviceName\": \"/dev/sdb\", \"VirtualName\": \"ephemeral0\"}: the first "
+			"instance-store volume of the instance type, if it has one (ephemeral0 to "
+			"ephemeral23).\n"
+			"* {\"DeviceName\": \"/dev/sdc\", \"NoDevice\": \"\"}: no device (useful in "
+			"run-instances, to drop a mapping of the image).\n"
+			"\n"
+			"--root-device-name is required, and one mapping must give that device an "
+			"EBS snapshot. Device names are /dev/sd[a-z], /dev/xvd[a-z] or /dev/hd[a-z] "
+			"with an optional suffix. Every snapshot must be completed and belong to the "
+			"account; while an image uses a snapshot, the snapshot cannot be deleted.\n"
+			"\n"
+			"The architecture (x86_64 by default, arm64 or i386) and the virtualization "
+			"type (hvm by default, or paravirtual) decide which instance types can launch "
+			"the image: run-instances refuses an arm64 image on an x86_64 type, and a "
+			"paravirtual image on a type other than the previous-generation C1, C3, M1, "
+			"M2, M3 and T1, with InvalidParameterCombination.\n"
+			"\n"
+			"Image names are 3 to 128 characters of letters, digits and ( ) [ ] space . / "
+			"- ' @ _, unique in the account and region (InvalidAMIName.Duplicate).\n"
+			"\n"
+			"Instance-store-backed images (--image-location, a bundle made with the AMI "
+			"tools) are not supported yet: ebsimd answers UnsupportedOperation. "
+			"--kernel-id, --ramdisk-id, --ena-support and --sriov-net-support are "
+			"accepted so that awscli scripts run unchanged; they do not change how ebsim "
+			"launches the image.",
+		.opts = (const struct cli_opt[]){
+			{"name", CLI_STRING, true, NULL,
+			 "The name of the image: 3 to 128 letters, digits and ( ) [ ] space . / - ' "
+			 "@ _, unique in the account and region."},
+			{"description", CLI_STRING, false, NULL,
+			 "A description of the image, up to 255 characters."},
+			{"root-device-name", CLI_STRING, false, NULL,
+			 "The device name of the root volume, e.g. /dev/xvda. Required: "
+			 "--block-device-mappings must map it to an EBS snapshot."},
+			{"block-device-mappings", CLI_JSON, false, NULL,
+			 "The block device mappings, as JSON (see DESCRIPTION), or file://PATH to "
+			 "read them from a file."},
+			{"architecture", CLI_STRING, false, NULL,
+			 "x86_64 (the default), arm64 or i386."},
+			{"virtualization-type", CLI_STRING, false, NULL,
+			 "hvm (the default) or paravirtual."},
+			{"image-location", CLI_STRING, false, NULL,
+			 "The manifest of an instance-store-backed image in a bundle. Not supported "
+			 "yet: ebsimd answers UnsupportedOperation."},
+			{"kernel-id", CLI_STRING, false, NULL,
+			 "The kernel (aki-...) of a paravirtual image. Accepted and not used."},
+			{"ramdisk-id", CLI_STRING, false, NULL,
+			 "The RAM disk (ari-...) of a paravirtual image. Accepted and not used."},
+			{"ena-support", CLI_BOOLEAN, false, NULL,
+			 "Whether the image supports enhanced networking with ENA. Accepted and not "
+			 "used: ebsim has no network."},
+			{"sriov-net-support", CLI_STRING, false, NULL,
+			 "simple, for enhanced networking with the Intel 82599 VF. Accepted and not "
+			 "used."},
+			{NULL, 0, false, NULL, NULL},
+		},
+		.output = (const struct cli_field[]){
+			{0, "ImageId", "string", "The ID of the new image: ami- and 17 hexadecimal "
+			 "digits."},
+			{0, NULL, NULL, NULL},
+		},
+		.examples =
+			"To make an image from a prepared root volume\n"
+			"\n"
+			"    ebsim create-snapshot --volume-id vol-0123456789abcdef0\n"
+			"    ebsim register-image --name my-server-1.0 \\\n"
+			"        --root-device-name /dev/xvda --architecture x86_64 \\\n"
+			"        --virtualization-type hvm --block-device-mappings \\\n"
+			"        '[{\"DeviceName\":\"/dev/xvda\",\"Ebs\":{\"SnapshotId\":\"snap-0123456789abcdef0\"}},\n"
+			"          {\"DeviceName\":\"/dev/sdb\",\"VirtualName\":\"ephemeral0\"}]'\n"
+			"\n"
+			"Output:\n"
+			"\n"
+			"    {\n"
+			"        \"ImageId\": \"ami-0123456789abcdef0\"\n"
+			"    }\n"
+			"\n"
+			"The same, with the mappings in a file\n"
+			"\n"
+			"    ebsim register-image --name my-server-1.0 \\\n"
+			"        --root-device-name /dev/xvda \\\n"
+			"        --block-device-mappings file://mappings.json\n",
+		.prepare = cli_prepare_register,
+	},
+	{
+		.name = "describe-images",
+		.action = "DescribeImages",
+		.summary = "Describes the images the account can see: its own and public ones.",
+		.description =
+			"Describes the images of the region of the request that the account can see: "
+			"its own and the public ones. --image-ids names images (if one does not exist "
+			"or cannot be seen, the whole call fails with InvalidAMIID.NotFound); "
+			"--owners keeps the images of the given owners: 12-digit account IDs, or self "
+			"for the account of the request.\n"
+			"\n"
+			"An image is listed when it matches every filter, and it matches a filter "
+			"when it matches any of the filter's values (with * and ? as wildcards). The "
+			"filter names are EC2's:\n"
+			"\n"
+			"* architecture, creation-date, description, hypervisor, image-id, image-type, "
+			"is-public (true | false), name, owner-id, platform-details, "
+			"usage-operation\n"
+			"* root-device-name, root-device-type (ebs | instance-store), state, "
+			"virtualization-type (hvm | paravirtual)\n"
+			"\n"
+			"--executable-users is accepted so that awscli scripts run unchanged; until "
+			"ebsim has launch permissions it is not applied.",
+		.opts = (const struct cli_opt[]){
+			{"image-ids", CLI_LIST, false, NULL,
+			 "The IDs of the images to describe, separated by spaces."},
+			{"owners", CLI_LIST, false, NULL,
+			 "Only the images owned by these accounts: 12-digit account IDs, or self."},
+			{"executable-users", CLI_LIST, false, NULL,
+			 "Only the images these accounts (12-digit IDs, self or all) may launch. "
+			 "Accepted; not applied yet."},
+			{"filters", CLI_FILTERS, false, NULL,
+			 "Filters, each in awscli's shorthand, Name=string,Values=string,string, "
+			 "or in JSON, [{\"Name\":\"string\",\"Values\":[\"string\",...]},...]. "
+			 "Give several words, or repeat --filters, to combine filters."},
+			{NULL, 0, false, NULL, NULL},
+		},
+		.output = (const struct cli_field[]){
+			{0, "Images", "list", "The images, each described as follows."},
+			IMAGE_FIELDS(1),
+			{0, NULL, NULL, NULL},
+		},
+		.examples =
+			"To describe the account's own images\n"
+			"\n"
+			"    ebsim describe-images --owners self\n"
+			"\n"
+			"To find the account's arm64 images by name\n"
+			"\n"
+			"    ebsim describe-images --owners self --filters 'Name=name,Values=my-server-*' \\\n"
+			"        Name=architecture,Values=arm64\n"
+			"\n"
+			"To describe one image\n"
+			"\n"
+			"    ebsim describe-images --image-ids ami-0123456789abcdef0\n"
+			"\n"
+			"Output:\n"
+			"\n"
+			"    {\n"
+			"        \"Images\": [\n"
+			"            {\n"
+			"                \"Architecture\": \"x86_64\",\n"
+			"                \"CreationDate\": \"2026-11-28T17:44:59.000Z\",\n"
+			"                \"ImageId\": \"ami-0123456789abcdef0\",\n"
+			"                \"ImageLocation\": \"123456789012/my-server-1.0\",\n"
+			"                \"ImageType\": \"machine\",\n"
+			"                \"Public\": false,\n"
+			"                \"OwnerId\": \"123456789012\",\n"
+			"                \"PlatformDetails\": \"Linux/UNIX\",\n"
+			"                \"UsageOperation\": \"RunInstances\",\n"
+			"                \"State\": \"available\",\n"
+			"                \"BlockDeviceMappings\": [\n"
+			"                    {\n"
+			"                        \"DeviceName\": \"/dev/xvda\",\n"
+			"                        \"Ebs\": {\n"
+			"                            \"SnapshotId\": \"snap-0123456789abcdef0\",\n"
+			"                            \"VolumeSize\": 8,\n"
+			"                            \"Encrypted\": false,\n"
+			"                            \"DeleteOnTermination\": true,\n"
+			"                            \"VolumeType\": \"gp2\"\n"
+			"                        }\n"
+			"                    },\n"
+			"                    {\n"
+			"                        \"DeviceName\": \"/dev/sdb\",\n"
+			"                        \"VirtualName\": \"ephemeral0\"\n"
+			"                    }\n"
+			"                ],\n"
+			"                \"Description\": \"\",\n"
+			"                \"Name\": \"my-server-1.0\",\n"
+			"                \"RootDeviceName\": \"/dev/xvda\",\n"
+			"                \"RootDeviceType\": \"ebs\",\n"
+			"                \"VirtualizationType\": \"hvm\",\n"
+			"                \"Hypervisor\": \"xen\"\n"
+			"            }\n"
+			"        ]\n"
+			"    }\n",
+	},
+	{
+		.name = "deregister-image",
+		.action = "DeregisterImage",
+		.summary = "Deregisters an image; optionally deletes its snapshots.",
+		.description =
+			"Deregisters an image of the account: it can no longer be launched or "
+			"described. Instances already launched from it are not affected, and neither "
+			"are their volumes.\n"
+			"\n"
+			"The snapshots of the image are kept, unless --delete-associated-snapshots is "
+			"given: then each snapshot the image's mappings name is deleted, except those "
+			"that another image still uses. Only the owner can deregister an image "
+			"(AuthFailure otherwise).",
+		.opts = (const struct cli_opt[]){
+			{"image-id", CLI_STRING, true, NULL, "The ID of the image to deregister."},
+			{"delete-associated-snapshots", CLI_BOOLEAN, false, NULL,
+			 "Also delete the snapshots of the image's block device mappings that no "
+			 "other image uses. Default: keep them."},
+			{NULL, 0, false, NULL, NULL},
+		},
+		.output = (const struct cli_field[]){
+			{0, "Return", "boolean", "true when the image was deregistered."},
+			{0, NULL, NULL, NULL},
+		},
+		.examples =
+			"To deregister an image and delete its snapshots\n"
+			"\n"
+			"    ebsim deregister-image --image-id ami-0123456789abcdef0 \\\n"
+			"        --delete-associated-snapshots\n"
+			"\n"
+			"Output:\n"
+			"\n"
+			"    {\n"
+			"        \"Return\": true\n"
+			"    }\n",
+	},
+	{
+		.name = "run-instances",
+		.action = "RunInstances",
+		.summary = "Launches instances from an AMI, with their volumes and instance store.",
+		.description =
+			"Launches one or more instances of an image. ebsim runs no operating system: "
+			"an instance is its storage, wired up as EC2 would wire it, so that software "
+			"can be tested against what happens to the data. For each instance ebsimd:\n"
+			"\n"
+			"* creates an EBS volume for each Ebs mapping of the image (merged with "
+			"--block-device-mappings), restored lazily from its snapshot, so launching "
+			"takes the same time whatever the size of the image;\n"
+			"* creates the instance-store volumes that the instance type has and that a "
+			"VirtualName mapping asks for (NVMe instance store, e.g. m5d, comes without "
+			"asking), empty and encrypted with a key that exists only in ebsimd's memory;\n"
+			"* attaches every device as a loop device, links HOME/instances/<id>/dev/<name> "
+			"(e.g. dev/xvda) to it, and lists them in LocalDevices;\n"
+			"* mounts the root volume at HOME/instances/<id>/root (RootMount) when it holds "
+			"an ext2, ext3 or ext4 file system.\n"
+			"\n"
+			"The reply shows each instance as pending, as EC2 does; ebsimd has done "
+			"everything by then, and describe-instances shows it running. If anything "
+			"fails, nothing the call created is left behind (no volume, device or "
+			"mount).\n"
+			"\n"
+			"The image must be visible to the account, in the region of the request, and "
+			"fit the instance type: the same architecture (InvalidParameterCombination "
+			"otherwise), and a virtualization type the type supports (paravirtual only on "
+			"the previous-generation C1, C3, M1, M2, M3 and T1). The instance type "
+			"defaults to m1.small, as in EC2.\n"
+			"\n"
+			"What survives what (see stop-instances, start-instances, reboot-instances "
+			"and terminate-instances): EBS volumes keep their data across reboot, stop and "
+			"start; instance store keeps it across reboot only; the root volume is deleted "
+			"on terminate unless its mapping says DeleteOnTermination false.\n"
+			"\n"
+			"--user-data is kept with the instance (at most 16384 bytes), as text: ebsim "
+			"does not base64-encode it. --kernel-id and --ramdisk-id are accepted and not "
+			"used.",
+		.opts = (const struct cli_opt[]){
+			{"image-id", CLI_STRING, true, NULL, "The ID of the image (ami-...) to launch."},
+			{"instance-type", CLI_STRING, false, NULL,
+			 "The instance type, e.g. t3.micro, m5d.large, m6g.large (arm64) or m3.medium "
+			 "(paravirtual or hvm). Default: m1.small."},
+			{"count", CLI_STRING, false, CLI_LOCAL,
+			 "How many instances to launch: N, or MIN:MAX, as in awscli. It is sent as "
+			 "MinCount and MaxCount (N:N for N; 1:1 by default); ebsimd launches MaxCount "
+			 "instances, at most 20, or none."},
+			{"block-device-mappings", CLI_JSON, false, NULL,
+			 "Mappings that override or add to the image's, by device name, as JSON, or "
+			 "file://PATH: see register-image. E.g. [{\"DeviceName\":\"/dev/xvda\","
+			 "\"Ebs\":{\"DeleteOnTermination\":false}}] keeps the root volume after "
+			 "terminate, [{\"DeviceName\":\"/dev/sdf\",\"Ebs\":{\"VolumeSize\":10}}] adds an "
+			 "empty 10 GiB volume, [{\"DeviceName\":\"/dev/sdb\",\"NoDevice\":\"\"}] drops a "
+			 "mapping of the image."},
+			{"user-data", CLI_STRING, false, NULL,
+			 "The user data, as text, or file://PATH to read it from a file."},
+			{"kernel-id", CLI_STRING, false, NULL, "The kernel ID. Accepted and not used."},
+			{"ramdisk-id", CLI_STRING, false, NULL,
+			 "The RAM disk ID. Accepted and not used."},
+			{"placement", CLI_JSON, false, NULL,
+			 "Where to launch, as JSON (or file://PATH), e.g. "
+			 "{\"AvailabilityZone\":\"us-east-1b\"}. Default: zone a of the region. "
+			 "attach-volume takes volumes of the instance's zone only."},
+			{NULL, 0, false, NULL, NULL},
+		},
+		.output = (const struct cli_field[]){
+			{0, "Groups", "list", "Security groups: always empty."},
+			{0, "Instances", "list", "The instances launched, each as follows."},
+			INSTANCE_FIELDS(1),
+			{0, "OwnerId", "string", "The account that owns the reservation."},
+			{0, "ReservationId", "string",
+			 "The ID of the reservation: the instances launched by one call."},
+			{0, NULL, NULL, NULL},
+		},
+		.examples =
+			"To launch an instance\n"
+			"\n"
+			"    ebsim run-instances --image-id ami-0123456789abcdef0 \\\n"
+			"        --instance-type m5d.large\n"
+			"\n"
+			"Output:\n"
+			"\n"
+			"    {\n"
+			"        \"Groups\": [],\n"
+			"        \"Instances\": [\n"
+			"            {\n"
+			"                \"InstanceId\": \"i-0123456789abcdef0\",\n"
+			"                \"ImageId\": \"ami-0123456789abcdef0\",\n"
+			"                \"InstanceType\": \"m5d.large\",\n"
+			"                \"LaunchTime\": \"2026-11-28T17:44:59.000Z\",\n"
+			"                \"Placement\": {\n"
+			"                    \"AvailabilityZone\": \"us-east-1a\"\n"
+			"                },\n"
+			"                \"Architecture\": \"x86_64\",\n"
+			"                \"VirtualizationType\": \"hvm\",\n"
+			"                \"RootDeviceType\": \"ebs\",\n"
+			"                \"RootDeviceName\": \"/dev/xvda\",\n"
+			"                \"Hypervisor\": \"xen\",\n"
+			"                \"OwnerId\": \"123456789012\",\n"
+			"                \"BlockDeviceMappings\": [\n"
+			"                    {\n"
+			"                        \"DeviceName\": \"/dev/xvda\",\n"
+			"                        \"Ebs\": {\n"
+			"                            \"AttachTime\": \"2026-11-28T17:44:59.000Z\",\n"
+			"                            \"DeleteOnTermination\": true,\n"
+			"                            \"Status\": \"attached\",\n"
+			"                            \"VolumeId\": \"vol-0123456789abcdef0\"\n"
+			"                        }\n"
+			"                    }\n"
+			"                ],\n"
+			"                \"State\": {\n"
+			"                    \"Code\": 0,\n"
+			"                    \"Name\": \"pending\"\n"
+			"                },\n"
+			"                \"StateTransitionReason\": \"\",\n"
+			"                \"LocalDevices\": {\n"
+			"                    \"/dev/xvda\": \"/dev/loop3\",\n"
+			"                    \"/dev/sdb\": \"/dev/loop4\"\n"
+			"                },\n"
+			"                \"RootMount\": \"/var/lib/ebsim/instances/i-0123456789abcdef0/root\"\n"
+			"            }\n"
+			"        ],\n"
+			"        \"OwnerId\": \"123456789012\",\n"
+			"        \"ReservationId\": \"r-0123456789abcdef0\"\n"
+			"    }\n"
+			"\n"
+			"To launch two to four instances, keep their root volumes after terminate and "
+			"give them user data from a file\n"
+			"\n"
+			"    ebsim run-instances --image-id ami-0123456789abcdef0 --count 2:4 \\\n"
+			"        --instance-type t3.micro --user-data file://cloud-init.yaml \\\n"
+			"        --block-device-mappings \\\n"
+			"        '[{\"DeviceName\":\"/dev/xvda\",\"Ebs\":{\"DeleteOnTermination\":false}}]'\n"
+			"\n"
+			"To read the root file system of the instance\n"
+			"\n"
+			"    ls /var/lib/ebsim/instances/i-0123456789abcdef0/root\n",
+		.prepare = cli_prepare_run,
+	},
+	{
+		.name = "describe-instances",
+		.action = "DescribeInstances",
+		.summary = "Describes instances, grouped by reservation.",
+		.description =
+			"Describes the instances of the account in the region of the request, grouped "
+			"by reservation (the instances launched by one run-instances call): all of "
+			"them, the ones named by --instance-ids, or the ones that match --filters. If "
+			"an instance named by --instance-ids does not exist, the whole call fails with "
+			"InvalidInstanceID.NotFound. Terminated instances stay visible for an hour, "
+			"as in EC2.\n"
+			"\n"
+			"An instance is listed when it matches every filter, and it matches a filter "
+			"when it matches any of the filter's values (with * and ? as wildcards). The "
+			"filter names are EC2's:\n"
+			"\n"
+			"* instance-id, instance-type, image-id, reservation-id, availability-zone\n"
+			"* instance-state-name (pending | running | shutting-down | terminated | "
+			"stopping | stopped), instance-state-code (0 | 16 | 32 | 48 | 64 | 80)\n"
+			"* architecture, root-device-type (ebs | instance-store), root-device-name, "
+			"virtualization-type\n"
+			"\n"
+			"--max-results and --next-token are accepted so that awscli scripts run "
+			"unchanged; ebsimd returns every instance in one reply.",
+		.opts = (const struct cli_opt[]){
+			{"instance-ids", CLI_LIST, false, NULL,
+			 "The IDs of the instances to describe, separated by spaces."},
+			{"filters", CLI_FILTERS, false, NULL,
+			 "Filters, each in awscli's shorthand, Name=string,Values=string,string, "
+			 "or in JSON, [{\"Name\":\"string\",\"Values\":[\"string\",...]},...]. "
+			 "Give several words, or repeat --filters, to combine filters."},
+			{"max-results", CLI_INTEGER, false, NULL,
+			 "The largest number of instances in one reply. Accepted; ebsimd returns "
+			 "them all."},
+			{"next-token", CLI_STRING, false, NULL,
+			 "The NextToken of the previous reply. Accepted; there is never a next "
+			 "page."},
+			{NULL, 0, false, NULL, NULL},
+		},
+		.output = (const struct cli_field[]){
+			{0, "Reservations", "list", "The reservations, each as follows."},
+			{1, "Groups", "list", "Security groups: always empty."},
+			{1, "Instances", "list", "The instances of the reservation, each as follows."},
+			INSTANCE_FIELDS(2),
+			{1, "OwnerId", "string", "The account that owns the reservation."},
+			{1, "ReservationId", "string", "The ID of the reservation."},
+			{0, NULL, NULL, NULL},
+		},
+		.examples =
+			"To describe every instance\n"
+			"\n"
+			"    ebsim describe-instances\n"
+			"\n"
+			"To list the IDs of the running instances\n"
+			"\n"
+			"    ebsim describe-instances --filters Name=instance-state-name,Values=running |\n"
+			"        jq -r '.Reservations[].Instances[].InstanceId'\n"
+			"\n"
+			"To find the loop device of an instance's root volume\n"
+			"\n"
+			"    ebsim describe-instances --instance-ids i-0123456789abcdef0 |\n"
+			"        jq -r '.Reservations[0].Instances[0] | .LocalDevices[.RootDeviceName]'\n",
+	},
+	{
+		.name = "stop-instances",
+		.action = "StopInstances",
+		.summary = "Stops EBS-backed instances: EBS is kept, instance store is destroyed.",
+		.description =
+			"Stops instances whose root device is an EBS volume. For each, ebsimd unmounts "
+			"the root file system, detaches the loop devices, makes every write to the EBS "
+			"volumes durable and keeps the volumes attached to the instance; the "
+			"instance-store volumes are destroyed: their key is wiped, so their data "
+			"cannot be read again by anyone, and their files are removed. start-instances "
+			"gives the instance new, empty instance store.\n"
+			"\n"
+			"Instances with an instance-store root cannot be stopped "
+			"(UnsupportedOperation); terminated or shutting-down ones fail with "
+			"IncorrectInstanceState. The call changes nothing unless every instance can "
+			"stop. Stopping a stopped instance does nothing.\n"
+			"\n"
+			"The reply shows the state each instance was in and the state it moves to "
+			"(stopping), as EC2 does; the instance is stopped by the time ebsim returns.",
+		.opts = (const struct cli_opt[]){
+			{"instance-ids", CLI_LIST, true, NULL,
+			 "The IDs of the instances to stop, separated by spaces."},
+			{NULL, 0, false, NULL, NULL},
+		},
+		.output = (const struct cli_field[]){
+			{0, "StoppingInstances", "list", "One entry per instance."},
+			STATE_CHANGE_FIELDS(1),
+			{0, NULL, NULL, NULL},
+		},
+		.examples =
+			"To stop an instance\n"
+			"\n"
+			"    ebsim stop-instances --instance-ids i-0123456789abcdef0\n"
+			"\n"
+			"Output:\n"
+			"\n"
+			"    {\n"
+			"        \"StoppingInstances\": [\n"
+			"            {\n"
+			"                \"CurrentState\": {\n"
+			"                    \"Code\": 64,\n"
+			"                    \"Name\": \"stopping\"\n"
+			"                },\n"
+			"                \"InstanceId\": \"i-0123456789abcdef0\",\n"
+			"                \"PreviousState\": {\n"
+			"                    \"Code\": 16,\n"
+			"                    \"Name\": \"running\"\n"
+			"                }\n"
+			"            }\n"
+			"        ]\n"
+			"    }\n",
+	},
+	{
+		.name = "start-instances",
+		.action = "StartInstances",
+		.summary = "Starts stopped instances: EBS comes back as it was, instance store empty.",
+		.description =
+			"Starts stopped instances: ebsimd attaches their EBS volumes again as loop "
+			"devices, creates their instance-store volumes again, empty (they read as "
+			"zeros) and under a fresh key, and mounts the root file system. The devices "
+			"may get other loop numbers than before: read LocalDevices, or use the "
+			"links under HOME/instances/<id>/dev. If the instance type was changed while "
+			"the instance was stopped, the instance store is the new type's.\n"
+			"\n"
+			"Starting a running instance does nothing. Other states fail with "
+			"IncorrectInstanceState, and then no instance is started.\n"
+			"\n"
+			"The reply shows each instance moving to pending; it is running by the time "
+			"ebsim returns.",
+		.opts = (const struct cli_opt[]){
+			{"instance-ids", CLI_LIST, true, NULL,
+			 "The IDs of the instances to start, separated by spaces."},
+			{NULL, 0, false, NULL, NULL},
+		},
+		.output = (const struct cli_field[]){
+			{0, "StartingInstances", "list", "One entry per instance."},
+			STATE_CHANGE_FIELDS(1),
+			{0, NULL, NULL, NULL},
+		},
+		.examples =
+			"To start an instance\n"
+			"\n"
+			"    ebsim start-instances --instance-ids i-0123456789abcdef0\n"
+			"\n"
+			"Output:\n"
+			"\n"
+			"    {\n"
+			"        \"StartingInstances\": [\n"
+			"            {\n"
+			"                \"CurrentState\": {\n"
+			"                    \"Code\": 0,\n"
+			"                    \"Name\": \"pending\"\n"
+			"                },\n"
+			"                \"InstanceId\": \"i-0123456789abcdef0\",\n"
+			"                \"PreviousState\": {\n"
+			"                    \"Code\": 80,\n"
+			"                    \"Name\": \"stopped\"\n"
+			"                }\n"
+			"            }\n"
+			"        ]\n"
+			"    }\n",
+	},
+	{
+		.name = "reboot-instances",
+		.action = "RebootInstances",
+		.summary = "Reboots running instances: every volume, instance store included, is kept.",
+		.description =
+			"Reboots running instances, as an operating system restart would: the root "
+			"file system is unmounted (its writes reach the volume) and mounted again. "
+			"Every device stays attached under the same loop device, and all data is "
+			"kept, the instance store's included.\n"
+			"\n"
+			"An instance that is not running fails with IncorrectInstanceState, and then "
+			"no instance is rebooted.\n"
+			"\n"
+			"On success nothing is printed.",
+		.opts = (const struct cli_opt[]){
+			{"instance-ids", CLI_LIST, true, NULL,
+			 "The IDs of the instances to reboot, separated by spaces."},
+			{NULL, 0, false, NULL, NULL},
+		},
+		.output = NULL,
+		.examples = "To reboot an instance\n"
+			    "\n"
+			    "    ebsim reboot-instances --instance-ids i-0123456789abcdef0\n"
+			    "\n"
+			    "This prints nothing when it succeeds.\n",
+	},
+	{
+		.name = "terminate-instances",
+		.action = "TerminateInstances",
+		.summary = "Terminates instances: deletes the volumes marked DeleteOnTermination.",
+		.description =
+			"Terminates instances, in any state. ebsimd unmounts the root file system, "
+			"detaches every loop device, destroys the instance store (its key is wiped), "
+			"deletes each EBS volume whose mapping has DeleteOnTermination true (by "
+			"default the volumes created from the image's mappings) and detaches the "
+			"others, which become available (by default the volumes attached with "
+			"attach-volume). Their data is kept: attach them to another instance, or "
+			"read them through their LocalPath.\n"
+			"\n"
+			"A terminated instance stays visible in describe-instances for an hour and "
+			"can no longer be started, stopped or rebooted (IncorrectInstanceState). "
+			"Terminating it again does nothing.\n"
+			"\n"
+			"The reply shows each instance moving to shutting-down; it is terminated by "
+			"the time ebsim returns.",
+		.opts = (const struct cli_opt[]){
+			{"instance-ids", CLI_LIST, true, NULL,
+			 "The IDs of the instances to terminate, separated by spaces."},
+			{NULL, 0, false, NULL, NULL},
+		},
+		.output = (const struct cli_field[]){
+			{0, "TerminatingInstances", "list", "One entry per instance."},
+			STATE_CHANGE_FIELDS(1),
+			{0, NULL, NULL, NULL},
+		},
+		.examples =
+			"To terminate an instance\n"
+			"\n"
+			"    ebsim terminate-instances --instance-ids i-0123456789abcdef0\n"
+			"\n"
+			"Output:\n"
+			"\n"
+			"    {\n"
+			"        \"TerminatingInstances\": [\n"
+			"            {\n"
+			"                \"CurrentState\": {\n"
+			"                    \"Code\": 32,\n"
+			"                    \"Name\": \"shutting-down\"\n"
+			"                },\n"
+			"                \"InstanceId\": \"i-0123456789abcdef0\",\n"
+			"                \"PreviousState\": {\n"
+			"                    \"Code\": 16,\n"
+			"                    \"Name\": \"running\"\n"
+			"                }\n"
+			"            }\n"
+			"        ]\n"
+			"    }\n",
+	},
+	{
+		.name = "modify-instance-attribute",
+		.action = "ModifyInstanceAttribute",
+		.summary = "Changes the type, user data, kernel or RAM disk of a stopped instance.",
+		.description =
+			"Changes one attribute of a stopped, EBS-backed instance: its instance type, "
+			"user data, kernel or RAM disk, as EC2 allows. A running instance fails with "
+			"IncorrectInstanceState (stop it first); an instance-store-backed one with "
+			"UnsupportedOperation, since its attributes are fixed for its life.\n"
+			"\n"
+			"Give exactly one attribute, either as its own option (--instance-type, "
+			"--user-data, --kernel, --ramdisk) or as --attribute with --value. The "
+			"attribute options take awscli's forms, Value=t3.small and "
+			"{\"Value\": \"t3.small\"}, or simply t3.small; ebsim sends {\"Value\": ...}. "
+			"--user-data and --value of userData also take file://PATH.\n"
+			"\n"
+			"A new instance type must suit the instance's image, as for run-instances: "
+			"the same architecture and a supported virtualization type "
+			"(InvalidParameterCombination otherwise). Its instance store is created at "
+			"the next start.\n"
+			"\n"
+			"On success nothing is printed.",
+		.opts = (const struct cli_opt[]){
+			{"instance-id", CLI_STRING, true, NULL, "The ID of the instance."},
+			{"instance-type", CLI_VALUE, false, NULL,
+			 "The new instance type: t3.small, Value=t3.small or "
+			 "{\"Value\":\"t3.small\"}."},
+			{"user-data", CLI_VALUE, false, NULL,
+			 "The new user data (text, at most 16384 bytes), in the same forms, or "
+			 "file://PATH."},
+			{"kernel", CLI_VALUE, false, NULL,
+			 "The new kernel ID (aki-...), in the same forms. Kept as KernelId; not "
+			 "used."},
+			{"ramdisk", CLI_VALUE, false, NULL,
+			 "The new RAM disk ID (ari-...), in the same forms. Kept as RamdiskId; not "
+			 "used."},
+			{"attribute", CLI_STRING, false, NULL,
+			 "The attribute to change, with --value: instanceType, userData, kernel or "
+			 "ramdisk."},
+			{"value", CLI_STRING, false, NULL, "The new value of --attribute."},
+			{NULL, 0, false, NULL, NULL},
+		},
+		.output = NULL,
+		.examples =
+			"To change the type of a stopped instance\n"
+			"\n"
+			"    ebsim stop-instances --instance-ids i-0123456789abcdef0\n"
+			"    ebsim modify-instance-attribute --instance-id i-0123456789abcdef0 \\\n"
+			"        --instance-type Value=m5.large\n"
+			"    ebsim start-instances --instance-ids i-0123456789abcdef0\n"
+			"\n"
+			"The same with --attribute\n"
+			"\n"
+			"    ebsim modify-instance-attribute --instance-id i-0123456789abcdef0 \\\n"
+			"        --attribute instanceType --value m5.large\n"
+			"\n"
+			"To replace the user data with a file's\n"
+			"\n"
+			"    ebsim modify-instance-attribute --instance-id i-0123456789abcdef0 \\\n"
+			"        --user-data file://cloud-init.yaml\n"
+			"\n"
+			"These print nothing when they succeed.\n",
+		.prepare = cli_prepare_modify,
+	},
+	{
+		.name = "attach-volume",
+		.action = "AttachVolume",
+		.summary = "Attaches an available volume to an instance as a device.",
+		.description =
+			"Attaches an available EBS volume to a running or stopped instance of the "
+			"same Availability Zone, under a device name such as /dev/sdf. On a running "
+			"instance the volume appears at once as a loop device (the instance's "
+			"LocalDevices, and the link HOME/instances/<id>/dev/sdf); on a stopped one, "
+			"at the next start. The attachment has DeleteOnTermination false: the volume "
+			"outlives the instance.\n"
+			"\n"
+			"Errors: a volume that is attached, or open by another user of its LocalPath, "
+			"fails with VolumeInUse; a device name the instance already uses with "
+			"InvalidParameterValue; an instance that is neither running nor stopped with "
+			"IncorrectInstanceState; another zone with InvalidVolume.ZoneMismatch.",
+		.opts = (const struct cli_opt[]){
+			{"volume-id", CLI_STRING, true, NULL, "The ID of the volume to attach."},
+			{"instance-id", CLI_STRING, true, NULL, "The ID of the instance."},
+			{"device", CLI_STRING, true, NULL,
+			 "The device name, e.g. /dev/sdf or /dev/xvdf."},
+			{NULL, 0, false, NULL, NULL},
+		},
+		.output = (const struct cli_field[]){
+			ATTACHMENT_FIELDS(0),
+			{0, NULL, NULL, NULL},
+		},
+		.examples =
+			"To attach a volume as /dev/sdf\n"
+			"\n"
+			"    ebsim attach-volume --volume-id vol-0123456789abcdef0 \\\n"
+			"        --instance-id i-0123456789abcdef0 --device /dev/sdf\n"
+			"\n"
+			"Output:\n"
+			"\n"
+			"    {\n"
+			"        \"AttachTime\": \"2026-11-28T17:44:59.000Z\",\n"
+			"        \"Device\": \"/dev/sdf\",\n"
+			"        \"InstanceId\": \"i-0123456789abcdef0\",\n"
+			"        \"State\": \"attaching\",\n"
+			"        \"VolumeId\": \"vol-0123456789abcdef0\"\n"
+			"    }\n",
+	},
+	{
+		.name = "detach-volume",
+		.action = "DetachVolume",
+		.summary = "Detaches a volume from its instance.",
+		.description =
+			"Detaches an EBS volume from the instance it is attached to: its loop device "
+			"is removed, every write to it is made durable, and it becomes available, "
+			"with its data, to attach elsewhere. As on EC2, unmount any file system on "
+			"it first.\n"
+			"\n"
+			"The root volume of an instance can be detached only while the instance is "
+			"stopped (IncorrectState otherwise). A volume that is not attached fails "
+			"with IncorrectState; with --instance-id, a volume attached to another "
+			"instance fails with InvalidAttachment.NotFound.",
+		.opts = (const struct cli_opt[]){
+			{"volume-id", CLI_STRING, true, NULL, "The ID of the volume to detach."},
+			{"instance-id", CLI_STRING, false, NULL,
+			 "The instance it must be attached to; default: whichever it is."},
+			{"device", CLI_STRING, false, NULL, "The device name. Accepted; not checked."},
+			{"force", CLI_BOOLEAN, false, NULL,
+			 "Force the detachment. Accepted: ebsim's detachment never waits for the "
+			 "instance."},
+			{NULL, 0, false, NULL, NULL},
+		},
+		.output = (const struct cli_field[]){
+			ATTACHMENT_FIELDS(0),
+			{0, "DeleteOnTermination", "boolean",
+			 "Whether the volume would have been deleted with the instance."},
+			{0, NULL, NULL, NULL},
+		},
+		.examples =
+			"To detach a volume\n"
+			"\n"
+			"    ebsim detach-volume --volume-id vol-0123456789abcdef0\n"
+			"\n"
+			"Output:\n"
+			"\n"
+			"    {\n"
+			"        \"AttachTime\": \"2026-11-28T17:44:59.000Z\",\n"
+			"        \"Device\": \"/dev/sdf\",\n"
+			"        \"InstanceId\": \"i-0123456789abcdef0\",\n"
+			"        \"State\": \"detaching\",\n"
+			"        \"VolumeId\": \"vol-0123456789abcdef0\",\n"
+			"        \"DeleteOnTermination\": false\n"
+			"    }\n",
+	},
+	{
 		.name = "check",
 		.action = "CheckStore",
 		.api = "ebsimd (not EC2)",
@@ -1775,6 +2662,23 @@ static bool cli_name_is(const char *a, size_t nlen, const char *name)
 	return strlen(name) == nlen && memcmp(a, name, nlen) == 0;
 }
 
+/* Record a shorthand word that does not parse, in awscli's format: the input, then a caret
+ * under the place where it went wrong. */
+static void cli_sh_error(struct cli *c, const struct cli_opt *o, const struct cli_sh *p,
+			 const char *w)
+{
+	int echo = cli_echo_len(w);
+
+	if (!c->err[0])
+		c->err_bare = true;
+	if (p->pos <= (size_t)echo)
+		cli_set_err(c, "Error parsing parameter '--%s': %s for input:\n%.*s\n%*s^", o->name,
+			    p->err, echo, w, (int)p->pos, "");
+	else
+		cli_set_err(c, "Error parsing parameter '--%s': %s for input:\n%.*s...", o->name,
+			    p->err, echo, w);
+}
+
 /* One value of a filters or tags option: JSON, or a shorthand word (one structure). */
 static int cli_add_struct(struct cli *c, const struct cli_opt *o, struct json_object *list,
 			  const char *w)
@@ -1790,22 +2694,41 @@ static int cli_add_struct(struct cli *c, const struct cli_opt *o, struct json_ob
 		return cli_append_json(list, w);
 	ret = cli_shorthand(&p, &f);
 	if (ret == -EINVAL) {
-		/* awscli's format: the input, then a caret under the place it went wrong. */
-		int echo = cli_echo_len(w);
-
-		if (!c->err[0])
-			c->err_bare = true;
-		if (p.pos <= (size_t)echo)
-			cli_set_err(c, "Error parsing parameter '--%s': %s for input:\n%.*s\n%*s^",
-				    o->name, p.err, echo, w, (int)p.pos, "");
-		else
-			cli_set_err(c, "Error parsing parameter '--%s': %s for input:\n%.*s...",
-				    o->name, p.err, echo, w);
+		cli_sh_error(c, o, &p, w);
 		return 0;
 	}
 	if (ret < 0)
 		return ret;
 	return cli_array_add(list, f);
+}
+
+/* One value of an attribute-value option: a JSON object as it is, awscli's shorthand
+ * (Value=x) as parsed, anything else x as {"Value": "x"}. 0 (*out is NULL when a usage
+ * error was recorded) or -ENOMEM. */
+static int cli_attr_value(struct cli *c, const struct cli_opt *o, const char *w,
+			  struct json_object **out)
+{
+	struct cli_sh p = {.s = w, .len = strlen(w)};
+	struct json_object *v;
+	int ret;
+
+	*out = NULL;
+	if (cli_starts_with(w, "{") && cli_json_parse(w, strlen(w), out, NULL))
+		return 0;
+	if (strncmp(w, "Value=", 6) == 0) {
+		ret = cli_shorthand(&p, out);
+		if (ret == -EINVAL)
+			cli_sh_error(c, o, &p, w);
+		return ret == -EINVAL ? 0 : ret;
+	}
+	*out = json_object_new_object();
+	v = json_object_new_string(w);
+	if (!*out || !v || cli_object_add(*out, "Value", v) < 0) {
+		json_object_put(*out);
+		*out = NULL;
+		return -ENOMEM;
+	}
+	return 0;
 }
 
 /* Convert one value word of option k and store or append it. 0 or -ENOMEM. */
@@ -1839,6 +2762,11 @@ static int cli_store(struct cli *c, size_t k, const char *w)
 	case CLI_JSON:
 		ret = cli_json_value(w, &v);
 		if (ret < 0)
+			return ret;
+		break;
+	case CLI_VALUE:
+		ret = cli_attr_value(c, o, w, &v);
+		if (ret < 0 || !v)
 			return ret;
 		break;
 	case CLI_STRING:
@@ -2230,6 +3158,8 @@ static const char *cli_type_name(enum cli_type t)
 		return "list of tags";
 	case CLI_FLAG:
 		return "flag";
+	case CLI_VALUE:
+		return "attribute value";
 	}
 	return "?";
 }
@@ -2280,7 +3210,8 @@ static const char cli_exit_help[] =
     "\n"
     "252\n"
     "   Usage error: an unknown command or option, a missing required option, an option "
-    "without its value, or shorthand that cannot be parsed.\n"
+    "without its value, shorthand that cannot be parsed, a file:// that cannot be read, or "
+    "a run-instances --count that is not N or MIN:MAX.\n"
     "\n"
     "254\n"
     "   ebsimd answered with an error; it is printed on standard error.\n"
@@ -2867,6 +3798,16 @@ static int cli_run(const struct cli *c)
 	req = cli_request(c);
 	if (!req)
 		return cli_nomem();
+	if (c->verb->prepare) {
+		struct json_object *params = NULL;
+
+		json_object_object_get_ex(req, "Params", &params);
+		ret = c->verb->prepare(c, params);
+		if (ret) {
+			json_object_put(req);
+			return ret;
+		}
+	}
 	ret = cli_call(c, req, c->verb->action, &res);
 	json_object_put(req);
 	if (!ret)
@@ -2901,6 +3842,169 @@ static struct json_object *cli_opt_value(const struct cli *c, const char *name)
 		if (strcmp(c->verb->opts[k].name, name) == 0)
 			return c->given[k] ? c->vals[k] : NULL;
 	return NULL;
+}
+
+/* A usage error found while preparing the request, printed as awscli prints its parameter
+ * errors (no usage lines). Returns EXIT_USAGE. */
+static int cli_param_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int cli_param_error(const char *fmt, ...)
+{
+	va_list ap;
+
+	fputc('\n', stderr);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	return EXIT_USAGE;
+}
+
+#define CLI_FILE_PREFIX "file://"
+
+/* awscli's file://PATH: when o[key] is a string that starts with it, replace it with the
+ * text of the file (as_json: with the JSON value of that text; text that is not JSON goes
+ * as the string, for ebsimd to refuse, as when typed). A leading ~/ is the user's home.
+ * The file is read up to the size of a request: a larger one could not be sent anyway.
+ * Returns 0 or an exit code, printed. */
+static int cli_paramfile(struct json_object *o, const char *key, const char *opt, bool as_json)
+{
+	struct json_object *v = cli_member(o, key), *nv;
+	const char *uri, *path, *home = getenv("HOME");
+	char *full = NULL, *buf;
+	size_t len = 0;
+	ssize_t n;
+	int fd, ret;
+
+	if (!json_object_is_type(v, json_type_string))
+		return 0;
+	uri = json_object_get_string(v);
+	if (strncmp(uri, CLI_FILE_PREFIX, strlen(CLI_FILE_PREFIX)) != 0)
+		return 0;
+	path = uri + strlen(CLI_FILE_PREFIX);
+	if (path[0] == '~' && path[1] == '/' && home && *home) {
+		if (asprintf(&full, "%s%s", home, path + 1) < 0)
+			return cli_nomem();
+		path = full;
+	}
+	buf = malloc(CTL_MAX_MSG + 1);
+	if (!buf) {
+		free(full);
+		return cli_nomem();
+	}
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		ret = cli_param_error("Error parsing parameter '--%s': Unable to load paramfile "
+				      "%.*s: %s",
+				      opt, cli_echo_len(uri), uri, strerror(errno));
+		goto out_free;
+	}
+	while (len <= CTL_MAX_MSG && (n = read(fd, buf + len, CTL_MAX_MSG + 1 - len)) != 0) {
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			ret = cli_param_error("Error parsing parameter '--%s': Unable to load "
+					      "paramfile %.*s: %s",
+					      opt, cli_echo_len(uri), uri, strerror(errno));
+			close(fd);
+			goto out_free;
+		}
+		len += (size_t)n;
+	}
+	close(fd);
+	if (len > CTL_MAX_MSG) {
+		ret = cli_param_error("Error parsing parameter '--%s': paramfile %.*s is larger "
+				      "than the %d bytes of a request to ebsimd",
+				      opt, cli_echo_len(uri), uri, CTL_MAX_MSG);
+		goto out_free;
+	}
+	buf[len] = '\0';
+	nv = NULL;
+	if (!as_json || !cli_json_parse(buf, len, &nv, NULL))
+		nv = json_object_new_string_len(buf, (int)len);
+	ret = nv ? cli_object_add(o, key, nv) : -ENOMEM;
+	ret = ret < 0 ? cli_nomem() : 0;
+out_free:
+	free(buf);
+	free(full);
+	return ret;
+}
+
+/* One side of run-instances --count: an optional sign and decimal digits, blanks around
+ * (Python's int()); the number goes as an integer, or as text when it does not fit int64,
+ * for ebsimd to refuse. NULL when the text is not a number. */
+static struct json_object *cli_count_part(const char *s, size_t len)
+{
+	char buf[64];
+	size_t i = 0;
+
+	while (len && (*s == ' ' || *s == '\t'))
+		s++, len--;
+	while (len && (s[len - 1] == ' ' || s[len - 1] == '\t'))
+		len--;
+	if (!len || len >= sizeof(buf))
+		return NULL;
+	memcpy(buf, s, len);
+	buf[len] = '\0';
+	if (buf[0] == '+' || buf[0] == '-')
+		i++;
+	if (!buf[i] || strspn(buf + i, "0123456789") != len - i)
+		return NULL;
+	return cli_integer(buf);
+}
+
+/* register-image: --block-device-mappings file://PATH. */
+static int cli_prepare_register(const struct cli *c, struct json_object *params)
+{
+	(void)c;
+	return cli_paramfile(params, "BlockDeviceMappings", "block-device-mappings", true);
+}
+
+/* run-instances: --count N or MIN:MAX becomes MinCount and MaxCount (both 1 without it),
+ * as in awscli; file://PATH for --user-data, --block-device-mappings and --placement. */
+static int cli_prepare_run(const struct cli *c, struct json_object *params)
+{
+	struct json_object *count = cli_opt_value(c, "count"), *lo, *hi;
+	const char *s = count ? json_object_get_string(count) : "1", *colon;
+	int ret;
+
+	colon = strchr(s, ':');
+	if (colon && strchr(colon + 1, ':'))
+		colon = NULL, s = "";
+	lo = cli_count_part(s, colon ? (size_t)(colon - s) : strlen(s));
+	hi = cli_count_part(colon ? colon + 1 : s, colon ? strlen(colon + 1) : strlen(s));
+	if (!lo || !hi) {
+		json_object_put(lo);
+		json_object_put(hi);
+		return cli_param_error("Parameter validation failed:\ncount parameter should be "
+				       "of form min[:max] (e.g. 1 or 1:10)");
+	}
+	if (cli_object_add(params, "MinCount", lo) < 0) {
+		json_object_put(hi);
+		return cli_nomem();
+	}
+	if (cli_object_add(params, "MaxCount", hi) < 0)
+		return cli_nomem();
+	ret = cli_paramfile(params, "UserData", "user-data", false);
+	if (!ret)
+		ret = cli_paramfile(params, "BlockDeviceMappings", "block-device-mappings", true);
+	if (!ret)
+		ret = cli_paramfile(params, "Placement", "placement", true);
+	return ret;
+}
+
+/* modify-instance-attribute: file://PATH for the user data, given as --user-data or as
+ * --attribute userData --value. */
+static int cli_prepare_modify(const struct cli *c, struct json_object *params)
+{
+	struct json_object *attr = cli_member(params, "Attribute");
+	int ret;
+
+	(void)c;
+	ret = cli_paramfile(cli_member(params, "UserData"), "Value", "user-data", false);
+	if (!ret && json_object_is_type(attr, json_type_string) &&
+	    strcmp(json_object_get_string(attr), "userData") == 0)
+		ret = cli_paramfile(params, "Value", "value", false);
+	return ret;
 }
 
 /* check: print the report; exit 0 clean, 2 corrupt, 3 leaks only (qemu-img check). The
