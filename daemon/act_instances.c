@@ -181,11 +181,19 @@ static void root_mount(struct daemon *d, json_object *inst)
 static void root_unmount(struct daemon *d, const char *id)
 {
 	char root[4200];
+	int fd;
 
 	inst_path(d, id, "root", root, sizeof(root));
 	if (!is_mounted(root))
 		return;
-	sync();
+	/* flush this file system, not the host's (sync() waits for every other writer on
+	 * the host): its data is on the volume even if it must be detached lazily below */
+	fd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd >= 0) {
+		if (syncfs(fd) < 0)
+			log_warn("%s: syncfs %s: %s", id, root, strerror(errno));
+		close(fd);
+	}
 	if (umount2(root, 0) < 0) {
 		log_warn("%s: %s is busy; detaching it lazily", id, root);
 		umount2(root, MNT_DETACH);
