@@ -349,7 +349,9 @@ class FsRig:
         try:
             self.mount()
         except AssertionError:
-            if self.d.alive():
+            # a crash point that fires during the mount fails it; the daemon may still be
+            # exiting when mount returns
+            if not wait_daemon_dead(self.d, 5):
                 raise
             self.log("daemon died during mount (crash point hit early)")
 
