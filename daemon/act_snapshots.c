@@ -211,7 +211,7 @@ static void *snapshot_job(void *arg)
 	struct daemon *d = sj->d;
 	struct cat_snapshot s;
 	uint64_t data_size = 0;
-	int ret;
+	int ret, cat_ret = 0;
 
 	ret = snap_copy(j, sj, &data_size);
 	vol_snap_end(sj->vs, ret == 0);
@@ -238,7 +238,7 @@ static void *snapshot_job(void *arg)
 			}
 		}
 		crash_point("in-catalog-txn");
-		cat_snapshot_update(d->cat, &s);
+		cat_ret = cat_snapshot_update(d->cat, &s);
 	}
 	log_info("snapshot %s of %s: %s (%llu chunks, %llu bytes new)", j->id, sj->dv->id,
 		 ret ? strerror(-ret) : "completed", (unsigned long long)j->total,
@@ -254,6 +254,11 @@ static void *snapshot_job(void *arg)
 		if (!strcmp(rs->region, j->region) && rs->gc_wanted && !jobs_in_region(d, j->region))
 			region_gc(d, j->region);
 	}
+	/* ENOSPC fills the catalog's file system too: retry once GC has made room, or the
+	 * snapshot would stay 'pending' until the next start */
+	if (cat_ret && cat_snapshot_update(d->cat, &s))
+		log_err("snapshot %s: cannot record its state '%s'; it reads 'pending' until the "
+			"daemon restarts, which marks it 'error'", j->id, s.state);
 	pthread_mutex_unlock(&d->lock);
 	manifest_free(sj->parent);
 	free(sj->m.e);
