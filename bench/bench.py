@@ -722,8 +722,16 @@ def write_md(res, path):
          f"(PSI some avg60) cpu {h.get('psi', {}).get('cpu', '?')}% / io "
          f"{h.get('psi', {}).get('io', '?')}% at the start, cpu "
          f"{h.get('psi_end', {}).get('cpu', '?')}% / io {h.get('psi_end', {}).get('io', '?')}% "
-         "at the end.", "",
-         "## Targets", ""]
+         "at the end.", ""]
+    busy = [v for v in (*h.get("psi", {}).values(), *h.get("psi_end", {}).values())
+            if isinstance(v, (int, float))]
+    if busy and max(busy) > BUSY_PSI:
+        L += [f"**The host was busy during this run** (PSI up to {max(busy):.0f}%): other "
+              "work competed for its CPUs and disk, so absolute figures are depressed and "
+              "noisy, and a verdict near its bar can flip from one run to the next. Trust "
+              "the ratios more than the absolute numbers, and rerun on a quiet host before "
+              "drawing conclusions.", ""]
+    L += ["## Targets", ""]
     for t in res["targets"]:
         extra = ""
         if t["via"] == "loop":
@@ -790,6 +798,8 @@ def write_md(res, path):
 
 # One colour per TARGETS entry, in order: greys for raw, a dark/light pair per ebsim or qsd
 # backing (file/loop).
+BUSY_PSI = 10  # % (PSI "some" avg60) above which the report warns that the host was busy
+
 COLORS = ["#404040", "#808080", "#c0c0c0", "#08519c", "#6baed6", "#006d2c", "#74c476",
           "#54278f", "#9e9ac8", "#a50f15", "#fb6a4a", "#8c510a", "#dfc27d", "#d94801",
           "#fdae6b", "#01665e", "#80cdc1"]
