@@ -1038,6 +1038,25 @@ static void slow_write_done(struct blk_req *req, int res)
 	slow_finish((struct slow *)req, res);
 }
 
+/* Read or write chunk bytes [a, b) of s's chunk through cbuf. */
+static void slow_submit(struct slow *s, enum blk_op op, blk_done_fn done)
+{
+	struct vol *v = s->v;
+
+	s->req = (struct blk_req){
+		.op = op,
+		.fd = v->data_fd,
+		.buf = s->cbuf,
+		.len = s->b - s->a,
+		.off = (s->idx << v->chunk_shift) + s->a,
+		.done = done,
+	};
+	int ret = blk_submit(v->eng, &s->req);
+
+	if (ret)
+		slow_finish(s, ret);
+}
+
 /* Merge the new bytes into cbuf (which holds chunk bytes [a, b)), encrypt, write back. */
 static void slow_write(struct slow *s)
 {
@@ -1055,17 +1074,7 @@ static void slow_write(struct slow *s)
 		if (ret)
 			return slow_finish(s, ret);
 	}
-	s->req = (struct blk_req){
-		.op = BLK_WRITE,
-		.fd = v->data_fd,
-		.buf = s->cbuf,
-		.len = s->b - s->a,
-		.off = (s->idx << v->chunk_shift) + s->a,
-		.done = slow_write_done,
-	};
-	ret = blk_submit(v->eng, &s->req);
-	if (ret)
-		slow_finish(s, ret);
+	slow_submit(s, BLK_WRITE, slow_write_done);
 }
 
 static void slow_read_done(struct blk_req *req, int res)
@@ -1141,17 +1150,7 @@ static void slow_run(struct slow *s)
 			memset(s->cbuf, 0, s->b - s->a); /* no base data: the old chunk is zeros */
 		return slow_write(s);
 	}
-	s->req = (struct blk_req){
-		.op = BLK_READ,
-		.fd = v->data_fd,
-		.buf = s->cbuf,
-		.len = s->b - s->a,
-		.off = (s->idx << v->chunk_shift) + s->a,
-		.done = slow_read_done,
-	};
-	ret = blk_submit(v->eng, &s->req);
-	if (ret)
-		slow_finish(s, ret);
+	slow_submit(s, BLK_READ, slow_read_done);
 }
 
 /* Create a slow write for chunk c and take (or queue for) its lock. Under v->lock.
