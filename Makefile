@@ -36,7 +36,7 @@ ifneq ($(V),1)
 Q = @
 endif
 
-PKGS     = fuse3 liburing json-c openssl sqlite3
+PKGS     = fuse3 liburing json-c openssl sqlite3 libxml-2.0 libarchive zlib
 CC      ?= cc
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -pthread -I. $(SANFLAGS) \
@@ -50,7 +50,7 @@ DAEMON_OBJS = $(patsubst %.c,$(B)/%.o,$(wildcard daemon/*.c))
 UNIT_SRCS = $(wildcard tests/unit/test_*.c)
 UNIT_BINS = $(UNIT_SRCS:tests/unit/%.c=$(B)/tests/%)
 
-BINS = $(B)/ebsimd $(B)/ebsim
+BINS = $(B)/ebsimd $(B)/ebsim $(B)/ebsim-ami
 
 all: $(BINS)
 
@@ -67,6 +67,10 @@ $(B)/ebsimd: $(DAEMON_OBJS) $(B)/libebsim.a
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(B)/ebsim: $(B)/tools/ebsim.o $(B)/libebsim.a
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(B)/ebsim-ami: $(B)/tools/ebsim-ami.o $(B)/libebsim.a
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
@@ -159,7 +163,8 @@ fuzz: fuzz-build
 
 DEB_PKGS = build-essential pkg-config libfuse3-dev fuse3 liburing-dev libaio-dev libssl-dev \
 	   libsqlite3-dev libjson-c-dev python3-pytest e2fsprogs fio qemu-utils qemu-system-common \
-	   util-linux sqlite3 gnuplot-nox clang fiu-utils
+	   util-linux sqlite3 gnuplot-nox clang fiu-utils \
+	   libxml2-dev libarchive-dev zlib1g-dev busybox-static
 deps:
 	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
 		| grep -q '^install ok installed' || echo $$p; done); \
