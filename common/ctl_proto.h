@@ -38,6 +38,9 @@
 #define EBSIM_DEFAULT_HOME "/var/lib/ebsim"
 #define EBSIM_DEFAULT_REGION "us-east-1"
 #define EBSIM_DEFAULT_ACCOUNT "123456789012"
+/* The account that owns the base AMIs (ImageOwnerAlias "amazon"), as on EC2. */
+#define EBSIM_AMAZON_ACCOUNT "137112412989"
+#define EBSIM_AMAZON_ALIAS "amazon"
 
 #define EXIT_USAGE 252
 #define EXIT_SERVICE 254
