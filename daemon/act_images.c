@@ -395,7 +395,8 @@ static int describe_image_one(void *arg, const char *id, const char *account, js
 		for (size_t i = 0; i < json_object_array_length(c->owners); i++) {
 			const char *o = json_object_get_string(json_object_array_get_idx(c->owners, i));
 			ok |= (!strcmp(o, "self") && !strcmp(account, c->r->account)) ||
-			      !strcmp(o, account);
+			      !strcmp(o, account) ||
+			      !strcmp(o, json_object_get_string(jget(doc, "ImageOwnerAlias")) ?: "");
 		}
 		if (!ok)
 			return 0;

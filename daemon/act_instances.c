@@ -515,6 +515,21 @@ static uint64_t store_gib(struct daemon *d, const struct itype *t)
 	return (uint64_t)MAX(1.0, (double)t->store_gib * d->store_scale + 0.5);
 }
 
+/* The snapshot behind a mapping: the caller's own, or one of the image's (an image another
+ * account shares, such as the base AMIs, lends its snapshots to launches). */
+static int launch_snapshot(struct api_req *r, json_object *img, const char *sid,
+			   struct cat_snapshot *s)
+{
+	json_object *ibdm = jget(img, "BlockDeviceMappings");
+
+	for (size_t i = 0; ibdm && i < json_object_array_length(ibdm); i++)
+		if (!strcmp(jstr(jget(json_object_array_get_idx(ibdm, i), "Ebs"), "SnapshotId"), sid) &&
+		    cat_snapshot_get(r->d->cat, sid, s) == 0 && !strcmp(s->account, jstr(img, "OwnerId")) &&
+		    !strcmp(s->region, r->region))
+			return 0;
+	return snapshot_lookup(r, sid, s);
+}
+
 /* Build one instance: create its volumes, bring it up. NULL with the error recorded. */
 static json_object *inst_build(struct api_req *r, json_object *img, const struct itype *t,
 			       json_object *bdm, const char *resv, const char *az,
@@ -561,7 +576,7 @@ static json_object *inst_build(struct api_req *r, json_object *img, const struct
 			continue;
 		const char *sid = jstr(e, "SnapshotId");
 		if (sid[0]) {
-			if (snapshot_lookup(r, sid, &s))
+			if (launch_snapshot(r, img, sid, &s))
 				goto out_rollback;
 			sp = &s;
 		}

@@ -57,6 +57,7 @@ static const struct action actions[] = {
 	{"ModifyInstanceAttribute", act_modify_instance_attribute},
 	{"AttachVolume", act_attach_volume},
 	{"DetachVolume", act_detach_volume},
+	{"BuildBaseImages", act_build_base_images},
 };
 
 int api_error(struct api_req *r, const char *code, const char *fmt, ...)
@@ -394,8 +395,10 @@ int api_dispatch(struct api_req *r)
 		return api_error(r, "InvalidParameterValue",
 				 "The region '%.64s' does not exist in ebsim", r->region ? r->region : "");
 	for (size_t i = 0; i < ARRAY_SIZE(actions); i++)
-		if (!strcmp(actions[i].name, r->action))
+		if (!strcmp(actions[i].name, r->action)) {
+			base_ensure(r->d, r->region); /* a region's first request offers them */
 			return actions[i].fn(r);
+		}
 	return api_error(r, "InvalidAction", "The action %.64s is not valid for this web service.",
 			 r->action);
 }

@@ -79,6 +79,12 @@ struct daemon {
 	struct region_store *stores;
 	struct job *jobs;
 	bool stopping; /* jobs stop early at shutdown */
+	/* base AMIs (base.c) */
+	bool no_base_images;  /* --no-base-images */
+	bool base_cached;     /* the image file is in cache_dir */
+	char cache_dir[4096]; /* --cache-dir, default /var/cache/ebsim */
+	char base_version[32]; /* BusyBox version in the image */
+	uint32_t base_ready;  /* bit i: regions[i] has its base images */
 };
 
 /* One control request while it is being served. */
@@ -215,6 +221,13 @@ void instances_shutdown(struct daemon *d);
 
 /* InitializationStatusDetails for a volume, or NULL when it has no base. Under d->lock. */
 json_object *volume_init_status(struct daemon *d, const char *vol_id);
+
+/* Base AMIs (base.c). At start-up: build the cached image file if missing and offer the
+ * images in the default region; 0, or -EIO (logged) and the daemon runs without them. */
+int base_init(struct daemon *d);
+/* Offer the base images in region if it does not have them yet (first request there). */
+void base_ensure(struct daemon *d, const char *region);
+int act_build_base_images(struct api_req *r);
 
 /* Tags (act_tags.c). */
 int act_create_tags(struct api_req *r);

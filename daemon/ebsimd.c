@@ -35,6 +35,7 @@
 #include <unistd.h>
 
 #define VERSION "0.1.0"
+#define EBSIM_DEFAULT_CACHE "/var/cache/ebsim"
 
 static void usage(FILE *f)
 {
@@ -62,10 +63,14 @@ static void usage(FILE *f)
 		"    --instance-store-scale F\n"
 		"                      scale instance-store volumes to F (0 < F <= 1) of the EC2\n"
 		"                      size of their instance type (they are sparse in any case)\n"
+		"    --no-base-images  do not offer the base AMIs (ebsim-base-busybox-*, owned by\n"
+		"                      the amazon account): no image file is built or imported\n"
+		"    --cache-dir DIR   where the base AMIs' image file is built once per host and\n"
+		"                      kept (default %s); every home imports from it\n"
 		"    --help, --version\n\n"
 		"EXIT STATUS\n"
 		"    0 ready (or stopped); 1 failure, with the reason on standard error.\n",
-		EBSIM_DEFAULT_HOME);
+		EBSIM_DEFAULT_HOME, EBSIM_DEFAULT_CACHE);
 }
 
 static int mkdir_mode(int dirfd, const char *name, mode_t mode)
@@ -261,6 +266,7 @@ static int start(struct daemon *d, const char *engine, int *lfd)
 	ret = instances_recover(d);
 	if (ret)
 		log_err("cannot recover instance states: %s", strerror(-ret));
+	base_init(d); /* failures are logged: the daemon then offers no base images */
 	ret = ctl_listen(d, lfd);
 	if (ret) {
 		log_err("cannot listen on %s/%s: %s", d->home, CTL_SOCK_NAME, strerror(-ret));
@@ -283,6 +289,8 @@ int main(int argc, char **argv)
 		{"stop", no_argument, NULL, 's'},
 		{"log-level", required_argument, NULL, 'l'},
 		{"instance-store-scale", required_argument, NULL, 'S'},
+		{"no-base-images", no_argument, NULL, 'B'},
+		{"cache-dir", required_argument, NULL, 'C'},
 		{"help", no_argument, NULL, 'H'},
 		{"version", no_argument, NULL, 'V'},
 		{0},
@@ -321,6 +329,14 @@ int main(int argc, char **argv)
 			}
 			break;
 		}
+		case 'B': d.no_base_images = true; break;
+		case 'C':
+			if (!optarg[0] || strlen(optarg) >= sizeof(d.cache_dir) - 64) {
+				fprintf(stderr, "ebsimd: --cache-dir takes a directory path\n");
+				return 1;
+			}
+			snprintf(d.cache_dir, sizeof(d.cache_dir), "%s", optarg);
+			break;
 		case 'H': usage(stdout); return 0;
 		case 'V': printf("ebsimd %s\n", VERSION); return 0;
 		default: usage(stderr); return 1;
@@ -341,6 +357,8 @@ int main(int argc, char **argv)
 	}
 	if (stop)
 		return do_stop(home);
+	if (!d.cache_dir[0])
+		snprintf(d.cache_dir, sizeof(d.cache_dir), "%s", EBSIM_DEFAULT_CACHE);
 	if (geteuid() != 0) {
 		fprintf(stderr, "ebsimd: must run as root (it mounts FUSE and manages loop devices)\n");
 		return 1;

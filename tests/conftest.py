@@ -13,6 +13,8 @@ Design notes
 - At teardown the daemon log is scanned for unexpected "error:" lines (tests that provoke
   errors on purpose pass ``expect_log_errors=True`` via ``daemon.expect_errors()``).
 - Binaries come from $EBSIM_BUILD (default: build/ at the repository root).
+- Daemons start with ``--no-base-images`` (no base AMIs: faster); a test that wants them
+  asks ``make_daemon(base_images=True)`` (optionally ``cache_dir=`` a private cache).
 """
 import hashlib
 import json
@@ -143,8 +145,14 @@ class Daemon:
     """One ebsimd on one home; started, stopped and killed by PID."""
 
     def __init__(self, home, engine="io_uring", ebsimd=EBSIMD, ebsim=EBSIM,
-                 account="123456789012", region="us-east-1"):
+                 account="123456789012", region="us-east-1", base_images=False,
+                 cache_dir=None):
+        # base_images: offer the base AMIs (ebsimd builds or imports them at start);
+        # off by default so that tests which do not need them do not pay for them.
+        # cache_dir: ebsimd --cache-dir (None: its default, /var/cache/ebsim).
         self.home = home
+        self.base_images = base_images
+        self.cache_dir = cache_dir
         self.engine = engine
         self.ebsimd = ebsimd
         self.ebsim = ebsim
@@ -155,7 +163,10 @@ class Daemon:
         self.log_offset = 0
 
     def start(self, extra=(), env=None):
-        p = run([self.ebsimd, "--home", self.home, "--io-engine", self.engine, *extra],
+        opts = [] if self.base_images else ["--no-base-images"]
+        if self.cache_dir:
+            opts += ["--cache-dir", self.cache_dir]
+        p = run([self.ebsimd, "--home", self.home, "--io-engine", self.engine, *opts, *extra],
                 check=False, env=env)
         if p.returncode != 0:
             raise AssertionError(f"ebsimd failed to start: {p.stderr}\n{self.log()}")
@@ -261,7 +272,7 @@ def make_daemon(home, res):
     def factory(engine="io_uring", start=True, subhome=None, **kw):
         h = home if subhome is None else os.path.join(home, subhome)
         os.makedirs(h, exist_ok=True)
-        d = Daemon(h, engine=engine, **kw)  # kw: ebsimd=, ebsim= (e.g. the ASan build)
+        d = Daemon(h, engine=engine, **kw)  # kw: ebsimd=, ebsim=, base_images=, cache_dir=
         made.append(d)
         return d.start() if start else d
 
