@@ -515,6 +515,46 @@ static uint64_t store_gib(struct daemon *d, const struct itype *t)
 	return (uint64_t)MAX(1.0, (double)t->store_gib * d->store_scale + 0.5);
 }
 
+/* Plan the instance store of an instance of type t (at launch, and at each start, since
+ * the type may have changed while stopped): ephemeralN for every N below the type's count
+ * that _StoreMappings asks for (NVMe types get all of theirs without asking), each fresh,
+ * named <instance>.ephN and sized by the type. A device an EBS volume took meanwhile wins. */
+static void store_plan(struct daemon *d, json_object *inst, const struct itype *t)
+{
+	const char *id = jstr(inst, "InstanceId");
+	json_object *maps = jget(inst, "_StoreMappings"), *old = jget(inst, "_Ephemeral");
+	json_object *eph = json_object_new_array(), *bdm = jget(inst, "BlockDeviceMappings");
+
+	if (!maps) /* an instance from before _StoreMappings: what it had is what it asked */
+		maps = old;
+	for (int n = 0; n < t->store_count; n++) {
+		char vname[24], dev[40] = "", name[ID_MAX + 16];
+		bool taken = false;
+		snprintf(vname, sizeof(vname), "ephemeral%d", n);
+		for (size_t i = 0; maps && i < json_object_array_length(maps); i++) {
+			json_object *m = json_object_array_get_idx(maps, i);
+			if (!strcmp(jstr(m, "VirtualName"), vname))
+				snprintf(dev, sizeof(dev), "%s", jstr(m, "DeviceName"));
+		}
+		if (!dev[0] && t->store_kind && !strcmp(t->store_kind, "nvme-ssd"))
+			snprintf(dev, sizeof(dev), "/dev/nvme%dn1", n + 1);
+		for (size_t i = 0; bdm && i < json_object_array_length(bdm); i++)
+			taken |= !strcmp(device_basename(jstr(json_object_array_get_idx(bdm, i),
+							      "DeviceName")),
+					 device_basename(dev));
+		if (!dev[0] || taken)
+			continue;
+		snprintf(name, sizeof(name), "%s.eph%d", id, n & 31);
+		json_object *e = json_object_new_object();
+		json_object_object_add(e, "DeviceName", json_object_new_string(dev));
+		json_object_object_add(e, "VirtualName", json_object_new_string(vname));
+		json_object_object_add(e, "SizeGiB", json_object_new_int64((int64_t)store_gib(d, t)));
+		json_object_object_add(e, "Name", json_object_new_string(name));
+		json_object_array_add(eph, e);
+	}
+	json_object_object_add(inst, "_Ephemeral", eph);
+}
+
 /* The snapshot behind a mapping: the caller's own, or one of the image's (an image another
  * account shares, such as the base AMIs, lends its snapshots to launches). */
 static int launch_snapshot(struct api_req *r, json_object *img, const char *sid,
@@ -533,11 +573,10 @@ static int launch_snapshot(struct api_req *r, json_object *img, const char *sid,
 /* Build one instance: create its volumes, bring it up. NULL with the error recorded. */
 static json_object *inst_build(struct api_req *r, json_object *img, const struct itype *t,
 			       json_object *bdm, const char *resv, const char *az,
-			       const char *user_data)
+			       const char *user_data, const char *kernel, const char *ramdisk)
 {
 	struct daemon *d = r->d;
 	json_object *inst = json_object_new_object(), *mappings = json_object_new_array();
-	json_object *eph = json_object_new_array();
 	char id[ID_MAX], now[32];
 	int ret;
 
@@ -561,7 +600,11 @@ static json_object *inst_build(struct api_req *r, json_object *img, const struct
 	json_object_object_add(inst, "_Region", json_object_new_string(r->region));
 	json_object_object_add(inst, "_UserData", json_object_new_string(user_data ? user_data : ""));
 	json_object_object_add(inst, "BlockDeviceMappings", mappings);
-	json_object_object_add(inst, "_Ephemeral", eph);
+	json_object_object_add(inst, "_Ephemeral", json_object_new_array());
+	if (kernel && kernel[0])
+		json_object_object_add(inst, "KernelId", json_object_new_string(kernel));
+	if (ramdisk && ramdisk[0])
+		json_object_object_add(inst, "RamdiskId", json_object_new_string(ramdisk));
 	set_state(inst, ST_PENDING, NULL, NULL);
 	json_object_object_add(inst, "StateTransitionReason", json_object_new_string(""));
 
@@ -612,28 +655,20 @@ static json_object *inst_build(struct api_req *r, json_object *img, const struct
 			goto out_rollback;
 		}
 	}
-	/* instance store: the mapped ephemeralN within the type's count; NVMe types get all */
-	for (int n = 0; n < t->store_count; n++) {
-		char vname[24], dev[40] = "", name[ID_MAX + 16];
-		snprintf(vname, sizeof(vname), "ephemeral%d", n);
-		for (size_t i = 0; i < json_object_array_length(bdm); i++) {
-			json_object *m = json_object_array_get_idx(bdm, i);
-			if (!strcmp(jstr(m, "VirtualName"), vname))
-				snprintf(dev, sizeof(dev), "%s", jstr(m, "DeviceName"));
-		}
-		if (!dev[0] && t->store_kind && !strcmp(t->store_kind, "nvme-ssd"))
-			snprintf(dev, sizeof(dev), "/dev/nvme%dn1", n + 1);
-		if (!dev[0])
+	/* instance store: every ephemeralN the mappings ask for, kept so that a later type
+	 * with more instance-store volumes gets them at start */
+	json_object *sm = json_object_new_array();
+	for (size_t i = 0; i < json_object_array_length(bdm); i++) {
+		json_object *m = json_object_array_get_idx(bdm, i), *o;
+		if (!jstr(m, "VirtualName")[0])
 			continue;
-		snprintf(name, sizeof(name), "%s.eph%d", id, n & 31);
-		json_object *e = json_object_new_object();
-		uint64_t gib = store_gib(d, t);
-		json_object_object_add(e, "DeviceName", json_object_new_string(dev));
-		json_object_object_add(e, "VirtualName", json_object_new_string(vname));
-		json_object_object_add(e, "SizeGiB", json_object_new_int64((int64_t)gib));
-		json_object_object_add(e, "Name", json_object_new_string(name));
-		json_object_array_add(eph, e);
+		o = json_object_new_object();
+		json_object_object_add(o, "DeviceName", json_object_new_string(jstr(m, "DeviceName")));
+		json_object_object_add(o, "VirtualName", json_object_new_string(jstr(m, "VirtualName")));
+		json_object_array_add(sm, o);
 	}
+	json_object_object_add(inst, "_StoreMappings", sm);
+	store_plan(d, inst, t);
 	ret = inst_up(d, inst);
 	if (ret) {
 		api_error(r, "InternalError", "cannot attach the instance's devices: %s",
@@ -682,6 +717,23 @@ static json_object *inst_view(json_object *inst, int shown_state)
 	return o;
 }
 
+/* A kernel (aki-) or RAM disk (ari-) ID: the prefix, a dash and 8 or 17 lower-case hex
+ * digits (EC2's short and long forms). 0, or -1 with InvalidParameterValue recorded. */
+static int check_boot_id(struct api_req *r, const char *prefix, const char *what, const char *id)
+{
+	size_t pl = strlen(prefix), n = strlen(id);
+	bool ok = n > pl + 1 && !strncmp(id, prefix, pl) && id[pl] == '-' &&
+		  (n - pl - 1 == 8 || n - pl - 1 == 17);
+
+	for (size_t i = pl + 1; ok && i < n; i++)
+		ok = (id[i] >= '0' && id[i] <= '9') || (id[i] >= 'a' && id[i] <= 'f');
+	if (!ok)
+		return api_error(r, "InvalidParameterValue",
+				 "Value (%.64s) for parameter %sId is invalid. Expected: '%s-...'.", id,
+				 what, prefix);
+	return 0;
+}
+
 int act_run_instances(struct api_req *r)
 {
 	static const char *const allowed[] = {
@@ -690,7 +742,7 @@ int act_run_instances(struct api_req *r)
 		"Placement",	"KeyName",	    "SecurityGroupIds", "SecurityGroups",
 		"SubnetId",	"TagSpecifications", "DryRun",	   "ClientToken",
 		NULL};
-	const char *image_id, *type = "m1.small", *ud = NULL;
+	const char *image_id, *type = "m1.small", *ud = NULL, *kernel = NULL, *ramdisk = NULL;
 	int64_t minc = 1, maxc = 1;
 	json_object *img, *bdm, *req_bdm, *out;
 	const struct itype *t;
@@ -699,7 +751,11 @@ int act_run_instances(struct api_req *r)
 	if (params_allow(r, allowed) || param_str(r, "ImageId", true, &image_id) < 0 ||
 	    param_str(r, "InstanceType", false, &type) < 0 ||
 	    param_int(r, "MinCount", false, &minc) < 0 || param_int(r, "MaxCount", false, &maxc) < 0 ||
-	    param_str(r, "UserData", false, &ud) < 0)
+	    param_str(r, "UserData", false, &ud) < 0 ||
+	    param_str(r, "KernelId", false, &kernel) < 0 ||
+	    param_str(r, "RamdiskId", false, &ramdisk) < 0 ||
+	    (kernel && check_boot_id(r, "aki", "kernel", kernel)) ||
+	    (ramdisk && check_boot_id(r, "ari", "ramdisk", ramdisk)))
 		return -1;
 	type = type ? type : "m1.small";
 	if (minc < 1 || maxc < minc || maxc > 20)
@@ -749,7 +805,9 @@ int act_run_instances(struct api_req *r)
 	id_new("r", resv);
 	out = json_object_new_array();
 	for (int64_t n = 0; n < maxc; n++) {
-		json_object *inst = inst_build(r, img, t, bdm, resv, az, ud);
+		json_object *inst = inst_build(r, img, t, bdm, resv, az, ud,
+					       kernel ? kernel : jstr(img, "KernelId"),
+					       ramdisk ? ramdisk : jstr(img, "RamdiskId"));
 		if (!inst) {
 			/* all or nothing: undo the instances this call made */
 			for (size_t k = 0; k < json_object_array_length(out); k++) {
@@ -910,17 +968,8 @@ int act_start_instances(struct api_req *r)
 			/* the instance type may have changed while stopped: re-plan the store (its
 			 * count and size follow the new type) */
 			const struct itype *t = itype_find(jstr(inst, "InstanceType"));
-			json_object *eph = jget(inst, "_Ephemeral");
-			for (size_t k = 0; t && eph && k < json_object_array_length(eph);) {
-				json_object *e = json_object_array_get_idx(eph, k);
-				if (atoi(jstr(e, "VirtualName") + 9) >= t->store_count) {
-					json_object_array_del_idx(eph, k, 1);
-				} else {
-					json_object_object_add(e, "SizeGiB",
-							       json_object_new_int64((int64_t)store_gib(r->d, t)));
-					k++;
-				}
-			}
+			if (t)
+				store_plan(r->d, inst, t);
 			ret = inst_up(r->d, inst);
 			if (ret) {
 				api_error(r, "InternalError", "cannot start %s: %s",
@@ -1031,7 +1080,8 @@ int act_terminate_instances(struct api_req *r)
 
 struct dinst_ctx {
 	struct api_req *r;
-	json_object *ids, *filters, *resv; /* resv: ReservationId -> reservation */
+	json_object *ids, *filters;
+	json_object *all; /* [{InstanceId, ReservationId, Instance}] in catalog order */
 	bool *seen;
 };
 
@@ -1090,16 +1140,12 @@ static int describe_inst_one(void *arg, const char *id, const char *account, jso
 	json_object_put(flat);
 	if (!match)
 		return 0;
-	res = jget(c->resv, rid);
-	if (!res) {
-		res = json_object_new_object();
-		json_object_object_add(res, "Groups", json_object_new_array());
-		json_object_object_add(res, "Instances", json_object_new_array());
-		json_object_object_add(res, "OwnerId", json_object_new_string(account));
-		json_object_object_add(res, "ReservationId", json_object_new_string(rid));
-		json_object_object_add(c->resv, rid, res);
-	}
-	json_object_array_add(jget(res, "Instances"), inst_view(inst, -1));
+	/* a flat list first: pages hold instances, grouped into reservations afterwards */
+	res = json_object_new_object();
+	json_object_object_add(res, "InstanceId", json_object_new_string(id));
+	json_object_object_add(res, "ReservationId", json_object_new_string(rid));
+	json_object_object_add(res, "Instance", inst_view(inst, -1));
+	json_object_array_add(c->all, res);
 	return 0;
 }
 
@@ -1119,8 +1165,14 @@ int act_describe_instances(struct api_req *r)
 		if (check_id(r, "i", "InvalidInstance",
 			     json_object_get_string(json_object_array_get_idx(c.ids, i))))
 			return -1;
+	/* EC2: "You cannot specify this parameter and the instance IDs parameter in the same
+	 * request." */
+	if (nids && jget(r->params, "MaxResults"))
+		return api_error(r, "InvalidParameterCombination",
+				 "The parameter instancesSet cannot be used with the parameter "
+				 "maxResults");
 	c.seen = calloc(nids + 1, sizeof(bool));
-	c.resv = json_object_new_object();
+	c.all = json_object_new_array();
 	ret = cat_doc_each(r->d->cat, "instance", r->region, describe_inst_one, &c);
 	for (size_t i = 0; !ret && i < nids; i++)
 		if (!c.seen[i])
@@ -1129,18 +1181,36 @@ int act_describe_instances(struct api_req *r)
 					json_object_get_string(json_object_array_get_idx(c.ids, i)));
 	free(c.seen);
 	if (ret) {
-		json_object_put(c.resv);
+		json_object_put(c.all);
 		return r->code[0] ? -1 : api_error(r, "InternalError", "catalog read failed");
 	}
-	json_object *list = json_object_new_array();
-	json_object_object_foreach(c.resv, k, v)
-	{
-		(void)k;
-		json_object_array_add(list, json_object_get(v));
+	json_object *page, *next, *resv = json_object_new_object(), *list = json_object_new_array();
+	if (paginate(r, c.all, "InstanceId", 5, 1000, &page, &next)) {
+		json_object_put(resv);
+		json_object_put(list);
+		return -1;
 	}
-	json_object_put(c.resv);
+	for (size_t i = 0; i < json_object_array_length(page); i++) {
+		json_object *it = json_object_array_get_idx(page, i);
+		const char *rid = jstr(it, "ReservationId");
+		json_object *res = jget(resv, rid);
+		if (!res) {
+			res = json_object_new_object();
+			json_object_object_add(res, "Groups", json_object_new_array());
+			json_object_object_add(res, "Instances", json_object_new_array());
+			json_object_object_add(res, "OwnerId", json_object_new_string(r->account));
+			json_object_object_add(res, "ReservationId", json_object_new_string(rid));
+			json_object_object_add(resv, rid, res);
+			json_object_array_add(list, json_object_get(res));
+		}
+		json_object_array_add(jget(res, "Instances"), json_object_get(jget(it, "Instance")));
+	}
+	json_object_put(page);
+	json_object_put(resv);
 	r->result = json_object_new_object();
 	json_object_object_add(r->result, "Reservations", list);
+	if (next)
+		json_object_object_add(r->result, "NextToken", next);
 	return 0;
 }
 
@@ -1232,6 +1302,11 @@ int act_modify_instance_attribute(struct api_req *r)
 			return api_error(r, "InvalidParameterValue", "User data is limited to 16384 bytes");
 		}
 		json_object_object_add(inst, "_UserData", json_object_new_string(ud));
+	}
+	if ((kernel && check_boot_id(r, "aki", "kernel", kernel)) ||
+	    (ramdisk && check_boot_id(r, "ari", "ramdisk", ramdisk))) {
+		json_object_put(inst);
+		return -1;
 	}
 	if (kernel)
 		json_object_object_add(inst, "KernelId", json_object_new_string(kernel));
@@ -1343,6 +1418,13 @@ int act_detach_volume(struct api_req *r)
 		json_object_put(att);
 		return api_error(r, "InvalidAttachment.NotFound",
 				 "The volume %s is not attached to instance %s", vid, iid);
+	}
+	if (dev && strcmp(device_basename(dev), device_basename(jstr(att, "Device")))) {
+		api_error(r, "InvalidAttachment.NotFound",
+			  "The volume %s is not attached to instance %s at device %.32s", vid,
+			  jstr(att, "InstanceId"), dev);
+		json_object_put(att);
+		return -1;
 	}
 	if (inst_lookup(r, jstr(att, "InstanceId"), &inst)) {
 		json_object_put(att);

@@ -1177,3 +1177,163 @@ def test_model_random_sequences(daemon, res):
                  ("reboot", "IncorrectInstanceState"), ("write", "root"), ("write", "eph"),
                  ("write", "data"), ("write", "file")]:
         assert m.stats[want], f"no {want} in {MODEL_SEQUENCES} sequences (seed {seed})"
+
+
+# ---- the lifecycle issue's leftovers -------------------------------------------------------
+
+def test_describe_instances_pagination(daemon, image):
+    d = daemon
+    ami = register(d, image["snap"], "ebsim-no-store", ephemeral=False)
+    out = d.ok("run-instances", "--image-id", ami, "--instance-type", "t3.micro", "--count", "7")
+    ids = {i["InstanceId"] for i in out["Instances"]}
+    assert len(ids) == 7
+
+    def flat(reply):
+        return [i["InstanceId"] for r in reply["Reservations"] for i in r["Instances"]]
+
+    p1 = d.ok("describe-instances", "--max-results", "5")
+    assert len(flat(p1)) == 5 and p1["NextToken"]
+    assert p1["Reservations"][0]["ReservationId"] == out["ReservationId"]
+    p2 = d.ok("describe-instances", "--max-results", "5", "--next-token", p1["NextToken"])
+    assert len(flat(p2)) == 2 and "NextToken" not in p2
+    assert set(flat(p1)) | set(flat(p2)) == ids and not set(flat(p1)) & set(flat(p2))
+    # a token alone continues to the end; the whole list without MaxResults has no token
+    assert set(flat(d.ok("describe-instances", "--next-token", p1["NextToken"]))) == \
+        set(flat(p2))
+    everything = d.ok("describe-instances")
+    assert set(flat(everything)) == ids and "NextToken" not in everything
+    # filters apply before the page is cut
+    f = d.ok("describe-instances", "--max-results", "5", "--filters",
+             f"Name=instance-id,Values={sorted(ids)[0]}")
+    assert flat(f) == [sorted(ids)[0]] and "NextToken" not in f
+    for bad in ("4", "1001", "0", "-5"):
+        assert_error(d.cli("describe-instances", "--max-results", bad), "InvalidParameterValue")
+    assert_error(d.cli("describe-instances", "--max-results", "5", "--instance-ids",
+                       sorted(ids)[0]), "InvalidParameterCombination")
+    assert_error(d.cli("describe-instances", "--max-results", "5", "--next-token", "nope"),
+                 "InvalidParameterValue")
+    d.ok("terminate-instances", "--instance-ids", *sorted(ids))
+
+
+def test_detach_volume_checks_device(daemon, image):
+    d = daemon
+    inst = run1(d, image["ami"])
+    iid = inst["InstanceId"]
+    vid = d.create_volume(1)["VolumeId"]
+    d.ok("attach-volume", "--volume-id", vid, "--instance-id", iid, "--device", "/dev/sdf")
+    for dev in ("/dev/sdg", "sdg", "/dev/xvda"):
+        assert_error(d.cli("detach-volume", "--volume-id", vid, "--device", dev),
+                     "InvalidAttachment.NotFound")
+        assert_error(d.cli("detach-volume", "--volume-id", vid, "--instance-id", iid,
+                           "--device", dev), "InvalidAttachment.NotFound")
+    # nothing changed: still attached, its device still there
+    assert volume(d, vid)["State"] == "in-use"
+    assert "/dev/sdf" in describe(d, iid)["LocalDevices"]
+    out = d.ok("detach-volume", "--volume-id", vid, "--instance-id", iid, "--device", "sdf")
+    assert out["State"] == "detaching" and out["Device"] == "/dev/sdf"
+    assert volume(d, vid)["State"] == "available"
+    assert "/dev/sdf" not in describe(d, iid)["LocalDevices"]
+    d.ok("terminate-instances", "--instance-ids", iid)
+
+
+def test_kernel_and_ramdisk_ids(daemon, image):
+    d = daemon
+    inst = run1(d, image["ami"], ITYPE, "--kernel-id", "aki-919dcaf8", "--ramdisk-id",
+                "ari-0123456789abcdef0")
+    assert inst["KernelId"] == "aki-919dcaf8" and inst["RamdiskId"] == "ari-0123456789abcdef0"
+    got = describe(d, inst["InstanceId"])
+    assert got["KernelId"] == "aki-919dcaf8" and got["RamdiskId"] == "ari-0123456789abcdef0"
+    # none given and none in the image: none shown
+    plain = run1(d, image["ami"])
+    assert "KernelId" not in plain and "RamdiskId" not in plain
+    before = world(d)
+    for opt, bad in (("--kernel-id", "aki-xyz"), ("--kernel-id", "ari-12345678"),
+                     ("--kernel-id", "aki-1234567"), ("--kernel-id", "aki-0123456789ABCDEF0"),
+                     ("--ramdisk-id", "aki-12345678"), ("--ramdisk-id", "ari-")):
+        assert_error(d.cli("run-instances", "--image-id", image["ami"], "--instance-type",
+                           ITYPE, opt, bad), "InvalidParameterValue")
+    assert world(d) == before
+    # modify-instance-attribute applies the same rule
+    d.ok("stop-instances", "--instance-ids", plain["InstanceId"])
+    assert_error(d.cli("modify-instance-attribute", "--instance-id", plain["InstanceId"],
+                       "--kernel", "Value=bogus"), "InvalidParameterValue")
+    d.ok("modify-instance-attribute", "--instance-id", plain["InstanceId"], "--kernel",
+         "Value=aki-88aa75e1")
+    assert describe(d, plain["InstanceId"])["KernelId"] == "aki-88aa75e1"
+    d.ok("terminate-instances", "--instance-ids", inst["InstanceId"], plain["InstanceId"])
+
+
+def test_kernel_defaults_from_the_image(make_daemon, tmp_path):
+    d = make_daemon(base_images=True, cache_dir=str(tmp_path / "cache"))
+    imgs = {i["VirtualizationType"]: i
+            for i in d.ok("describe-images", "--owners", "amazon")["Images"]}
+    pv = imgs["paravirtual"]
+    inst = run1(d, pv["ImageId"], "m1.small")
+    assert inst["KernelId"] == pv["KernelId"]
+    assert describe(d, inst["InstanceId"])["KernelId"] == pv["KernelId"]
+    over = run1(d, pv["ImageId"], "m1.small", "--kernel-id", "aki-88aa75e1")
+    assert describe(d, over["InstanceId"])["KernelId"] == "aki-88aa75e1"
+    d.ok("terminate-instances", "--instance-ids", inst["InstanceId"], over["InstanceId"])
+
+
+def test_start_after_type_change_creates_new_instance_store(daemon, image):
+    d = daemon
+    # the image maps ephemeral0 at /dev/sdb; the launch also asks for ephemeral1 at /dev/sdc,
+    # which m3.medium (one instance-store volume) cannot give
+    bdm = [{"DeviceName": "/dev/sdc", "VirtualName": "ephemeral1"}]
+    inst = run1(d, image["ami"], "m3.medium", "--block-device-mappings", json.dumps(bdm))
+    iid = inst["InstanceId"]
+    assert set(inst["LocalDevices"]) == {"/dev/xvda", "/dev/sdb"}
+    d.ok("stop-instances", "--instance-ids", iid)
+    d.ok("modify-instance-attribute", "--instance-id", iid, "--instance-type",
+         "Value=m3.xlarge")  # two 40 GiB instance-store volumes
+    d.ok("start-instances", "--instance-ids", iid)
+    got = describe(d, iid)
+    assert got["InstanceType"] == "m3.xlarge" and got["State"]["Name"] == "running"
+    devs = got["LocalDevices"]
+    assert set(devs) == {"/dev/xvda", "/dev/sdb", "/dev/sdc"}
+    for dev in ("/dev/sdb", "/dev/sdc"):
+        size = blockdev_size(devs[dev])
+        assert size == 40 * GIB
+        # fresh and empty: zeros at the start, the middle and the end
+        for off in (0, size // 2, size - MIB):
+            assert pread_direct(devs[dev], off, MIB) == bytes(MIB), (dev, off)
+    # and usable
+    pats = patterns(7, 4, 0, 40 * GIB)
+    write_patterns(devs["/dev/sdc"], pats)
+    assert read_patterns(devs["/dev/sdc"], pats) == pats
+    # back to one volume: /dev/sdc goes away at the next start
+    d.ok("stop-instances", "--instance-ids", iid)
+    d.ok("modify-instance-attribute", "--instance-id", iid, "--instance-type",
+         "Value=m3.medium")
+    d.ok("start-instances", "--instance-ids", iid)
+    assert set(describe(d, iid)["LocalDevices"]) == {"/dev/xvda", "/dev/sdb"}
+    d.ok("terminate-instances", "--instance-ids", iid)
+
+
+def test_launch_restores_the_root_lazily(daemon, res):
+    """run-instances does not copy the image: right after launch (root mounted) the new root
+    volume still reads almost all of its snapshot's chunks from the store; reading the
+    image's big file afterwards is what fetches them."""
+    d = daemon
+    v = d.create_volume(8)
+    run(["mkfs.ext4", "-q", "-F", "-E", "nodiscard", "-L", "ebsim-root", v["LocalPath"]])
+    mnt = os.path.join(d.home, "image-build")
+    loop = res.losetup(v["LocalPath"])
+    res.mount(loop, mnt)
+    res.assert_mounted(mnt)
+    big = random.Random(5).randbytes(96 * MIB)
+    write_file(os.path.join(mnt, "big.bin"), big)
+    res.umount(mnt)
+    res.detach(loop)
+    snap = snapshot(d, v["VolumeId"])["SnapshotId"]
+    ami = register(d, snap, "ebsim-8g-lazy", ephemeral=False)
+    inst = run1(d, ami, "t3.micro")
+    assert is_mounted(inst["RootMount"])
+    st = volume(d, root_volume(inst))["InitializationStatusDetails"]
+    # the file alone is 1536 of the snapshot's chunks: mounting touched a few metadata ones
+    assert st["State"] == "lazy" and st["Progress"] <= 5, st
+    assert sha256_file(os.path.join(inst["RootMount"], "big.bin")) == sha(big)
+    st = volume(d, root_volume(inst))["InitializationStatusDetails"]
+    assert st["Progress"] >= 80, st
+    d.ok("terminate-instances", "--instance-ids", inst["InstanceId"])

@@ -333,9 +333,10 @@ static int cli_prepare_modify(const struct cli *c, struct json_object *params);
 	     "stopped or restarted while the instance ran (its instance store was lost)."},    \
 	    {d + 1, "Code", "string", "The reason code."},                                     \
 	    {d + 1, "Message", "string", "The reason, in words."},                             \
-	    {d, "KernelId", "string", "The kernel set by modify-instance-attribute, if any."}, \
+	    {d, "KernelId", "string",                                                          \
+	     "The kernel (run-instances --kernel-id, else the image's; or as modified)."},    \
 	    {d, "RamdiskId", "string",                                                         \
-	     "The RAM disk set by modify-instance-attribute, if any."},                        \
+	     "The RAM disk (run-instances --ramdisk-id, else the image's; or as modified)."}, \
 	    {d, "LocalDevices", "map",                                                         \
 	     "ebsim only, while the instance runs: each device name (/dev/xvda) and the "      \
 	     "loop device that is it on this host (/dev/loop3). "                              \
@@ -1537,8 +1538,11 @@ static const struct cli_verb cli_verbs[] = {
 			"on terminate unless its mapping says DeleteOnTermination false.\n"
 			"\n"
 			"--user-data is kept with the instance (at most 16384 bytes), as text: ebsim "
-			"does not base64-encode it. --kernel-id and --ramdisk-id are accepted and not "
-			"used.",
+			"does not base64-encode it. --kernel-id (aki-...) and --ramdisk-id (ari-...) "
+			"are checked for form (InvalidParameterValue otherwise) and recorded on the "
+			"instance as KernelId and RamdiskId; without them the image's apply (the "
+			"paravirtual base AMI names PV-GRUB). ebsim boots nothing, so they are not "
+			"looked up.",
 		.opts = (const struct cli_opt[]){
 			{"image-id", CLI_STRING, true, NULL, "The ID of the image (ami-...) to launch."},
 			{"instance-type", CLI_STRING, false, NULL,
@@ -1557,9 +1561,12 @@ static const struct cli_verb cli_verbs[] = {
 			 "mapping of the image."},
 			{"user-data", CLI_STRING, false, NULL,
 			 "The user data, as text, or file://PATH to read it from a file."},
-			{"kernel-id", CLI_STRING, false, NULL, "The kernel ID. Accepted and not used."},
+			{"kernel-id", CLI_STRING, false, NULL,
+			 "The kernel ID (aki- and 8 or 17 hex digits), shown as KernelId. Default: "
+			 "the image's."},
 			{"ramdisk-id", CLI_STRING, false, NULL,
-			 "The RAM disk ID. Accepted and not used."},
+			 "The RAM disk ID (ari- and 8 or 17 hex digits), shown as RamdiskId. "
+			 "Default: the image's."},
 			{"placement", CLI_JSON, false, NULL,
 			 "Where to launch, as JSON (or file://PATH), e.g. "
 			 "{\"AvailabilityZone\":\"us-east-1b\"}. Default: zone a of the region. "
@@ -1662,8 +1669,10 @@ static const struct cli_verb cli_verbs[] = {
 			"* architecture, root-device-type (ebs | instance-store), root-device-name, "
 			"virtualization-type\n"
 			"\n"
-			"--max-results and --next-token are accepted so that awscli scripts run "
-			"unchanged; ebsimd returns every instance in one reply.",
+			"With --max-results N (5 to 1000) a reply holds at most N instances, grouped "
+			"in their reservations, and a NextToken when more follow: pass it as "
+			"--next-token to get the next page. --max-results cannot be combined with "
+			"--instance-ids (InvalidParameterCombination).",
 		.opts = (const struct cli_opt[]){
 			{"instance-ids", CLI_LIST, false, NULL,
 			 "The IDs of the instances to describe, separated by spaces."},
@@ -1672,11 +1681,10 @@ static const struct cli_verb cli_verbs[] = {
 			 "or in JSON, [{\"Name\":\"string\",\"Values\":[\"string\",...]},...]. "
 			 "Give several words, or repeat --filters, to combine filters."},
 			{"max-results", CLI_INTEGER, false, NULL,
-			 "The largest number of instances in one reply. Accepted; ebsimd returns "
-			 "them all."},
+			 "The largest number of instances in one reply, 5 to 1000 "
+			 "(InvalidParameterValue otherwise). Default: all of them."},
 			{"next-token", CLI_STRING, false, NULL,
-			 "The NextToken of the previous reply. Accepted; there is never a next "
-			 "page."},
+			 "The NextToken of the previous reply: where the next page starts."},
 			{NULL, 0, false, NULL, NULL},
 		},
 		.output = (const struct cli_field[]){
@@ -1686,6 +1694,9 @@ static const struct cli_verb cli_verbs[] = {
 			INSTANCE_FIELDS(2),
 			{1, "OwnerId", "string", "The account that owns the reservation."},
 			{1, "ReservationId", "string", "The ID of the reservation."},
+			{0, "NextToken", "string",
+			 "The token to pass to --next-token for the next page; absent on the last "
+			 "page."},
 			{0, NULL, NULL, NULL},
 		},
 		.examples =
@@ -2003,12 +2014,15 @@ static const struct cli_verb cli_verbs[] = {
 			"The root volume of an instance can be detached only while the instance is "
 			"stopped (IncorrectState otherwise). A volume that is not attached fails "
 			"with IncorrectState; with --instance-id, a volume attached to another "
-			"instance fails with InvalidAttachment.NotFound.",
+			"instance fails with InvalidAttachment.NotFound, and so does a --device "
+			"other than the one the volume is attached at.",
 		.opts = (const struct cli_opt[]){
 			{"volume-id", CLI_STRING, true, NULL, "The ID of the volume to detach."},
 			{"instance-id", CLI_STRING, false, NULL,
 			 "The instance it must be attached to; default: whichever it is."},
-			{"device", CLI_STRING, false, NULL, "The device name. Accepted; not checked."},
+			{"device", CLI_STRING, false, NULL,
+			 "The device name it must be attached at (/dev/sdf and sdf are the same); "
+			 "default: whichever it is."},
 			{"force", CLI_BOOLEAN, false, NULL,
 			 "Force the detachment. Accepted: ebsim's detachment never waits for the "
 			 "instance."},
