@@ -10,7 +10,15 @@
  * plus private fields: _Ephemeral (its instance-store volumes: device, virtual name, size,
  * served name), _Loops (device name -> the file each loop device is backed by, so that
  * cleanup after a crash detaches only loops still backed by our files), _UserData,
- * _TerminatedAt. An attachment is a document (kind "attachment") keyed by volume id.
+ * _TerminatedAt, _StoreMappings (every ephemeralN the launch's mappings asked for, even
+ * beyond what the type offers: a later type with more instance-store volumes gets them
+ * at its next start, fresh and empty, as on EC2). KernelId/RamdiskId come from
+ * run-instances (checked for form: aki-/ari- and 8 or 17 hex digits) or the image.
+ * An attachment is a document (kind "attachment") keyed by volume id.
+ *
+ * DescribeInstances pages over instances (MaxResults 5-1000, not with InstanceIds), in
+ * catalog order, then groups each page into reservations; NextToken is the instance id
+ * the next page starts at (paginate()).
  *
  * Storage effects (DESIGN.md's lifecycle table):
  *   run     EBS volumes created (root lazily from the image's snapshot) and attached;
