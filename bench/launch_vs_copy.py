@@ -54,7 +54,8 @@ def main():
 
     try:
         sh(os.path.join(BUILD, "ebsimd"), "--home", home, "--no-base-images")
-        data = random.Random(1).randbytes(a.data_mib * MIB)
+        rnd = random.Random(1)
+        data = b"".join(rnd.randbytes(MIB) for _ in range(a.data_mib))
         for gib in (1, 8):
             v = ok("create-volume", "--size", gib)
             sh("mkfs.ext4", "-q", "-F", "-E", "nodiscard", v["LocalPath"])
