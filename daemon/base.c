@@ -57,7 +57,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define BASE_FORMAT 1
+#define BASE_FORMAT 2
 #define BASE_SIZE_GIB 1
 #define BASE_BUSYBOX "/bin/busybox"
 #define BASE_NAME_PREFIX "ebsim-base-"
@@ -216,6 +216,8 @@ static int tree_fill(int dirfd, const void *bin, size_t binlen, const char *ver)
 	if (fd < 0)
 		return -errno;
 	ret = file_write_full(fd, bin, binlen);
+	if (!ret && fchmod(fd, 0755) < 0) /* the daemon's umask is 077 */
+		ret = -errno;
 	close(fd);
 	if (ret)
 		return ret;

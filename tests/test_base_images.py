@@ -65,7 +65,11 @@ def cache(tmp_path):
 
 
 def cache_file(cache):
-    return os.path.join(cache, f"base-busybox-{busybox_version()}-f1.ext4")
+    """The one image file of the cache, named by the BusyBox version (and a format)."""
+    names = [n for n in os.listdir(cache)
+             if n.startswith(f"base-busybox-{busybox_version()}-") and n.endswith(".ext4")]
+    assert len(names) == 1, names
+    return os.path.join(cache, names[0])
 
 
 def check_images(imgs):
@@ -110,7 +114,9 @@ def check_root(inst):
     for rel in ("sbin/init", "etc/fstab", "boot/grub/menu.lst", "etc/os-release",
                 "etc/hostname", "bin/busybox"):
         assert os.path.isfile(os.path.join(root, rel)), rel
-    assert os.stat(os.path.join(root, "sbin/init")).st_mode & 0o111
+    for rel, mode in (("sbin/init", 0o755), ("bin/busybox", 0o755), ("tmp", 0o1777),
+                      ("etc/fstab", 0o644), ("bin", 0o755), ("proc", 0o555)):
+        assert os.stat(os.path.join(root, rel)).st_mode & 0o7777 == mode, rel
     assert os.readlink(os.path.join(root, "bin/sh")) == "busybox"
     with open(os.path.join(root, "etc/os-release")) as f:
         assert "ID=ebsim-base" in f.read()
