@@ -561,7 +561,7 @@ static json_object *inst_build(struct api_req *r, json_object *img, const struct
 			continue;
 		const char *sid = jstr(e, "SnapshotId");
 		if (sid[0]) {
-			if (snapshot_lookup(r, sid, &s))
+			if (snapshot_lookup_use(r, sid, &s))
 				goto out_rollback;
 			sp = &s;
 		}
@@ -725,7 +725,8 @@ int act_run_instances(struct api_req *r)
 		return -1;
 	}
 	req_bdm = bdm_parse(r, jget(r->params, "BlockDeviceMappings"), false);
-	if (!req_bdm) {
+	if (!req_bdm || dry_run_check(r)) {
+		json_object_put(req_bdm);
 		json_object_put(img);
 		return -1;
 	}
