@@ -1406,7 +1406,8 @@ static json_object *image_mappings(struct api_req *r, json_object *inst, json_ob
 		if (!strcmp(v.type, "gp3"))
 			json_object_object_add(e, "Throughput", json_object_new_int(v.throughput));
 		json_object_object_add(e, "Encrypted", json_object_new_boolean(v.encrypted));
-		json_object_object_foreach(jget(over, "Ebs"), k, val)
+		json_object *oe = over ? jget(over, "Ebs") : json_object_new_object();
+		json_object_object_foreach(oe, k, val)
 		{
 			if (!strcmp(k, "SnapshotId")) {
 				api_error(r, "InvalidBlockDeviceMapping",
@@ -1426,6 +1427,8 @@ static json_object *image_mappings(struct api_req *r, json_object *inst, json_ob
 			}
 			json_object_object_add(e, k, json_object_get(val));
 		}
+		if (!over)
+			json_object_put(oe);
 		json_object *pv = json_object_new_object();
 		json_object_object_add(pv, "Index",
 				       json_object_new_int((int)json_object_array_length(out) - 1));
@@ -1486,7 +1489,7 @@ int act_create_image(struct api_req *r)
 		return -1;
 	if (desc && strlen(desc) > 255)
 		return api_error(r, "InvalidParameterValue", "The description is too long.");
-	if (check_id(r, "i", "InvalidInstanceID", iid) || image_name_check(r, name))
+	if (check_id(r, "i", "InvalidInstance", iid) || image_name_check(r, name))
 		return -1;
 	ret = cat_doc_get(d->cat, "instance", iid, &inst);
 	if (ret == -ENOENT || (!ret && (strcmp(jstr(inst, "OwnerId"), r->account) ||
