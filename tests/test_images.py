@@ -44,6 +44,14 @@ def wait_image(d, ami, want="available", region=None, timeout=60):
     return img
 
 
+def mount_id(path):
+    """The kernel's ID of the mount at path: a new one after an unmount and a mount."""
+    with open("/proc/self/mountinfo") as f:
+        ids = [l.split()[0] for l in f if l.split()[4] == path]
+    assert ids, f"{path} is not mounted"
+    return ids[-1]
+
+
 def mappings(img):
     return {m["DeviceName"]: m for m in img["BlockDeviceMappings"]}
 
@@ -82,11 +90,13 @@ def test_create_image_captures_root_and_data_volume(daemon, res, base):
         os.makedirs(os.path.join(data_mnt, os.path.dirname(rel)), exist_ok=True)
         write_file(os.path.join(data_mnt, rel), data)
 
+    ids = mount_id(root), mount_id(data_mnt)
     ami = d.ok("create-image", "--instance-id", inst["InstanceId"], "--name", "from-instance",
                "--description", "made by the test")["ImageId"]
-    # reboot semantics: both file systems are mounted again where they were
+    # reboot semantics: both file systems were unmounted and are mounted again where they were
     res.assert_mounted(root)
     res.assert_mounted(data_mnt)
+    assert mount_id(root) != ids[0] and mount_id(data_mnt) != ids[1]
     assert sha256_file(os.path.join(data_mnt, "README")) == hashlib.sha256(b"data volume\n").hexdigest()
     img = wait_image(d, ami)
     assert img["SourceInstanceId"] == inst["InstanceId"]
@@ -119,13 +129,19 @@ def test_create_image_captures_root_and_data_volume(daemon, res, base):
     assert v["SnapshotId"] in snaps and v["Size"] == 2 and v["VolumeType"] == "gp3"
 
 
-def test_create_image_no_reboot_is_point_in_time(daemon, res, base):
+@pytest.mark.parametrize("mode", ["no-reboot", "reboot-busy"])
+def test_create_image_is_point_in_time(daemon, res, base, mode):
+    """--no-reboot freezes the root; without it, a root that cannot be unmounted (the test
+    holds its directory open) is frozen instead. Either way the image is a point in time
+    and the writer goes on."""
     d = daemon
     inst = run1(d, base["ami"])
     root = inst["RootMount"]
     res.assert_mounted(root)
     wdir = os.path.join(root, "stream")
     os.makedirs(wdir)
+    busy = os.open(wdir, os.O_RDONLY | os.O_DIRECTORY)
+    root_id = mount_id(root)
     done = []
     stop = threading.Event()
 
@@ -146,14 +162,18 @@ def test_create_image_no_reboot_is_point_in_time(daemon, res, base):
             time.sleep(0.01)
         before = len(done)
         ami = d.ok("create-image", "--instance-id", inst["InstanceId"], "--name", "pit",
-                   "--no-reboot")["ImageId"]
+                   *(["--no-reboot"] if mode == "no-reboot" else []))["ImageId"]
         after = len(done)
         while len(done) < after + 20:  # the writer goes on after the thaw
             time.sleep(0.01)
     finally:
         stop.set()
         t.join()
-    res.assert_mounted(root)  # --no-reboot: never unmounted
+        os.close(busy)
+    res.assert_mounted(root)
+    assert mount_id(root) == root_id  # never unmounted: frozen
+    if mode == "reboot-busy":
+        assert "is busy" in d.log() and "freezing it instead" in d.log()
     wait_image(d, ami)
     new = run1(d, ami)
     res.assert_mounted(new["RootMount"])
@@ -238,6 +258,7 @@ def test_pending_image_is_unavailable_then_failed_after_crash(make_daemon, res):
                                        "MinCount": 1, "MaxCount": 1})
     _, r = call(d, "DescribeImages", {"ImageIds": [ami]})
     state = r["Images"][0]["State"]
+    print("state after the launch:", state, code)
     if state == "pending":  # the launch was certainly tried while pending
         assert code == "InvalidAMIID.Unavailable"
     # kill the daemon while the snapshot copies: a restart turns the snapshot into 'error'
@@ -249,6 +270,7 @@ def test_pending_image_is_unavailable_then_failed_after_crash(make_daemon, res):
     d.start()
     s = d.ok("describe-snapshots", "--snapshot-ids", sid)["Snapshots"][0]
     img = d.ok("describe-images", "--image-ids", ami)["Images"][0]
+    print("after the crash:", s["State"], img["State"])
     assert (s["State"], img["State"]) in {("error", "failed"), ("completed", "available")}
     if img["State"] == "failed":
         assert sid in img["StateReason"]["Message"]
