@@ -424,3 +424,55 @@ def test_help(verb):
     assert p.returncode == 0
     for section in ("NAME", "DESCRIPTION", "OPTIONS", "EXAMPLES"):
         assert section in p.stdout, (verb, section)
+
+
+def test_hostile_params_never_crash(daemon, base):
+    """Random JSON of every type in every parameter of the image actions: each request gets
+    an answer (an error, or a result), the daemon survives, and the catalog stays sane."""
+    d = daemon
+    inst = run1(d, base["ami"])
+    rnd = random.Random(int(os.environ.get("EBSIM_MODEL_SEED", "11")))
+    actions = {
+        "CreateImage": ["InstanceId", "Name", "Description", "NoReboot", "BlockDeviceMappings",
+                        "TagSpecifications", "DryRun"],
+        "CopyImage": ["SourceRegion", "SourceImageId", "Name", "Description", "DryRun"],
+        "ModifyImageAttribute": ["ImageId", "Attribute", "OperationType", "UserIds",
+                                 "UserGroups", "LaunchPermission", "Description", "Value",
+                                 "DryRun"],
+        "DescribeImageAttribute": ["ImageId", "Attribute", "DryRun"],
+        "ResetImageAttribute": ["ImageId", "Attribute", "DryRun"],
+        "DescribeImages": ["ImageIds", "Owners", "ExecutableUsers", "Filters", "MaxResults",
+                           "NextToken"],
+        "DeregisterImage": ["ImageId", "DryRun"],
+    }
+    good = [base["ami"], inst["InstanceId"], "us-east-1", "launchPermission", "description",
+            "add", "remove", "all", "self", "amazon", "111122223333", "x" * 300, "", "a\u00e9b"]
+
+    def value(depth=0):
+        k = rnd.randrange(9 if depth < 2 else 6)
+        if k == 0:
+            return None
+        if k == 1:
+            return rnd.choice([0, -1, 1 << 62, 3.5])
+        if k == 2:
+            return rnd.choice([True, False])
+        if k in (3, 4, 5):
+            return rnd.choice(good)
+        if k == 6:
+            return [value(depth + 1) for _ in range(rnd.randrange(3))]
+        keys = ["Add", "Remove", "UserId", "Group", "Value", "DeviceName", "Ebs", "NoDevice",
+                "Name", "Values", "SnapshotId", "VolumeSize"]
+        return {rnd.choice(keys): value(depth + 1) for _ in range(rnd.randrange(3))}
+
+    for i in range(1500):
+        action = rnd.choice(list(actions))
+        params = {p: value() for p in rnd.sample(actions[action],
+                                                 rnd.randint(0, len(actions[action])))}
+        if action == "CreateImage":
+            params["NoReboot"] = True  # keep the test's root mount in place
+        code, res = call(d, action, params, account=rnd.choice(["123456789012", "111122223333"]))
+        assert (code is None) != (res is None), (action, params)
+    assert d.alive()
+    imgs = d.ok("describe-images")["Images"]
+    for img in imgs:
+        assert img["State"] in ("pending", "available", "failed")
