@@ -34,9 +34,10 @@ GIB = 1 << 30
 MIB = 1 << 20
 
 
-def wait_image(d, ami, want="available", region=None, timeout=60):
+def wait_image(d, ami, want="available", region=None, timeout=60, account=None):
     for _ in range(int(timeout / 0.05)):
-        img = d.ok("describe-images", "--image-ids", ami, region=region)["Images"][0]
+        img = d.ok("describe-images", "--image-ids", ami, region=region,
+                   account=account)["Images"][0]
         if img["State"] != "pending":
             break
         time.sleep(0.05)
@@ -476,3 +477,54 @@ def test_hostile_params_never_crash(daemon, base):
     imgs = d.ok("describe-images")["Images"]
     for img in imgs:
         assert img["State"] in ("pending", "available", "failed")
+
+
+def test_amazon_owned_and_instance_store_images(daemon, base):
+    """Images made by other paths: a base image owned by Amazon's account (ImageOwnerAlias
+    amazon, public) and an instance-store-backed one. Their documents are written into the
+    catalog while the daemon is stopped, as those paths store them."""
+    import sqlite3
+    d = daemon
+    amazon = "137112412989"  # EBSIM_AMAZON_ACCOUNT (common/ctl_proto.h)
+    ours = register(d, base["snap"], "to-be-instance-store")
+    d.stop()
+    con = sqlite3.connect(os.path.join(d.home, "catalog.db"))
+    for ami, change in [(base["ami"], {"OwnerId": amazon, "ImageOwnerAlias": "amazon",
+                                       "Public": True, "ImageLocation": "amazon/ebsim-base"}),
+                        (ours, {"RootDeviceType": "instance-store",
+                                "ImageLocation": "bucket/image.manifest.xml"})]:
+        (doc,) = con.execute("SELECT json FROM docs WHERE kind = 'image' AND id = ?",
+                             (ami,)).fetchone()
+        doc = json.loads(doc)
+        doc.update(change)
+        con.execute("UPDATE docs SET json = ?, account = ? WHERE kind = 'image' AND id = ?",
+                    (json.dumps(doc), doc["OwnerId"], ami))
+    con.commit()
+    con.close()
+    d.start()
+
+    def ids(*args, account=None):
+        return {i["ImageId"] for i in d.ok("describe-images", *args, account=account)["Images"]}
+
+    other = "111122223333"
+    assert ids("--owners", "amazon", account=other) == {base["ami"]}
+    assert ids("--owners", amazon, account=other) == {base["ami"]}
+    assert ids("--filters", "Name=owner-alias,Values=amazon") == {base["ami"]}
+    assert ids("--filters", "Name=root-device-type,Values=instance-store") == {ours}
+    img = d.ok("describe-images", "--image-ids", base["ami"], account=other)["Images"][0]
+    assert img["ImageOwnerAlias"] == "amazon" and img["OwnerId"] == amazon
+    # anyone may launch it, and copy it; the copy is theirs, without the alias
+    new = d.ok("copy-image", "--source-region", "us-east-1", "--source-image-id", base["ami"],
+               "--name", "my-copy", account=other)["ImageId"]
+    img = wait_image(d, new, account=other)
+    assert img["OwnerId"] == other
+    assert "ImageOwnerAlias" not in img
+    assert ids("--owners", "amazon", account=other) == {base["ami"]}
+    # only Amazon may change its image
+    assert_error(d.cli("modify-image-attribute", "--image-id", base["ami"], "--operation-type",
+                       "remove", "--user-groups", "all"), "AuthFailure")
+    # an instance-store image cannot be copied
+    r = d.cli("copy-image", "--source-region", "us-east-1", "--source-image-id", ours,
+              "--name", "is-copy")
+    assert_error(r, "UnsupportedOperation")
+    assert "instance-store" in r.err
