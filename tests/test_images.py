@@ -45,12 +45,10 @@ def wait_image(d, ami, want="available", region=None, timeout=60, account=None):
     return img
 
 
-def mount_id(path):
-    """The kernel's ID of the mount at path: a new one after an unmount and a mount."""
-    with open("/proc/self/mountinfo") as f:
-        ids = [l.split()[0] for l in f if l.split()[4] == path]
-    assert ids, f"{path} is not mounted"
-    return ids[-1]
+def mount_count(dev):
+    """ext4's mount count (its superblock): one more after an unmount and a mount."""
+    out = run(["dumpe2fs", "-h", dev]).stdout
+    return int(next(l for l in out.splitlines() if l.startswith("Mount count:")).split()[-1])
 
 
 def mappings(img):
@@ -91,13 +89,14 @@ def test_create_image_captures_root_and_data_volume(daemon, res, base):
         os.makedirs(os.path.join(data_mnt, os.path.dirname(rel)), exist_ok=True)
         write_file(os.path.join(data_mnt, rel), data)
 
-    ids = mount_id(root), mount_id(data_mnt)
+    devs = inst["LocalDevices"]["/dev/xvda"], inst["LocalDevices"]["/dev/sdf"]
+    counts = [mount_count(dev) for dev in devs]
     ami = d.ok("create-image", "--instance-id", inst["InstanceId"], "--name", "from-instance",
                "--description", "made by the test")["ImageId"]
     # reboot semantics: both file systems were unmounted and are mounted again where they were
     res.assert_mounted(root)
     res.assert_mounted(data_mnt)
-    assert mount_id(root) != ids[0] and mount_id(data_mnt) != ids[1]
+    assert [mount_count(dev) for dev in devs] == [n + 1 for n in counts]
     assert sha256_file(os.path.join(data_mnt, "README")) == hashlib.sha256(b"data volume\n").hexdigest()
     img = wait_image(d, ami)
     assert img["SourceInstanceId"] == inst["InstanceId"]
@@ -142,7 +141,7 @@ def test_create_image_is_point_in_time(daemon, res, base, mode):
     wdir = os.path.join(root, "stream")
     os.makedirs(wdir)
     busy = os.open(wdir, os.O_RDONLY | os.O_DIRECTORY)
-    root_id = mount_id(root)
+    root_count = mount_count(inst["LocalDevices"]["/dev/xvda"])
     done = []
     stop = threading.Event()
 
@@ -172,7 +171,7 @@ def test_create_image_is_point_in_time(daemon, res, base, mode):
         t.join()
         os.close(busy)
     res.assert_mounted(root)
-    assert mount_id(root) == root_id  # never unmounted: frozen
+    assert mount_count(inst["LocalDevices"]["/dev/xvda"]) == root_count  # frozen, not unmounted
     if mode == "reboot-busy":
         assert "is busy" in d.log() and "freezing it instead" in d.log()
     wait_image(d, ami)

@@ -145,6 +145,7 @@ static int cli_finish_bench(const struct cli *c, struct json_object *res);
 static int cli_prepare_register(const struct cli *c, struct json_object *params);
 static int cli_prepare_run(const struct cli *c, struct json_object *params);
 static int cli_prepare_modify(const struct cli *c, struct json_object *params);
+static int cli_prepare_create_image(const struct cli *c, struct json_object *params);
 
 /* Help text: blank lines separate paragraphs, which are wrapped; a line that starts with a
  * space is printed as it is, less that space; a line that starts with "* " is a bullet with
@@ -1566,9 +1567,10 @@ static const struct cli_verb cli_verbs[] = {
 			 "@ _, unique in the account and region."},
 			{"description", CLI_STRING, false, NULL,
 			 "A description of the image, up to 255 characters."},
-			{"no-reboot", CLI_BOOLEAN, false, "NoReboot",
-			 "Do not unmount the instance's file systems: freeze them (FIFREEZE) while the "
-			 "snapshots start instead."},
+			{"reboot", CLI_BOOLEAN, false, CLI_LOCAL,
+			 "--reboot (the default) unmounts the instance's file systems while the "
+			 "snapshots start and mounts them again; --no-reboot freezes them (FIFREEZE) "
+			 "instead. Sent as NoReboot."},
 			{"block-device-mappings", CLI_JSON, false, NULL,
 			 "Changes to the image's mappings, as JSON or file://PATH (see DESCRIPTION)."},
 			{"tag-specifications", CLI_JSON, false, NULL,
@@ -1599,6 +1601,7 @@ static const struct cli_verb cli_verbs[] = {
 			"\n"
 			"    ebsim create-image --instance-id i-0123456789abcdef0 --name my-server-1.1 \\\n"
 			"        --block-device-mappings '[{\"DeviceName\":\"/dev/sdf\",\"NoDevice\":\"\"}]'\n",
+		.prepare = cli_prepare_create_image,
 	},
 	{
 		.name = "copy-image",
@@ -4240,6 +4243,19 @@ static struct json_object *cli_count_part(const char *s, size_t len)
 }
 
 /* register-image: --block-device-mappings file://PATH. */
+/* create-image: awscli's --reboot | --no-reboot is the API's NoReboot, inverted. */
+static int cli_prepare_create_image(const struct cli *c, struct json_object *params)
+{
+	struct json_object *v = cli_opt_value(c, "reboot"), *b;
+
+	if (!v)
+		return 0;
+	b = json_object_new_boolean(!json_object_get_boolean(v));
+	if (!b || cli_object_add(params, "NoReboot", b) < 0)
+		return cli_nomem();
+	return 0;
+}
+
 static int cli_prepare_register(const struct cli *c, struct json_object *params)
 {
 	(void)c;
