@@ -563,21 +563,6 @@ static void store_plan(struct daemon *d, json_object *inst, const struct itype *
 	json_object_object_add(inst, "_Ephemeral", eph);
 }
 
-/* The snapshot behind a mapping: the caller's own, or one of the image's (an image another
- * account shares, such as the base AMIs, lends its snapshots to launches). */
-static int launch_snapshot(struct api_req *r, json_object *img, const char *sid,
-			   struct cat_snapshot *s)
-{
-	json_object *ibdm = jget(img, "BlockDeviceMappings");
-
-	for (size_t i = 0; ibdm && i < json_object_array_length(ibdm); i++)
-		if (!strcmp(jstr(jget(json_object_array_get_idx(ibdm, i), "Ebs"), "SnapshotId"), sid) &&
-		    cat_snapshot_get(r->d->cat, sid, s) == 0 && !strcmp(s->account, jstr(img, "OwnerId")) &&
-		    !strcmp(s->region, r->region))
-			return 0;
-	return snapshot_lookup(r, sid, s);
-}
-
 /* Build one instance: create its volumes, bring it up. NULL with the error recorded. */
 static json_object *inst_build(struct api_req *r, json_object *img, const struct itype *t,
 			       json_object *bdm, const char *resv, const char *az,
@@ -627,7 +612,7 @@ static json_object *inst_build(struct api_req *r, json_object *img, const struct
 			continue;
 		const char *sid = jstr(e, "SnapshotId");
 		if (sid[0]) {
-			if (launch_snapshot(r, img, sid, &s))
+			if (snapshot_lookup_use(r, sid, &s))
 				goto out_rollback;
 			sp = &s;
 		}
@@ -804,7 +789,8 @@ int act_run_instances(struct api_req *r)
 		return -1;
 	}
 	req_bdm = bdm_parse(r, jget(r->params, "BlockDeviceMappings"), false);
-	if (!req_bdm) {
+	if (!req_bdm || dry_run_check(r)) {
+		json_object_put(req_bdm);
 		json_object_put(img);
 		return -1;
 	}

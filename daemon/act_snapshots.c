@@ -20,7 +20,13 @@
  * API listings work on 512 KiB blocks (EBS's BlockSize); a block is listed when any of its
  * chunks is non-zero (ListSnapshotBlocks) or differs (ListChangedBlocks).
  *
- * Snapshot visibility: the owning account, in the snapshot's region.
+ * snapshot_start() and snapshot_copy_start() are the cores of CreateSnapshot and
+ * CopySnapshot, shared with CreateImage and CopyImage (act_images.c).
+ *
+ * Snapshot visibility: the owning account, in the snapshot's region (snapshot_lookup);
+ * restoring (create-volume, launch) also lets an account use a snapshot that backs an
+ * image it may launch (snapshot_lookup_use in act_images.c). Delete and copy stay
+ * owner-only.
  */
 #include "daemon/daemon_i.h"
 
@@ -266,28 +272,19 @@ static void *snapshot_job(void *arg)
 	return NULL;
 }
 
-int act_create_snapshot(struct api_req *r)
+int snapshot_start(struct api_req *r, struct cat_volume *vp, const char *desc, json_object *tags,
+		   struct cat_snapshot *out)
 {
-	static const char *const allowed[] = {"VolumeId", "Description", "TagSpecifications",
-					      "DryRun", "OutpostArn", NULL};
 	struct daemon *d = r->d;
-	const char *vid, *desc = NULL;
-	struct cat_volume v;
+	const char *vid = vp->id;
+	struct cat_volume v = *vp;
 	struct cat_snapshot s = {0}, ps;
 	struct snap_job *sj;
 	struct dvol *dv;
 	struct snap_store *store;
-	json_object *tags;
 	bool full = true;
 	int ret;
 
-	if (params_allow(r, allowed) || param_str(r, "VolumeId", true, &vid) < 0 ||
-	    param_str(r, "Description", false, &desc) < 0 ||
-	    tag_specs_parse(r, "snapshot", &tags) || volume_lookup(r, vid, &v))
-		return -1;
-	if (desc && strlen(desc) > 255)
-		return api_error(r, "InvalidParameterValue",
-				 "The description is longer than 255 characters.");
 	dv = dvol_find(d, vid);
 	store = region_store(d, r->region);
 	if (!dv || !store)
@@ -377,7 +374,29 @@ int act_create_snapshot(struct api_req *r)
 	snprintf(j->volume, sizeof(j->volume), "%s", vid);
 	log_info("snapshot %s of %s started (%s, %llu chunks to copy)", s.id, vid,
 		 full ? "full" : "incremental", (unsigned long long)sj->total);
-	r->result = snapshot_json(d, &s);
+	*out = s;
+	return 0;
+}
+
+int act_create_snapshot(struct api_req *r)
+{
+	static const char *const allowed[] = {"VolumeId", "Description", "TagSpecifications",
+					      "DryRun", "OutpostArn", NULL};
+	const char *vid, *desc = NULL;
+	struct cat_volume v;
+	struct cat_snapshot s;
+	json_object *tags;
+
+	if (params_allow(r, allowed) || param_str(r, "VolumeId", true, &vid) < 0 ||
+	    param_str(r, "Description", false, &desc) < 0 ||
+	    tag_specs_parse(r, "snapshot", &tags) || volume_lookup(r, vid, &v))
+		return -1;
+	if (desc && strlen(desc) > 255)
+		return api_error(r, "InvalidParameterValue",
+				 "The description is longer than 255 characters.");
+	if (snapshot_start(r, &v, desc, tags, &s))
+		return -1;
+	r->result = snapshot_json(r->d, &s);
 	return 0;
 }
 
@@ -569,15 +588,12 @@ int act_copy_snapshot(struct api_req *r)
 	static const char *const allowed[] = {"SourceRegion", "SourceSnapshotId", "Description",
 					      "Encrypted", "KmsKeyId", "DestinationRegion",
 					      "TagSpecifications", "DryRun", "PresignedUrl", NULL};
-	struct daemon *d = r->d;
 	const char *src_region, *src_id, *desc = NULL;
 	struct cat_snapshot src, s = {0};
-	struct copy_job *cj;
 	struct api_req sr;
 	const char *dest = NULL;
 	json_object *tags;
 	bool encrypt = false;
-	int ret;
 
 	if (params_allow(r, allowed) || param_str(r, "SourceRegion", true, &src_region) < 0 ||
 	    param_str(r, "SourceSnapshotId", true, &src_id) < 0 ||
@@ -603,6 +619,23 @@ int act_copy_snapshot(struct api_req *r)
 		return api_error(r, "InvalidParameterCombination",
 				 "Encrypting an unencrypted snapshot while copying it is not supported "
 				 "by ebsim; copies keep the source's encryption.");
+	if (snapshot_copy_start(r, &src, desc, tags, &s))
+		return -1;
+	r->result = json_object_new_object();
+	json_object_object_add(r->result, "SnapshotId", json_object_new_string(s.id));
+	return 0;
+}
+
+int snapshot_copy_start(struct api_req *r, const struct cat_snapshot *srcp, const char *desc,
+			json_object *tags, struct cat_snapshot *out)
+{
+	struct daemon *d = r->d;
+	const struct cat_snapshot src = *srcp;
+	const char *src_region = src.region, *src_id = src.id;
+	struct cat_snapshot s;
+	struct copy_job *cj;
+	int ret;
+
 	cj = calloc(1, sizeof(*cj));
 	if (!cj)
 		return api_error(r, "InternalError", "out of memory");
@@ -614,6 +647,8 @@ int act_copy_snapshot(struct api_req *r)
 		return api_error(r, "InternalError", "cannot read the source snapshot");
 	}
 	s = src;
+	/* copy-image of a shared image: the copy belongs to whoever asked for it */
+	snprintf(s.account, sizeof(s.account), "%s", r->account);
 	if (id_new("snap", s.id)) {
 		manifest_free(cj->m);
 		free(cj);
@@ -652,8 +687,7 @@ int act_copy_snapshot(struct api_req *r)
 		return api_error(r, "InternalError", "cannot start the copy");
 	}
 	j->total = cj->m->nentries;
-	r->result = json_object_new_object();
-	json_object_object_add(r->result, "SnapshotId", json_object_new_string(s.id));
+	*out = s;
 	return 0;
 }
 
