@@ -103,7 +103,7 @@ static void bctx_free(struct bctx *c)
 /* Open dirfd/a/b/c... one component at a time, directories only, no symlinks. */
 static int open_dirs(int dirfd, const char *const *names)
 {
-	int fd = dup(dirfd);
+	int fd = fcntl(dirfd, F_DUPFD_CLOEXEC, 0);
 
 	for (size_t i = 0; fd >= 0 && names[i]; i++) {
 		int nfd = openat(fd, names[i], O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
