@@ -4,7 +4,9 @@
  *
  * A bundle is PREFIX.manifest.xml plus PREFIX.part.NN files in one directory:
  *   image file --tar (one member)--> tar stream --gzip--> --AES-128-CBC(key, iv)--> split
- *   into BUNDLE_PART_SIZE (10 MiB) parts PREFIX.part.00, .01, ... (two digits at least).
+ *   into BUNDLE_PART_SIZE (10 MiB) parts PREFIX.part.N, N zero-padded to the number of
+ *   digits of the part count (as ec2-ami-tools' FileUtil.split: .part.0-.part.2 for three
+ *   parts, .part.00-.part.11 for twelve). The tar member and <image><name> are PREFIX.
  * The manifest (libxml2-written) holds the SHA-1 of the tar stream, of every part, the
  * AES key and IV (as lower-case hex strings) each wrapped with RSA PKCS#1 v1.5 under the
  * user's certificate and under the region's EC2 certificate, and an RSA-SHA1 signature
@@ -42,7 +44,7 @@
 #define BUNDLE_ERR_MAX 256
 
 /* Progress callback: done out of total bytes of the current step (step is a short English
- * word: "tar", "encrypt", "verify", "decrypt"). Return non-zero to cancel (-ECANCELED). */
+ * word: "bundle", "verify", "unbundle"). Return non-zero to cancel (-ECANCELED). */
 typedef int (*bundle_progress_fn)(void *arg, const char *step, uint64_t done, uint64_t total);
 
 /* One <block_device_mapping><mapping>: virtual is "ami", "root", "swap" or "ephemeralN";
@@ -55,9 +57,9 @@ struct bundle_bdm {
 /* What bundle_create needs. Paths are opened by the library; PEM files are read whole. */
 struct bundle_params {
 	const char *image_path; /* the image file (or an ebsim volume's FUSE file) */
-	const char *image_name; /* tar member name; NULL = basename(image_path) */
-	const char *prefix;	/* bundle prefix; NULL = image_name. Must pass
-				 * bundle_valid_prefix */
+	const char *image_name; /* default of prefix; NULL = basename(image_path) */
+	const char *prefix;	/* bundle prefix = tar member name = <image><name>; NULL =
+				 * image_name. Must pass bundle_valid_prefix */
 	const char *dest_dir;	/* where manifest and parts go (must exist) */
 	const char *user_key;	/* path: user's RSA private key (PEM) - signs */
 	const char *user_cert;	/* path: user's X.509 certificate (PEM) - wraps key/iv */
