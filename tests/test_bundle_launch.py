@@ -72,7 +72,7 @@ def bundle(d, tmp, img, prefix, key, cert, account=None, arch="x86_64",
     """ebsim-ami bundle-image: returns the directory holding PREFIX.manifest.xml + parts."""
     dest = tmp / ("bundle-" + prefix)
     os.makedirs(dest, exist_ok=True)
-    run([ebsim_ami(d), "bundle-image", "--home", d.home, "--region", d.region,
+    run([ebsim_ami(d), "--home", d.home, "--region", d.region, "bundle-image",
          "-i", img, "-k", key, "-c", cert, "-u", account or d.account, "-r", arch,
          "-p", prefix, "-d", str(dest), "-B", bdm])
     assert os.path.exists(dest / f"{prefix}.manifest.xml")
@@ -80,8 +80,8 @@ def bundle(d, tmp, img, prefix, key, cert, account=None, arch="x86_64",
 
 
 def upload(d, dest, prefix, cert, account=None, bucket=BUCKET):
-    run([ebsim_ami(d), "upload-bundle", "--home", d.home, "--region", d.region,
-         "--account", account or d.account, "-b", bucket,
+    run([ebsim_ami(d), "--home", d.home, "--region", d.region,
+         "--account", account or d.account, "upload-bundle", "-b", bucket,
          "-m", str(dest / f"{prefix}.manifest.xml"), "-c", cert])
     return f"{bucket}/{prefix}.manifest.xml"
 
@@ -97,6 +97,14 @@ def images(d, account=None):
 def register(d, loc, name, account=None):
     return d.ok("register-image", "--name", name, "--image-location", loc,
                 account=account)["ImageId"]
+
+
+def first_part(d, prefix, bucket=BUCKET):
+    """The path of the bundle's first part in the bucket (part.0, part.00, ...)."""
+    parts = sorted(n for n in os.listdir(bucket_dir(d, bucket))
+                   if n.startswith(prefix + ".part."))
+    assert parts, os.listdir(bucket_dir(d, bucket))
+    return os.path.join(bucket_dir(d, bucket), parts[0])
 
 
 def flip_byte(path, off):
@@ -213,16 +221,17 @@ def test_daemon_restart_terminates(daemon, uploaded):
 
 # ---- refused registrations ---------------------------------------------------------------
 
-def test_register_refusals(daemon, uploaded, tmp_path):
+def test_register_refusals(daemon, uploaded, tmp_path, keys):
     d = daemon
     d.expect_errors()
     loc = uploaded["loc"]
     prefix = "is-root"
 
-    def refused(code, location, account=None, name="refused-image"):
+    def refused(code, location, why="", account=None, name="refused-image"):
         r = d.cli("register-image", "--name", name, "--image-location", location,
                   account=account)
         assert_error(r, code)
+        assert why in r.err, r.err
         assert images(d) == [] and images(d, account=OTHER) == []
 
     # names are checked before the file system is touched
@@ -230,26 +239,26 @@ def test_register_refusals(daemon, uploaded, tmp_path):
                 "a..b/is-root.manifest.xml", "ab/../../../etc/passwd", "ebsim-bundles",
                 "ebsim-bundles/", "ebsim-bundles/.hidden", "ebsim-bundles/a/b",
                 "-bucket/x.manifest.xml", "x" * 64 + "/a.manifest.xml"]:
-        refused("InvalidParameterValue", bad)
+        refused("InvalidParameterValue", bad, "ImageLocation")
     # a manifest that is not there
-    refused("InvalidManifest", f"{BUCKET}/nothing.manifest.xml")
-    refused("InvalidManifest", "no-such-bucket/is-root.manifest.xml")
+    refused("InvalidManifest", f"{BUCKET}/nothing.manifest.xml", "does not exist")
+    refused("InvalidManifest", "no-such-bucket/is-root.manifest.xml", "no bucket")
     # a symlink planted in the bucket is not followed
     os.symlink("/etc/passwd", os.path.join(bucket_dir(d), "link.manifest.xml"))
     refused("InvalidManifest", f"{BUCKET}/link.manifest.xml")
     # another account cannot register this account's bundle
-    refused("AuthFailure", loc, account=OTHER)
+    refused("AuthFailure", loc, "bundled by account", account=OTHER)
 
     # a tampered part: its digest no longer matches
-    part = os.path.join(bucket_dir(d), f"{prefix}.part.00")
+    part = first_part(d, prefix)
     saved = open(part, "rb").read()
     flip_byte(part, 1000)
-    refused("InvalidManifest", loc)
+    refused("InvalidManifest", loc, "parts")
     with open(part, "wb") as f:
         f.write(saved)
     # a missing part
     os.rename(part, part + ".away")
-    refused("InvalidManifest", loc)
+    refused("InvalidManifest", loc, "parts")
     os.rename(part + ".away", part)
     # a tampered manifest: the signature no longer verifies
     man = os.path.join(bucket_dir(d), f"{prefix}.manifest.xml")
@@ -280,7 +289,19 @@ def test_register_refusals(daemon, uploaded, tmp_path):
                    account=acct)
     for n in os.listdir(dest3):
         shutil.copy(dest3 / n, os.path.join(bucket_dir(d), n))
-    refused("AuthFailure", f"{BUCKET}/nocert.manifest.xml", account=acct)
+    refused("AuthFailure", f"{BUCKET}/nocert.manifest.xml", "no signing certificate",
+            account=acct)
+
+    # encrypted for another region's EC2 key: the daemon could never unbundle it
+    west = os.path.join(d.home, "regions", "us-west-2", "ec2-cert.pem")
+    os.makedirs(tmp_path / "bundle-westkey")
+    run([ebsim_ami(d), "--home", d.home, "--region", "us-west-2", "bundle-image", "-i",
+         uploaded["img"], "-k", keys[0], "-c", keys[1], "-u", d.account, "-r", "x86_64",
+         "-p", "westkey", "-d", str(tmp_path / "bundle-westkey")])
+    assert os.path.exists(west)
+    for n in os.listdir(tmp_path / "bundle-westkey"):
+        shutil.copy(tmp_path / "bundle-westkey" / n, os.path.join(bucket_dir(d), n))
+    refused("InvalidManifest", f"{BUCKET}/westkey.manifest.xml", "EC2 key")
 
     # the untouched bundle still registers
     register(d, loc, "good-after-refusals")
@@ -293,7 +314,7 @@ def test_launch_after_tamper_leaves_nothing(daemon, uploaded):
     d.expect_errors()
     ami = register(d, uploaded["loc"], "bundle-image-3")
     before = world(d)
-    part = os.path.join(bucket_dir(d), "is-root.part.00")
+    part = first_part(d, "is-root")
     flip_byte(part, 4096)
     r = d.cli("run-instances", "--image-id", ami, "--instance-type", ITYPE, "--count", "2")
     assert_error(r, "InvalidManifest")
