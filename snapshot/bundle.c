@@ -1851,8 +1851,14 @@ int bundle_unbundle(const struct bundle_manifest *m, const char *cert_pem, size_
 			break;
 	}
 	/* nothing may follow the gzip stream */
-	if (r.dec_off != r.dec_len || reader_decrypt_more(&r) != 0 || r.dec_len != 0 ||
-	    r.part != m->n_parts) {
+	if (r.dec_off != r.dec_len) {
+		ret = fail(err, -EBADMSG, "data follows the gzip stream");
+		goto out;
+	}
+	ret = reader_decrypt_more(&r);
+	if (ret < 0)
+		goto out;
+	if (ret > 0 || r.part != m->n_parts) {
 		ret = fail(err, -EBADMSG, "data follows the gzip stream");
 		goto out;
 	}
