@@ -62,7 +62,9 @@ def make_image(tmp, size, files, name="image.img"):
         with open(src / rel, "wb") as f:
             f.write(data)
     img = str(tmp / name)
-    run(["mkfs.ext4", "-q", "-F", "-d", str(src), "-L", "bundle-root", img,
+    # 4 KiB blocks: the loop devices have 4 KiB logical blocks (mke2fs picks 1 KiB for
+    # file systems this small, which such a device cannot mount)
+    run(["mkfs.ext4", "-q", "-F", "-b", "4096", "-d", str(src), "-L", "bundle-root", img,
          str(size // 1024) + "k"])
     return img
 
@@ -166,6 +168,7 @@ def test_register_launch_reboot_stop_terminate(daemon, uploaded):
     assert inst["State"]["Name"] == "running"
     assert inst["BlockDeviceMappings"] == []  # no EBS volume at all
     assert d.ok("describe-volumes")["Volumes"] == []
+    assert "RootMount" in inst, d.log()[-3000:]
     root = inst["RootMount"]
     assert is_mounted(root)
     for rel, data in FILES.items():
