@@ -19,7 +19,7 @@ Design notes
 - Tampering is done as an attacker with write access to the object store would: bytes of
   a part or the manifest are changed in H/regions/<region>/buckets/<bucket>/.
 - The launch-time figure compares an EBS-backed and an instance-store-backed AMI of the
-  same 256 MiB image (an ext4 file system full of random data): the EBS root is restored
+  same image (64 MiB and 256 MiB ext4 file systems full of random data): the EBS root is restored
   lazily, the instance-store root is a full verified copy, so the order is certain at this
   size; only the order is asserted, the figures are printed.
 """
@@ -345,25 +345,34 @@ def launch_time(d, ami):
 def test_launch_time_ebs_vs_instance_store(daemon, tmp_path, keys):
     d = daemon
     key, cert = keys
-    fill = os.urandom(200 * MIB)
-    img = make_image(tmp_path, 256 * MIB, {"opt/fill.bin": fill})
-    want = hashlib.sha256(fill).hexdigest()
-    # instance-store-backed
-    dest = bundle(d, tmp_path, img, "timing", key, cert)
-    ami_is = register(d, upload(d, dest, "timing", cert), "timing-instance-store")
-    # EBS-backed: the same image written into a volume, snapshotted, registered
-    v = d.create_volume(1)
-    run(["dd", f"if={img}", f"of={v['LocalPath']}", "bs=4M", "conv=notrunc,fsync",
-         "status=none"])
-    snap = snapshot(d, v["VolumeId"])["SnapshotId"]
-    ami_ebs = d.ok("register-image", "--name", "timing-ebs", "--root-device-name", "/dev/sda1",
-                   "--block-device-mappings",
-                   json.dumps([{"DeviceName": "/dev/sda1", "Ebs": {"SnapshotId": snap}}])
-                   )["ImageId"]
-    d.ok("delete-volume", "--volume-id", v["VolumeId"])
-    t_ebs, h_ebs = launch_time(d, ami_ebs)
-    t_is, h_is = launch_time(d, ami_is)
-    assert h_ebs == h_is == want
-    print(f"\nrun-instances request->running, 256 MiB ext4 image (200 MiB of data): "
-          f"EBS-backed {t_ebs * 1000:.0f} ms, instance-store-backed {t_is * 1000:.0f} ms")
+    figures = []
+    for size, data in ((64 * MIB, 48 * MIB), (256 * MIB, 200 * MIB)):
+        tag = f"t{size // MIB}"
+        fill = os.urandom(data)
+        img = make_image(tmp_path, size, {"opt/fill.bin": fill}, name=tag + ".img")
+        want = hashlib.sha256(fill).hexdigest()
+        # instance-store-backed
+        dest = bundle(d, tmp_path, img, tag, key, cert)
+        ami_is = register(d, upload(d, dest, tag, cert), tag + "-instance-store")
+        # EBS-backed: the same image written into a volume, snapshotted, registered
+        v = d.create_volume(1)
+        run(["dd", f"if={img}", f"of={v['LocalPath']}", "bs=4M", "conv=notrunc,fsync",
+             "status=none"])
+        snap = snapshot(d, v["VolumeId"])["SnapshotId"]
+        ami_ebs = d.ok("register-image", "--name", tag + "-ebs", "--root-device-name",
+                       "/dev/sda1", "--block-device-mappings",
+                       json.dumps([{"DeviceName": "/dev/sda1", "Ebs": {"SnapshotId": snap}}])
+                       )["ImageId"]
+        d.ok("delete-volume", "--volume-id", v["VolumeId"])
+        t_ebs, h_ebs = launch_time(d, ami_ebs)
+        t_is, h_is = launch_time(d, ami_is)
+        assert h_ebs == h_is == want
+        figures.append((size, data, t_ebs, t_is))
+    print("\nrun-instances request->running (ext4 image, random data in one file):")
+    for size, data, t_ebs, t_is in figures:
+        print(f"  {size // MIB} MiB image ({data // MIB} MiB of data): EBS-backed "
+              f"{t_ebs * 1000:.0f} ms, instance-store-backed {t_is * 1000:.0f} ms")
+    # the order only, and only where the gap is large: a lazy restore against a full,
+    # verified copy of 200 MiB
+    size, data, t_ebs, t_is = figures[-1]
     assert t_is > t_ebs
