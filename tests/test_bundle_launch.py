@@ -154,6 +154,9 @@ def test_register_launch_reboot_stop_terminate(daemon, uploaded):
     assert img["State"] == "available"
     assert img["BlockDeviceMappings"] == [{"DeviceName": "/dev/sdb", "VirtualName": "ephemeral0"}]
     assert not any(k.startswith("_") for k in img)
+    flt = d.ok("describe-images", "--filters", "Name=root-device-type,Values=instance-store")
+    assert [i["ImageId"] for i in flt["Images"]] == [ami]
+    assert d.ok("describe-images", "--filters", "Name=root-device-type,Values=ebs")["Images"] == []
     # the same name again: as the EBS path
     r = d.cli("register-image", "--name", "bundle-image-1", "--image-location", uploaded["loc"])
     assert_error(r, "InvalidAMIName.Duplicate")
@@ -203,6 +206,12 @@ def test_register_launch_reboot_stop_terminate(daemon, uploaded):
     after = world(d)
     after["instances"] = [i for i in after["instances"] if i[0] != iid]
     assert after == before
+
+    # deregistering leaves the bundle where it was: it registers again
+    d.ok("deregister-image", "--image-id", ami)
+    assert images(d) == []
+    assert os.path.exists(os.path.join(bucket_dir(d), "is-root.manifest.xml"))
+    register(d, uploaded["loc"], "bundle-image-1")
 
 
 def test_daemon_restart_terminates(daemon, uploaded):
