@@ -933,22 +933,18 @@ static int cmd_upload(struct ami *a, const char *verb, int argc, char **argv)
 	if (rc == -ENOENT && !cert)
 		return die("account %s has no signing certificate yet: give -c CERT.pem on its "
 			   "first upload", a->account);
-	rc = load_bundle(a, manifest, NULL, cert ? cert : NULL, &l);
-	if (!rc && !cert) {
-		l.cert = reg;
-		l.cert_len = reg_len;
-		reg = NULL;
-	}
+	/* without -c, load_bundle reads the registered certificate of the manifest's user */
+	rc = load_bundle(a, manifest, NULL, cert, &l);
 	if (rc)
 		goto out;
+	if (strcmp(l.m->user, a->account)) {
+		rc = die("the bundle belongs to account %s, not to %s", l.m->user, a->account);
+		goto out;
+	}
 	if (reg && (reg_len != l.cert_len || memcmp(reg, l.cert, reg_len))) {
 		rc = die("a different signing certificate is already registered for account %s "
 			 "(%s/%s); the bundle must be signed with it", a->account, a->home,
 			 acct_cert);
-		goto out;
-	}
-	if (strcmp(l.m->user, a->account)) {
-		rc = die("the bundle belongs to account %s, not to %s", l.m->user, a->account);
 		goto out;
 	}
 	if (bundle_verify_signature(l.m, l.cert, l.cert_len, err) ||
