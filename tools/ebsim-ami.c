@@ -18,6 +18,7 @@
  * Exit codes: 0 success, 1 failure (message on stderr), 252 usage error, 254 the daemon
  * answered with an error (printed EC2-style), 255 the daemon cannot be reached.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -878,6 +879,38 @@ static int copy_object(int srcfd, int dstfd, const char *name)
 	return ret;
 }
 
+/* A re-upload replaces a bundle of the same prefix: parts PREFIX.part.N that the new
+ * manifest does not list would be "extra parts" to every verifier, so they go first. */
+static int remove_stale_parts(const struct bundle_manifest *m, int bfd)
+{
+	const char *p0 = m->parts[0].filename, *dot = strrchr(p0, '.') - 5;
+	size_t plen = (size_t)(dot - p0) + 6; /* "PREFIX.part." */
+	int dfd = openat(bfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
+	struct dirent *de;
+	int ret = 0;
+
+	if (!d) {
+		ret = -errno;
+		if (dfd >= 0)
+			close(dfd);
+		return ret;
+	}
+	while ((de = readdir(d))) {
+		bool listed = false;
+
+		if (strncmp(de->d_name, p0, plen) || !de->d_name[plen] ||
+		    strspn(de->d_name + plen, "0123456789") != strlen(de->d_name + plen))
+			continue;
+		for (size_t i = 0; i < m->n_parts && !listed; i++)
+			listed = !strcmp(m->parts[i].filename, de->d_name);
+		if (!listed && unlinkat(bfd, de->d_name, 0) < 0 && errno != ENOENT)
+			ret = -errno;
+	}
+	closedir(d);
+	return ret;
+}
+
 static int cmd_upload(struct ami *a, const char *verb, int argc, char **argv)
 {
 	static const struct option opts[] = {{"bucket", required_argument, NULL, 'b'},
@@ -1017,12 +1050,21 @@ static int cmd_upload(struct ami *a, const char *verb, int argc, char **argv)
 		rc = die("cannot open bucket %s: %s", bucket, strerror(errno));
 		goto out;
 	}
+	if ((rc = remove_stale_parts(l.m, bfd))) {
+		rc = die("cannot clean bucket %s: %s", bucket, strerror(-rc));
+		goto out;
+	}
 	for (size_t i = 0; i < l.m->n_parts; i++) {
 		rc = copy_object(mdirfd, bfd, l.m->parts[i].filename);
 		if (rc) {
 			rc = die("cannot store %s: %s", l.m->parts[i].filename, strerror(-rc));
 			goto out;
 		}
+	}
+	/* what landed in the bucket is what was verified (a part may change meanwhile) */
+	if (bundle_verify_parts(l.m, bfd, NULL, NULL, err)) {
+		rc = die("after copying into bucket %s: %s", bucket, err);
+		goto out;
 	}
 	rc = copy_object(mdirfd, bfd, mbase);
 	if (rc) {
