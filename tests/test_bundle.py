@@ -28,11 +28,12 @@ ACCOUNT = "123456789012"
 BIG = 25 << 20
 
 
-def ami(*args, home=None, account=ACCOUNT, region="us-east-1"):
+def ami(*args, home=None, account=ACCOUNT, region="us-east-1", env=None):
     cmd = [AMI]
     if home:
         cmd += ["--home", home, "--account", account, "--region", region]
-    p = subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True)
+    p = subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True,
+                       env=dict(os.environ, **env) if env else None)
     return p
 
 
@@ -418,10 +419,15 @@ def test_bundle_vol_and_build_base(world, daemon):
     p = ami("bundle-vol", "--volume-id", "vol-00000000000000000", *common, home=home)
     assert p.returncode == 254 and "InvalidVolume.NotFound" in p.stderr, p.stderr
     assert os.listdir(d) == []
-    p = ami("bundle-vol", "--volume-id", vol, *common, home=home)
+    p = ami("bundle-vol", "--volume", "/x/y", *common, home=home)
+    assert p.returncode == 252 and "not a volume id" in p.stderr
+    # the FUSE path form, keys from $EC2_PRIVATE_KEY/$EC2_CERT, -u and -r defaulted
+    p = ami("bundle-vol", "--volume", path, "-d", d, home=home,
+            env={"EC2_PRIVATE_KEY": world["key"], "EC2_CERT": world["cert"]})
     assert p.returncode == 0, p.stderr
     m = os.path.join(d, "image.manifest.xml")
     assert int(field(m, "size")) == 1 << 30
+    assert field(m, "user") == ACCOUNT and field(m, "name") == "image"
     out = os.path.join(home, "vout")
     os.mkdir(out)
     p = ami("unbundle", "-m", m, "-c", world["cert"], "-k", world["key"], "-d", out, home=home)

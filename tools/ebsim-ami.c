@@ -105,9 +105,11 @@ static const char help_bundle_image[] =
     "\n"
     "OPTIONS\n"
     "       -i, --image IMAGE        the image file to bundle (required).\n"
-    "       -k, --privatekey KEY     the user's RSA private key, PEM (required); signs.\n"
-    "       -c, --cert CERT          the user's X.509 certificate, PEM (required); the\n"
-    "                                key is wrapped for it so the user can unbundle.\n"
+    "       -k, --privatekey KEY     the user's RSA private key, PEM; signs. Default\n"
+    "                                $EC2_PRIVATE_KEY.\n"
+    "       -c, --cert CERT          the user's X.509 certificate, PEM; the key is\n"
+    "                                wrapped for it so the user can unbundle. Default\n"
+    "                                $EC2_CERT.\n"
     "       -u, --user ACCOUNT       the 12-digit account that owns the bundle\n"
     "                                (required).\n"
     "       -r, --arch ARCH          i386, x86_64 or arm64 (required).\n"
@@ -134,7 +136,7 @@ static const char help_bundle_vol[] =
     "\n"
     "SYNOPSIS\n"
     "       ebsim-ami bundle-vol (--volume-id vol-ID | --instance-id i-ID) -k KEY.pem\n"
-    "                 -c CERT.pem -u ACCOUNT -r ARCH [-p PREFIX] [-d DIR] [--ec2cert CERT]\n"
+    "                 -c CERT.pem [-u ACCOUNT] [-r ARCH] [-p PREFIX] [-d DIR] [--ec2cert CERT]\n"
     "                 [--block-device-mapping MAP] [--kernel aki-ID] [--ramdisk ari-ID]\n"
     "\n"
     "DESCRIPTION\n"
@@ -146,9 +148,13 @@ static const char help_bundle_vol[] =
     "       default prefix is 'image', as ec2-bundle-vol's.\n"
     "\n"
     "OPTIONS\n"
-    "       --volume-id vol-ID       the volume to bundle.\n"
+    "       --volume-id vol-ID       the volume to bundle; --volume also takes its FUSE\n"
+    "                                file HOME/mnt/vol-ID.\n"
     "       --instance-id i-ID       bundle this instance's root volume.\n"
-    "       Other options are those of bundle-image (without -i).\n";
+    "       -u, --user ACCOUNT       default: --account.\n"
+    "       -r, --arch ARCH          default: the host's architecture.\n"
+    "       Other options are those of bundle-image (without -i); -k and -c default\n"
+    "       to $EC2_PRIVATE_KEY and $EC2_CERT.\n";
 
 static const char help_verify[] =
     "NAME\n"
@@ -438,6 +444,26 @@ static int read_pem(const char *path, char **buf, size_t *len)
 	return 0;
 }
 
+static const char *env_or(const char *name, const char *def)
+{
+	const char *v = getenv(name);
+
+	return v && *v ? v : def;
+}
+
+static const char *host_arch(void)
+{
+#if defined(__x86_64__)
+	return "x86_64";
+#elif defined(__aarch64__)
+	return "arm64";
+#elif defined(__i386__)
+	return "i386";
+#else
+	return NULL;
+#endif
+}
+
 /* ---- bundle-image / bundle-vol -------------------------------------------------------- */
 
 static int bundle_common(struct ami *a, const char *verb, int argc, char **argv, bool vol)
@@ -455,6 +481,7 @@ static int bundle_common(struct ami *a, const char *verb, int argc, char **argv,
 	    {"kernel", required_argument, NULL, OPT_KERNEL},
 	    {"ramdisk", required_argument, NULL, OPT_RAMDISK},
 	    {"volume-id", required_argument, NULL, OPT_VOLUME},
+	    {"volume", required_argument, NULL, OPT_VOLUME},
 	    {"instance-id", required_argument, NULL, OPT_INSTANCE},
 	    GLOBAL_OPTS,
 	    {NULL, 0, NULL, 0}};
@@ -526,12 +553,31 @@ static int bundle_common(struct ami *a, const char *verb, int argc, char **argv,
 	}
 	if (optind < argc)
 		return usage(verb, "unexpected argument '%s'", argv[optind]);
+	/* the EC2 tools' environment defaults; bundle-vol also defaults -u and -r to the
+	 * acting account and the host's architecture, as ec2-bundle-vol does for -r */
+	if (!p.user_key)
+		p.user_key = env_or("EC2_PRIVATE_KEY", NULL);
+	if (!p.user_cert)
+		p.user_cert = env_or("EC2_CERT", NULL);
+	if (vol && !p.account)
+		p.account = a->account;
+	if (vol && !p.arch)
+		p.arch = host_arch();
+	if (volume && strchr(volume, '/')) {
+		/* a volume's FUSE file HOME/mnt/vol-...: its id is its name */
+		const char *b = strrchr(volume, '/') + 1;
+
+		if (!id_valid("vol", b))
+			return usage(verb, "--volume %s is not a volume id or HOME/mnt/vol-ID", volume);
+		volume = b;
+	}
 	if (vol && !!volume == !!instance)
 		return usage(verb, "give exactly one of --volume-id and --instance-id");
 	if (!vol && !p.image_path)
 		return usage(verb, "-i IMAGE is required");
 	if (!p.user_key || !p.user_cert || !p.account || !p.arch)
-		return usage(verb, "-k, -c, -u and -r are required");
+		return usage(verb, "-k, -c, -u and -r are required (-k and -c default to "
+			     "$EC2_PRIVATE_KEY and $EC2_CERT)");
 	if (!valid_account(p.account))
 		return usage(verb, "-u '%s' is not a 12-digit account id", p.account);
 	if (!bundle_valid_arch(p.arch))
@@ -1116,13 +1162,6 @@ static int cmd_build_base(struct ami *a, const char *verb, int argc, char **argv
 }
 
 /* ---- main ----------------------------------------------------------------------------- */
-
-static const char *env_or(const char *name, const char *def)
-{
-	const char *v = getenv(name);
-
-	return v && *v ? v : def;
-}
 
 int main(int argc, char **argv)
 {
