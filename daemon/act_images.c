@@ -501,16 +501,13 @@ int act_register_image(struct api_req *r)
 				 "Value (%.32s) for parameter virtualizationType is invalid.", virt);
 	if (desc && strlen(desc) > 255)
 		return api_error(r, "InvalidParameterValue", "The description is too long.");
-	if (loc)
-		return api_error(r, "UnsupportedOperation",
-				 "Instance-store-backed images (ImageLocation) need the AMI tools, "
-				 "which this ebsim does not have yet; register an EBS-backed image "
-				 "from a snapshot.");
-	if (!root)
+	if (!root && !loc)
 		return api_error(r, "MissingParameter",
 				 "The request must contain the parameter RootDeviceName");
-	if (!device_name_ok(root))
+	if (root && !device_name_ok(root))
 		return api_error(r, "InvalidParameterValue", "Invalid root device name: %.64s", root);
+	if (loc)
+		return ami_bundle_register(r, name, desc, virt, loc);
 	if (tag_specs_parse(r, "image", &tags))
 		return -1;
 	bdm = bdm_parse(r, jget(r->params, "BlockDeviceMappings"), true);

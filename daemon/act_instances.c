@@ -662,11 +662,19 @@ static json_object *inst_build(struct api_req *r, json_object *img, const struct
 	}
 	json_object_object_add(inst, "_StoreMappings", sm);
 	store_plan(d, inst, t);
+	/* an instance-store root: filled from the image's bundle once it is attached */
+	if (!ebs_backed(inst) && ami_bundle_root_plan(r, img, id, jget(inst, "_Ephemeral")))
+		goto out_rollback;
 	ret = inst_up(d, inst);
 	if (ret) {
 		api_error(r, "InternalError", "cannot attach the instance's devices: %s",
 			  strerror(-ret));
 		goto out_rollback;
+	}
+	if (!ebs_backed(inst)) {
+		if (ami_bundle_root_fill(r, img, inst))
+			goto out_rollback;
+		root_mount(d, inst);
 	}
 	set_state(inst, ST_RUNNING, NULL, NULL);
 	json_object_object_add(inst, "StateTransitionReason", json_object_new_string(""));
@@ -780,11 +788,7 @@ int act_run_instances(struct api_req *r)
 		return api_error(r, "InvalidAMIID.Unavailable", "The image '%s' is not available",
 				 image_id);
 	}
-	if (check_compat(r, t, img) || !strcmp(jstr(img, "RootDeviceType"), "instance-store")) {
-		if (!r->code[0])
-			api_error(r, "UnsupportedOperation",
-				  "Instance-store-backed AMIs need the AMI tools, which this ebsim "
-				  "does not have yet.");
+	if (check_compat(r, t, img)) {
 		json_object_put(img);
 		return -1;
 	}

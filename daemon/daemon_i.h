@@ -225,6 +225,19 @@ bool snapshot_in_use(struct daemon *d, const char *snap);
 /* "/dev/sdb" -> "sdb" */
 const char *device_basename(const char *dev);
 
+/* Instance-store-backed images (act_bundles.c). RegisterImage with ImageLocation
+ * "BUCKET/OBJECT", called by act_register_image once the name is checked. */
+int ami_bundle_register(struct api_req *r, const char *name, const char *desc, const char *virt,
+			const char *loc);
+/* run-instances of an instance-store-backed image: add the root (an instance-store volume
+ * sized to the image) to the instance's planned instance store eph. 0 or -1 (recorded). */
+int ami_bundle_root_plan(struct api_req *r, json_object *img, const char *inst_id,
+			 json_object *eph);
+/* Unbundle img onto inst's root, attached (LocalDevices) and not mounted, and flush it.
+ * Verifies signature and digests before writing. 0 or -1 (recorded; the caller rolls
+ * the instance back). */
+int ami_bundle_root_fill(struct api_req *r, json_object *img, json_object *inst);
+
 /* Instances (act_instances.c). */
 int act_run_instances(struct api_req *r);
 int act_describe_instances(struct api_req *r);
