@@ -8,8 +8,10 @@
  * ------------
  * CreateSnapshot: vol_snap_begin switches the volume's changed set (writes pause only for
  * that), the catalog gets a 'pending' row, and a job copies the captured chunks: each is
- * hashed and stored unless all-zero; unchanged chunks keep the parent's entries. Then
- * store_sync -> manifest_write -> catalog 'completed'. So a 'completed' snapshot always has
+ * hashed and appended to a pack unless all-zero or already stored; unchanged chunks keep the
+ * parent's entries. Then store_pack_commit (the packs and their indexes durable: only what
+ * this snapshot wrote is synced, never the whole file system) -> manifest_write -> catalog
+ * 'completed'. So a 'completed' snapshot always has
  * every chunk and its manifest on disk. A crash mid-copy leaves the row 'pending';
  * snapshots_recover() turns it into 'error', and its volume's next snapshot is full
  * (volumes.changed_base is cleared), because the changed bits the failed snapshot cleared
@@ -122,9 +124,11 @@ static int snap_copy(struct job *j, struct snap_job *sj, uint64_t *data_size)
 	struct manifest_entry *e = malloc(cap * sizeof(*e));
 	uint64_t *taken = calloc((sj->m.volume_size / cs + 63) / 64, 8);
 	uint8_t *buf = NULL, *plain = NULL;
+	struct store_pack *pk = NULL;
 	int ret = 0;
 
-	if (!e || !taken || posix_memalign((void **)&buf, 4096, cs) ||
+	if (!e || !taken || store_pack_begin(sj->store, &pk) ||
+	    posix_memalign((void **)&buf, 4096, cs) ||
 	    posix_memalign((void **)&plain, 4096, cs)) {
 		ret = -ENOMEM;
 		goto out;
@@ -151,7 +155,9 @@ static int snap_copy(struct job *j, struct snap_job *sj, uint64_t *data_size)
 				break;
 			if (all_zero(plain, cs))
 				continue;
-			ret = store_put(sj->store, buf, cs, id, &existed);
+			ret = store_sha256(buf, cs, id);
+			if (!ret)
+				ret = store_pack_put(pk, buf, cs, id, &existed);
 			if (ret)
 				break;
 			if (!existed)
@@ -173,6 +179,9 @@ static int snap_copy(struct job *j, struct snap_job *sj, uint64_t *data_size)
 			break;
 		}
 	}
+	/* the new chunks are durable before any manifest names them */
+	if (!ret)
+		ret = store_pack_commit(pk);
 	if (ret)
 		goto out;
 	/* unchanged chunks keep the parent's objects */
@@ -197,6 +206,7 @@ static int snap_copy(struct job *j, struct snap_job *sj, uint64_t *data_size)
 	sj->m.nentries = n;
 	e = NULL;
 out:
+	store_pack_free(pk);
 	free(e);
 	free(taken);
 	free(buf);
@@ -215,8 +225,6 @@ static void *snapshot_job(void *arg)
 
 	ret = snap_copy(j, sj, &data_size);
 	vol_snap_end(sj->vs, ret == 0);
-	if (!ret)
-		ret = store_sync(sj->store);
 	if (!ret)
 		ret = manifest_write(sj->store, j->id, &sj->m);
 	pthread_mutex_lock(&d->lock);
