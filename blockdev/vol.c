@@ -778,7 +778,8 @@ static void base_rd_done(struct blk_req *req, int res)
 static int base_rd_start(struct base_rd *b, struct vol *v, uint64_t idx, const uint8_t *id,
 			 void *buf)
 {
-	int fd = store_open_object(v->store, id), ret;
+	uint64_t off = 0;
+	int fd = store_open_object(v->store, id, &off), ret;
 
 	if (fd < 0) {
 		char hex[OBJ_HEX_LEN + 1];
@@ -791,7 +792,8 @@ static int base_rd_start(struct base_rd *b, struct vol *v, uint64_t idx, const u
 	b->idx = idx;
 	memcpy(b->id, id, OBJ_ID_LEN);
 	b->req = (struct blk_req){
-		.op = BLK_READ, .fd = fd, .buf = buf, .len = v->chunk_size, .done = base_rd_done};
+		.op = BLK_READ, .fd = fd, .buf = buf, .len = v->chunk_size, .off = off,
+		.done = base_rd_done};
 	ret = blk_submit(v->eng, &b->req);
 	if (ret)
 		close(fd);

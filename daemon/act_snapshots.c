@@ -8,8 +8,13 @@
  * ------------
  * CreateSnapshot: vol_snap_begin switches the volume's changed set (writes pause only for
  * that), the catalog gets a 'pending' row, and a job copies the captured chunks: each is
- * hashed and stored unless all-zero; unchanged chunks keep the parent's entries. Then
- * store_sync -> manifest_write -> catalog 'completed'. So a 'completed' snapshot always has
+ * hashed and appended to a pack unless all-zero or already stored; unchanged chunks keep the
+ * parent's entries. The copy is a two-stage pipeline: the job thread reads, zero-tests and
+ * hashes each chunk into a ring of PUT_RING chunk buffers; a put thread appends them to the
+ * pack (so the disk writes overlap the reads and SHA-256). A put error stops the reader;
+ * the job joins the put thread before it commits. The phases' times go to the log. Then store_pack_commit (the packs and their indexes durable: only what
+ * this snapshot wrote is synced, never the whole file system) -> manifest_write -> catalog
+ * 'completed'. So a 'completed' snapshot always has
  * every chunk and its manifest on disk. A crash mid-copy leaves the row 'pending';
  * snapshots_recover() turns it into 'error', and its volume's next snapshot is full
  * (volumes.changed_base is cleared), because the changed bits the failed snapshot cleared
@@ -101,6 +106,7 @@ struct snap_job {
 	struct manifest *parent; /* NULL for a full snapshot */
 	struct manifest m;	 /* the new manifest's header */
 	uint64_t total;
+	uint64_t ns_read, ns_hash, ns_put, ns_commit, ns_manifest; /* time per phase (log) */
 };
 
 static int entry_cmp(const void *a, const void *b)
@@ -120,6 +126,55 @@ static bool all_zero(const uint8_t *p, size_t n)
 	return true;
 }
 
+/* The put side of the copy pipeline: the job thread reads, tests and hashes chunks into
+ * ring slots; a second thread appends them to the pack, so the disk writes overlap the
+ * reads and SHA-256 (the two halves take about as long each). */
+#define PUT_RING 64
+
+struct put_ring {
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	struct {
+		uint8_t *buf;
+		uint8_t id[OBJ_ID_LEN];
+	} slot[PUT_RING];
+	uint64_t head, tail; /* slots filled / slots put (head - tail <= PUT_RING) */
+	bool done;	     /* no more slots will be filled */
+	int err;	     /* the first put error */
+	struct store_pack *pk;
+	size_t cs;
+	uint64_t new_bytes, ns_put;
+};
+
+static void *put_thread(void *arg)
+{
+	struct put_ring *r = arg;
+
+	pthread_mutex_lock(&r->lock);
+	for (;;) {
+		while (r->head == r->tail && !r->done)
+			pthread_cond_wait(&r->cond, &r->lock);
+		if (r->head == r->tail)
+			break;
+		unsigned k = (unsigned)(r->tail % PUT_RING);
+		pthread_mutex_unlock(&r->lock);
+		bool existed = false;
+		uint64_t t0 = time_mono_ns();
+		int ret = r->err ? 0 : store_pack_put(r->pk, r->slot[k].buf, r->cs, r->slot[k].id,
+						      &existed);
+		r->ns_put += time_mono_ns() - t0;
+		pthread_mutex_lock(&r->lock);
+		if (ret && !r->err)
+			r->err = ret;
+		if (!ret && !existed)
+			r->new_bytes += r->cs;
+		r->tail++;
+		pthread_cond_broadcast(&r->cond);
+	}
+	pthread_mutex_unlock(&r->lock);
+	return NULL;
+}
+
 /* Copy the captured chunks, then merge with the parent's entries. 0 or -errno. */
 static int snap_copy(struct job *j, struct snap_job *sj, uint64_t *data_size)
 {
@@ -127,21 +182,45 @@ static int snap_copy(struct job *j, struct snap_job *sj, uint64_t *data_size)
 	size_t cs = vol_chunk_size(v), n = 0, cap = 1024;
 	struct manifest_entry *e = malloc(cap * sizeof(*e));
 	uint64_t *taken = calloc((sj->m.volume_size / cs + 63) / 64, 8);
-	uint8_t *buf = NULL, *plain = NULL;
+	uint8_t *plain = NULL, *slab = NULL;
+	struct put_ring *r = calloc(1, sizeof(*r));
+	pthread_t th;
 	int ret = 0;
 
-	if (!e || !taken || posix_memalign((void **)&buf, 4096, cs) ||
+	if (!e || !taken || !r || store_pack_begin(sj->store, &r->pk) ||
+	    posix_memalign((void **)&slab, 4096, PUT_RING * cs) ||
 	    posix_memalign((void **)&plain, 4096, cs)) {
 		ret = -ENOMEM;
 		goto out;
 	}
+	r->cs = cs;
+	for (unsigned k = 0; k < PUT_RING; k++)
+		r->slot[k].buf = slab + (size_t)k * cs;
+	pthread_mutex_init(&r->lock, NULL);
+	pthread_cond_init(&r->cond, NULL);
+	ret = -pthread_create(&th, NULL, put_thread, r);
+	if (ret)
+		goto out_ring;
 	for (;;) {
 		enum vol_snap_kind kind;
 		uint8_t id[OBJ_ID_LEN];
-		uint64_t idx;
-		bool existed = false;
+		uint64_t idx, t0;
+		unsigned k;
 
+		/* a free slot to read into */
+		pthread_mutex_lock(&r->lock);
+		while (r->head - r->tail == PUT_RING && !r->err)
+			pthread_cond_wait(&r->cond, &r->lock);
+		ret = r->err;
+		k = (unsigned)(r->head % PUT_RING);
+		pthread_mutex_unlock(&r->lock);
+		if (ret)
+			break;
+		uint8_t *buf = r->slot[k].buf;
+
+		t0 = time_mono_ns();
 		ret = vol_snap_next(sj->vs, &idx, &kind, buf, id);
+		sj->ns_read += time_mono_ns() - t0;
 		if (ret <= 0)
 			break;
 		ret = 0;
@@ -151,17 +230,26 @@ static int snap_copy(struct job *j, struct snap_job *sj, uint64_t *data_size)
 			continue;
 		if (kind == VOL_SNAP_DATA) {
 			/* all-zero chunks are stored as "zero", never as data */
-			memcpy(plain, buf, cs);
-			ret = vol_chunk_plaintext(v, idx, plain);
-			if (ret)
-				break;
-			if (all_zero(plain, cs))
+			t0 = time_mono_ns();
+			if (vol_encrypted(v)) {
+				memcpy(plain, buf, cs);
+				ret = vol_chunk_plaintext(v, idx, plain);
+				if (ret)
+					break;
+			}
+			if (all_zero(vol_encrypted(v) ? plain : buf, cs)) {
+				sj->ns_hash += time_mono_ns() - t0;
 				continue;
-			ret = store_put(sj->store, buf, cs, id, &existed);
+			}
+			ret = store_sha256(buf, cs, id);
+			sj->ns_hash += time_mono_ns() - t0;
 			if (ret)
 				break;
-			if (!existed)
-				*data_size += cs;
+			memcpy(r->slot[k].id, id, OBJ_ID_LEN);
+			pthread_mutex_lock(&r->lock);
+			r->head++;
+			pthread_cond_broadcast(&r->cond);
+			pthread_mutex_unlock(&r->lock);
 		}
 		if (n == cap) {
 			struct manifest_entry *ne = realloc(e, 2 * cap * sizeof(*e));
@@ -179,8 +267,23 @@ static int snap_copy(struct job *j, struct snap_job *sj, uint64_t *data_size)
 			break;
 		}
 	}
+	pthread_mutex_lock(&r->lock);
+	r->done = true;
+	pthread_cond_broadcast(&r->cond);
+	pthread_mutex_unlock(&r->lock);
+	pthread_join(th, NULL);
+	if (!ret)
+		ret = r->err;
+	sj->ns_put = r->ns_put;
+	*data_size = r->new_bytes;
+	/* the new chunks are durable before any manifest names them */
+	if (!ret) {
+		uint64_t t0 = time_mono_ns();
+		ret = store_pack_commit(r->pk);
+		sj->ns_commit = time_mono_ns() - t0;
+	}
 	if (ret)
-		goto out;
+		goto out_ring;
 	/* unchanged chunks keep the parent's objects */
 	for (size_t i = 0; sj->parent && i < sj->parent->nentries; i++) {
 		const struct manifest_entry *pe = &sj->parent->e[i];
@@ -191,7 +294,7 @@ static int snap_copy(struct job *j, struct snap_job *sj, uint64_t *data_size)
 			struct manifest_entry *ne = realloc(e, 2 * cap * sizeof(*e));
 			if (!ne) {
 				ret = -ENOMEM;
-				goto out;
+				goto out_ring;
 			}
 			e = ne;
 			cap *= 2;
@@ -202,10 +305,16 @@ static int snap_copy(struct job *j, struct snap_job *sj, uint64_t *data_size)
 	sj->m.e = e;
 	sj->m.nentries = n;
 	e = NULL;
+out_ring:
+	pthread_mutex_destroy(&r->lock);
+	pthread_cond_destroy(&r->cond);
 out:
+	if (r)
+		store_pack_free(r->pk);
+	free(r);
 	free(e);
 	free(taken);
-	free(buf);
+	free(slab);
 	free(plain);
 	return ret;
 }
@@ -221,10 +330,11 @@ static void *snapshot_job(void *arg)
 
 	ret = snap_copy(j, sj, &data_size);
 	vol_snap_end(sj->vs, ret == 0);
-	if (!ret)
-		ret = store_sync(sj->store);
-	if (!ret)
+	if (!ret) {
+		uint64_t t0 = time_mono_ns();
 		ret = manifest_write(sj->store, j->id, &sj->m);
+		sj->ns_manifest = time_mono_ns() - t0;
+	}
 	pthread_mutex_lock(&d->lock);
 	if (cat_snapshot_get(d->cat, j->id, &s) == 0) {
 		if (!ret) {
@@ -246,9 +356,11 @@ static void *snapshot_job(void *arg)
 		crash_point("in-catalog-txn");
 		cat_ret = cat_snapshot_update(d->cat, &s);
 	}
-	log_info("snapshot %s of %s: %s (%llu chunks, %llu bytes new)", j->id, sj->dv->id,
-		 ret ? strerror(-ret) : "completed", (unsigned long long)j->total,
-		 (unsigned long long)data_size);
+	log_info("snapshot %s of %s: %s (%llu chunks, %llu bytes new; seconds: read %.3f, "
+		 "zero-test+hash %.3f, pack put %.3f, pack commit %.3f, manifest %.3f)",
+		 j->id, sj->dv->id, ret ? strerror(-ret) : "completed",
+		 (unsigned long long)j->total, (unsigned long long)data_size, sj->ns_read / 1e9,
+		 sj->ns_hash / 1e9, sj->ns_put / 1e9, sj->ns_commit / 1e9, sj->ns_manifest / 1e9);
 	sj->dv->jobs--;
 	j->finished = true;
 	struct region_store *rs;

@@ -14,6 +14,7 @@ import tempfile
 
 import pytest
 
+import store_layout
 from conftest import STRESS, Daemon, _teardown_daemon, run
 from test_snapshots import sha_range, wait_completed, write_pattern
 
@@ -23,8 +24,9 @@ N_CORRUPT = 1000 if STRESS else 20
 EIO = 5
 
 
-def obj_path(home, obj, region="us-east-1"):
-    return os.path.join(home, "regions", region, "objects", obj[:2], obj[2:])
+def obj_loc(home, obj, region="us-east-1"):
+    """(file, offset) of a stored object's bytes (loose or in a pack)."""
+    return store_layout.location(home, obj, region)
 
 
 def flip_byte(path, off):
@@ -50,7 +52,8 @@ def test_flipped_chunks_give_eio_and_check_names_them(daemon, home, capsys):
     r = d.ok("create-volume", "--snapshot-id", s["SnapshotId"])  # lazy: nothing hydrated
     victims = sorted(rnd.sample(range(nchunks), N_CORRUPT))
     for c in victims:
-        flip_byte(obj_path(home, objs[c]), rnd.randrange(CHUNK))
+        path, base = obj_loc(home, objs[c])
+        flip_byte(path, base + rnd.randrange(CHUNK))
 
     # (a) reads through the restored volume: EIO on every damaged chunk (whole chunk, a
     # random piece of it, a read straddling it and a neighbour, and again), correct bytes
@@ -296,7 +299,9 @@ def test_damaged_manifest_without_users_refused_when_used(populated):
     d.stop()
     _manifest_flip(d.home, info)
     d.start()
-    objects_before = {k: v for k, v in home_state(d.home).items() if "/objects/" in k}
+    objects_before = {k: v for k, v in home_state(d.home).items()
+                      if "/objects/" in k or "/packs/" in k}
+    assert any("/packs/" in k for k in objects_before)
     r = d.cli("create-volume", "--snapshot-id", info["S"])
     assert r.rc == 254 and r.error_code() == "InternalError", (r.rc, r.err)
     assert "cannot read snapshot" in r.err, r.err
@@ -306,7 +311,8 @@ def test_damaged_manifest_without_users_refused_when_used(populated):
     # a delete runs GC, which must stop short of deleting anything while a manifest is
     # unreadable (its chunks might be referenced only by it)
     d.ok("delete-snapshot", "--snapshot-id", p2["SnapshotId"])
-    objects_after = {k: v for k, v in home_state(d.home).items() if "/objects/" in k}
+    objects_after = {k: v for k, v in home_state(d.home).items()
+                     if "/objects/" in k or "/packs/" in k}
     assert objects_after == objects_before
     assert os.path.exists(os.path.join(d.home, "regions", "us-east-1", "manifests", info["S"]))
     check_data(d, {**info, "R": info["P"]})

@@ -29,6 +29,7 @@ import time
 
 import pytest
 
+import store_layout
 from conftest import EBSIMD, Daemon, Resources, _teardown_daemon, is_mounted, run
 from test_snapshots import sha_range, write_pattern
 
@@ -237,7 +238,6 @@ def test_snapshot_enospc(small_home, capsys):
     write_pattern(t["LocalPath"], "T", MIB)
     ts = d.ok("create-snapshot", "--volume-id", t["VolumeId"])
     wait_state(d, ts["SnapshotId"], "completed")
-    objdir = os.path.join(d.home, "regions", "us-east-1", "objects")
 
     v = d.create_volume(1)
     sha = write_pattern(v["LocalPath"], "V", 160 * MIB, bs=16 * MIB)
@@ -254,7 +254,7 @@ def test_snapshot_enospc(small_home, capsys):
     assert c.rc == 0, (c.rc, c.out, c.err)
     assert not c.json["Corrupt"] and not c.json["Missing"] and not c.json["BadManifests"]
     assert c.json["LeakedCount"] == 0
-    temps = [f for _, _, fs in os.walk(objdir) for f in fs if f.startswith(".")]
+    temps = store_layout.temp_files(d.home)
     assert not temps, temps
     assert free_bytes(mnt) > 100 * MIB  # the space is back
     # the failed snapshot is not usable, and says why; the earlier one is intact
