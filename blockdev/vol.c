@@ -31,9 +31,10 @@
  * the map is persisted only after the data it describes is durable, so a crash loses at
  * most unflushed writes. Map bytes are single bytes, so a torn page write cannot produce a
  * state that was never written. The header's clean flag is cleared at open and set by a
- * clean close; an unclean open punches holes in the data file under ABSENT chunks (writes
- * that reached the file but never reached a flushed map) and marks every PRESENT chunk
- * CHANGED, so the next incremental snapshot cannot miss data.
+ * clean close; an unclean open punches holes in the data file under every chunk that is
+ * not PRESENT, ABSENT or ZERO (writes that reached the file but never reached a flushed
+ * map), so "not PRESENT => hole" holds again, and marks every PRESENT chunk CHANGED, so the
+ * next incremental snapshot cannot miss data.
  *
  * A failed flush is sticky (v->flush_err): every later flush fails too.
  */
@@ -535,27 +536,30 @@ out_rmdir:
 	return ret;
 }
 
-/* After an unclean shutdown: make ABSENT chunks holes again and mark PRESENT ones CHANGED
- * (see the crash protocol above). */
+/* After an unclean shutdown: make every chunk that is not PRESENT (ABSENT or ZERO) a hole
+ * again and mark PRESENT ones CHANGED (see the crash protocol above). A write that reached
+ * the data file but never a flushed map page was not acknowledged, so dropping it is
+ * allowed; keeping it is not: under a ZERO chunk a later partial write would make the chunk
+ * PRESENT and bring the never-acknowledged bytes around it back. */
 static int vol_recover(struct vol *v)
 {
 	for (uint64_t c = 0; c < v->nchunks; c++) {
-		uint8_t st = map_state(v, c);
-		if (st == MAP_PRESENT) {
+		if (map_state(v, c) == MAP_PRESENT) {
 			map_set(v, c, v->map[c] | MAP_CHANGED);
-		} else if (st == MAP_ABSENT) {
-			uint64_t run = c;
-			while (run + 1 < v->nchunks && map_state(v, run + 1) == MAP_ABSENT)
-				run++;
-			off_t o = (off_t)(c << v->chunk_shift);
-			off_t e = (off_t)((run + 1) << v->chunk_shift);
-			off_t d = lseek(v->data_fd, o, SEEK_DATA);
-			if (d >= 0 && d < e &&
-			    fallocate(v->data_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, o,
-				      e - o) < 0)
-				return -errno;
-			c = run;
+			continue;
 		}
+		uint64_t run = c;
+		while (run + 1 < v->nchunks && map_state(v, run + 1) != MAP_PRESENT)
+			run++;
+		off_t o = (off_t)(c << v->chunk_shift);
+		off_t e = (off_t)((run + 1) << v->chunk_shift);
+		off_t d = lseek(v->data_fd, o, SEEK_DATA);
+		if (d >= 0 && d < e &&
+		    fallocate(v->data_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, o, e - o) < 0)
+			return -errno;
+		if (d < 0 && errno != ENXIO)
+			return -errno;
+		c = run;
 	}
 	if (fdatasync(v->data_fd) < 0)
 		return -errno;
