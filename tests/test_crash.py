@@ -50,6 +50,8 @@ class Summary:
         self.checked = 0
         self.lost = 0
         self.fsck = 0
+        self.checks = 0
+        self.check_corruptions = 0
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +61,8 @@ def summary(request):
     capman = request.config.pluginmanager.getplugin("capturemanager")
     text = (f"\ncrash suite (seed {MASTER}, {'stress' if STRESS else 'test'} scale), honest "
             f"variants: crash points: {s.crash_points}, acknowledged records checked: "
-            f"{s.checked}, lost: {s.lost}, fsck errors: {s.fsck}\n")
+            f"{s.checked}, lost: {s.lost}, fsck errors: {s.fsck}, ebsim check runs: "
+            f"{s.checks}, corruptions: {s.check_corruptions}\n")
     if capman:
         with capman.global_and_fixture_disabled():
             sys.stdout.write(text)
@@ -118,6 +121,8 @@ def ctx(request, tmp_path, capsys, summary):
         summary.checked += tally.records_checked
         summary.lost += tally.lost
         summary.fsck += tally.fsck_errors
+        summary.checks += tally.checks
+        summary.check_corruptions += tally.check_corruptions
 
 
 def guarded(c, daemons, fn, *args, **kw):
@@ -144,8 +149,11 @@ def test_crash_random_kill(crash_daemon, res, ctx):
     rig = H.FsRig(d, res, ctx.workdir, ctx.seed, ctx.tally, ctx.log,
                   epoch_len=25 if STRESS else 7)
     guarded(ctx, crash_daemon, H.random_kill_loop, rig, RANDOM_ITERS, ctx.name, MASTER,
-            ctx.replay)
+            ctx.replay, snapshot_every=2)
+    n, j = H.store_check(d, ctx.tally, "the end")
+    assert n == 0, j
     assert ctx.tally.crash_points == RANDOM_ITERS
+    assert ctx.tally.snapshots > 0 and ctx.tally.check_corruptions == 0
     assert ctx.tally.lost == 0 and ctx.tally.fsck_errors == 0
     assert ctx.tally.records_checked > 0, "the writer never got a batch acknowledged"
     assert_clean_logs(crash_daemon)
@@ -283,4 +291,6 @@ def test_crash_unflushed_write_into_discarded_chunk(crash_daemon, res, ctx):
     s = wait_completed(d, d.ok("create-snapshot", "--volume-id", v["VolumeId"])["SnapshotId"])
     r = d.ok("create-volume", "--snapshot-id", s["SnapshotId"])
     assert sha_range(r["LocalPath"], 0, 32 * chunk) == sha, "snapshot differs from reads"
+    n, j = H.store_check(d, ctx.tally, "after the restore")
+    assert n == 0 and j["ObjectsChecked"] > 0, j
     assert_clean_logs(crash_daemon)
