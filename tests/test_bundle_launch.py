@@ -315,6 +315,17 @@ def test_register_refusals(daemon, uploaded, tmp_path, keys):
         shutil.copy(tmp_path / "bundle-westkey" / n, os.path.join(bucket_dir(d), n))
     refused("InvalidManifest", f"{BUCKET}/westkey.manifest.xml", "EC2 key")
 
+    # parameters that contradict the manifest
+    for extra, code in [
+            (["--architecture", "arm64"], "InvalidParameterValue"),
+            (["--root-device-name", "/dev/xvda"], "InvalidParameterValue"),
+            (["--block-device-mappings",
+              '[{"DeviceName": "/dev/sdc", "VirtualName": "ephemeral1"}]'],
+             "InvalidParameterCombination")]:
+        r = d.cli("register-image", "--name", "refused-image", "--image-location", loc, *extra)
+        assert_error(r, code)
+        assert images(d) == []
+
     # the untouched bundle still registers
     register(d, loc, "good-after-refusals")
 
