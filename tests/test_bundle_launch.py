@@ -32,7 +32,7 @@ import time
 import pytest
 
 from conftest import is_mounted, run, sha256_file
-from test_instances import assert_error, describe, world
+from test_instances import BLK, assert_error, describe, pread_direct, world
 from test_snapshots import snapshot
 
 MIB = 1 << 20
@@ -176,6 +176,14 @@ def test_register_launch_reboot_stop_terminate(daemon, uploaded):
     assert is_mounted(root)
     for rel, data in FILES.items():
         assert sha256_file(os.path.join(root, rel)) == hashlib.sha256(data).hexdigest(), rel
+    # the image reached the volume itself before "running", not only the loop device's
+    # page cache: read a block of known.bin through the volume's FUSE file with O_DIRECT
+    with open(uploaded["img"], "rb") as f:
+        image = f.read()
+    off = image.find(FILES["opt/data/known.bin"][:BLK])
+    assert off > 0 and off % BLK == 0
+    fuse_file = os.path.join(d.home, "mnt", f"{iid}.root")
+    assert pread_direct(fuse_file, off, 64 * BLK) == image[off:off + 64 * BLK]
     # the root is an instance-store volume, with the image's size rounded up to GiB
     store = os.listdir(os.path.join(d.home, "instance-store"))
     assert f"{iid}.root" in store
@@ -314,6 +322,17 @@ def test_register_refusals(daemon, uploaded, tmp_path, keys):
     for n in os.listdir(tmp_path / "bundle-westkey"):
         shutil.copy(tmp_path / "bundle-westkey" / n, os.path.join(bucket_dir(d), n))
     refused("InvalidManifest", f"{BUCKET}/westkey.manifest.xml", "EC2 key")
+
+    # parameters that contradict the manifest
+    for extra, code in [
+            (["--architecture", "arm64"], "InvalidParameterValue"),
+            (["--root-device-name", "/dev/xvda"], "InvalidParameterValue"),
+            (["--block-device-mappings",
+              '[{"DeviceName": "/dev/sdc", "VirtualName": "ephemeral1"}]'],
+             "InvalidParameterCombination")]:
+        r = d.cli("register-image", "--name", "refused-image", "--image-location", loc, *extra)
+        assert_error(r, code)
+        assert images(d) == []
 
     # the untouched bundle still registers
     register(d, loc, "good-after-refusals")
