@@ -54,9 +54,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#include <openssl/evp.h>
-#include <openssl/pem.h>
-#include <openssl/rsa.h>
 
 #define GIB (1ull << 30)
 #define ROOT_MAX_GIB 10 /* EC2: an instance-store root is at most 10 GiB */
@@ -220,28 +217,6 @@ static int bundle_open(struct api_req *r, const char *region, const char *bucket
 	return ec2_key_load(r, region, c);
 }
 
-/* Does ct (RSA PKCS#1 v1.5) open with key_pem into a 128-bit value in hex? The length and
- * alphabet check also catches OpenSSL's implicit rejection (random output on failure). */
-static bool unwraps(const char *key_pem, size_t key_len, const uint8_t *ct, size_t ct_len)
-{
-	BIO *b = BIO_new_mem_buf(key_pem, (int)key_len);
-	EVP_PKEY *k = b ? PEM_read_bio_PrivateKey(b, NULL, NULL, NULL) : NULL;
-	EVP_PKEY_CTX *ctx = k ? EVP_PKEY_CTX_new(k, NULL) : NULL;
-	unsigned char out[1024];
-	size_t out_len = sizeof(out);
-	bool ok = ctx && ct && ct_len && EVP_PKEY_decrypt_init(ctx) > 0 &&
-		  EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PADDING) > 0 &&
-		  EVP_PKEY_decrypt(ctx, out, &out_len, ct, ct_len) > 0 && out_len == 32;
-
-	for (size_t i = 0; ok && i < out_len; i++)
-		ok = (out[i] >= '0' && out[i] <= '9') || (out[i] >= 'a' && out[i] <= 'f');
-	secure_zero(out, sizeof(out));
-	EVP_PKEY_CTX_free(ctx);
-	EVP_PKEY_free(k);
-	BIO_free(b);
-	return ok;
-}
-
 /* Cancel an unbundle when the daemon is shutting down. */
 static int progress(void *arg, const char *step, uint64_t done, uint64_t total)
 {
@@ -279,8 +254,7 @@ int ami_bundle_register(struct api_req *r, const char *name, const char *desc, c
 	if (location_split(r, loc, &c) || bundle_open(r, r->region, c.bucket, c.object,
 						      r->account, &c))
 		goto out_free;
-	if (!unwraps(c.ec2_key, c.ec2_key_len, c.m->ec2_enc_key, c.m->ec2_enc_key_len) ||
-	    !unwraps(c.ec2_key, c.ec2_key_len, c.m->ec2_enc_iv, c.m->ec2_enc_iv_len)) {
+	if (bundle_check_ec2_key(c.m, c.ec2_key, c.ec2_key_len)) {
 		api_error(r, "InvalidManifest",
 			  "The bundle %s was not encrypted for region %s: its EC2-wrapped key does "
 			  "not open with the region's EC2 key (bundle it with that region's EC2 "
