@@ -520,7 +520,7 @@ int act_register_image(struct api_req *r)
 		json_object *m = json_object_array_get_idx(bdm, i), *e = jget(m, "Ebs"), *sid;
 		struct cat_snapshot s;
 		if (e && (sid = jget(e, "SnapshotId"))) {
-			if (snapshot_lookup_use(r, json_object_get_string(sid), &s))
+			if (snapshot_lookup(r, json_object_get_string(sid), &s))
 				goto out_put;
 			if (strcmp(s.state, "completed")) {
 				api_error(r, "IncorrectState", "The snapshot '%s' is not completed.", s.id);
@@ -832,10 +832,11 @@ int act_deregister_image(struct api_req *r)
 			json_object *sid = jget(jget(json_object_array_get_idx(bdm, i), "Ebs"),
 						"SnapshotId");
 			struct cat_snapshot s;
-			/* a snapshot still being copied is kept: its job owns it */
+			/* kept: a snapshot still being copied (its job owns it), and another
+			 * account's (a mapping create-image added from a shared image) */
 			if (sid && !snapshot_in_use(r->d, json_object_get_string(sid)) &&
 			    !cat_snapshot_get(r->d->cat, json_object_get_string(sid), &s) &&
-			    strcmp(s.state, "pending"))
+			    strcmp(s.state, "pending") && !strcmp(s.account, r->account))
 				cat_snapshot_delete(r->d->cat, json_object_get_string(sid));
 		}
 		region_gc(r->d, r->region);
@@ -1237,6 +1238,23 @@ static unsigned long mount_flags(const char *opts)
 	return flags;
 }
 
+/* mountinfo writes space, tab, newline and backslash in paths as \ooo: undo it in place. */
+static void unescape_octal(char *s)
+{
+	char *w = s;
+
+	for (const char *p = s; *p; p++) {
+		if (p[0] == '\\' && p[1] >= '0' && p[1] <= '3' && p[2] >= '0' && p[2] <= '7' &&
+		    p[3] >= '0' && p[3] <= '7') {
+			*w++ = (char)((p[1] - '0') << 6 | (p[2] - '0') << 3 | (p[3] - '0'));
+			p += 3;
+		} else {
+			*w++ = *p;
+		}
+	}
+	*w = 0;
+}
+
 /* The file systems mounted (in this namespace) from the instance's loop devices, in
  * mount order. Returns how many (at most cap). */
 static int quiet_find(json_object *inst, struct quiet_fs *q, int cap)
@@ -1255,6 +1273,7 @@ static int quiet_find(json_object *inst, struct quiet_fs *q, int cap)
 		if (!dash || sscanf(line, "%*s %*s %*s %*s %4095s %1023s", mnt, opts) != 2 ||
 		    sscanf(dash + 3, "%63s %63s", type, src) != 2)
 			continue;
+		unescape_octal(mnt);
 		json_object_object_foreach(ld, dev, loop)
 		{
 			(void)dev;
