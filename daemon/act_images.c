@@ -1541,6 +1541,16 @@ int act_create_image(struct api_req *r)
 	bdm = image_mappings(r, inst, req, vols);
 	if (!bdm || dry_run_check(r))
 		goto out_vols;
+	/* refuse before any snapshot starts, so that a refusal leaves nothing behind */
+	for (size_t i = 0; i < json_object_array_length(vols); i++) {
+		const char *vid = jstr(json_object_array_get_idx(vols, i), "VolumeId");
+		for (struct job *j = d->jobs; j; j = j->next)
+			if (j->kind == JOB_SNAPSHOT && !j->finished && !strcmp(j->volume, vid)) {
+				api_error(r, "SnapshotCreationPerVolumeRateExceeded",
+					  "A snapshot of volume %s is already in progress.", vid);
+				goto out_vols;
+			}
+	}
 	if (id_new("ami", id)) {
 		api_error(r, "InternalError", "cannot make an ID");
 		goto out_vols;

@@ -277,13 +277,22 @@ def test_pending_image_is_unavailable_then_failed_after_crash(make_daemon, res):
                                       "NoReboot": True})
     assert code is None
     ami = r["ImageId"]
+    _, snaps_before = call(d, "DescribeSnapshots", {})
     code, _ = call(d, "RunInstances", {"ImageId": ami, "InstanceType": ITYPE,
                                        "MinCount": 1, "MaxCount": 1})
+    code2, _ = call(d, "CreateImage", {"InstanceId": inst["InstanceId"], "Name": "slow-2",
+                                       "NoReboot": True})
     _, r = call(d, "DescribeImages", {"ImageIds": [ami]})
     state = r["Images"][0]["State"]
-    print("state after the launch:", state, code)
+    print("state after the launch:", state, code, code2)
     if state == "pending":  # the launch was certainly tried while pending
         assert code == "InvalidAMIID.Unavailable"
+        # a second image of the instance must wait for the first: refused, nothing made
+        assert code2 == "SnapshotCreationPerVolumeRateExceeded"
+        _, snaps_after = call(d, "DescribeSnapshots", {})
+        assert len(snaps_after["Snapshots"]) == len(snaps_before["Snapshots"])
+        assert call(d, "DescribeImages", {"Filters": [{"Name": "name", "Values": ["slow-2"]}]}) \
+            == (None, {"Images": []})
     # kill the daemon while the snapshot copies: a restart turns the snapshot into 'error'
     # and the image must say 'failed' (or 'available' if the copy had finished)
     d.expect_errors()
