@@ -360,6 +360,15 @@ def test_describe_images_filters_owners_and_pages(daemon, res, base):
             break
     assert pages == 2 and len(seen) == len(set(seen)) == 7 and set(seen) == everything
     assert_error(d.cli("describe-images", "--max-results", "4"), "InvalidParameterValue")
+    assert_error(d.cli("describe-images", "--max-results", "5", "--image-ids", ami),
+                 "InvalidParameterCombination")
+    # the attributes of an image: its mappings as describe-images shows them
+    img = d.ok("describe-images", "--image-ids", ami)["Images"][0]
+    attr = d.ok("describe-image-attribute", "--image-id", ami, "--attribute",
+                "blockDeviceMapping")
+    assert attr == {"ImageId": ami, "BlockDeviceMappings": img["BlockDeviceMappings"]}
+    assert d.ok("describe-image-attribute", "--image-id", ami, "--attribute",
+                "kernel") == {"ImageId": ami, "KernelId": {}}
 
 
 def test_copy_image_and_deregister(daemon, res, base):
