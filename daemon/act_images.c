@@ -699,6 +699,7 @@ static int describe_image_one(void *arg, const char *id, const char *account, js
 	if (image_refresh(c->r->d, doc))
 		json_object_array_add(c->changed, json_object_get(doc));
 	o = doc_public(doc);
+	tags_add_json(c->r->d, o, id);
 	if (jget(doc, "StateReason"))
 		json_object_object_add(o, "StateReasonCode",
 				       json_object_new_string(jstr(jget(doc, "StateReason"), "Code")));
@@ -707,7 +708,6 @@ static int describe_image_one(void *arg, const char *id, const char *account, js
 		ok = image_special(json_object_array_get_idx(c->special, i), o);
 	json_object_object_del(o, "StateReasonCode");
 	if (ok) {
-		tags_add_json(c->r->d, o, id);
 		json_object_array_add(c->out, o);
 	} else {
 		json_object_put(o);
@@ -822,6 +822,7 @@ int act_deregister_image(struct api_req *r)
 		json_object_put(img);
 		return -1;
 	}
+	cat_tags_delete(r->d->cat, id, NULL, NULL); /* -ENOENT when it had none */
 	if (cat_doc_delete(r->d->cat, "image", id)) {
 		json_object_put(img);
 		return api_error(r, "InternalError", "catalog update failed");

@@ -223,9 +223,14 @@ def test_create_image_stopped_terminated_and_overrides(daemon, res, base):
     bdm = [{"DeviceName": "/dev/sdf", "NoDevice": ""},
            {"DeviceName": "/dev/xvda", "Ebs": {"DeleteOnTermination": False, "VolumeSize": 3}},
            {"DeviceName": "/dev/sdg", "Ebs": {"VolumeSize": 4}}]
+    tags = [{"ResourceType": "image", "Tags": [{"Key": "role", "Value": "web"}]}]
     ami = d.ok("create-image", "--instance-id", iid, "--name", "from-stopped",
-               "--block-device-mappings", json.dumps(bdm))["ImageId"]
+               "--block-device-mappings", json.dumps(bdm),
+               "--tag-specifications", json.dumps(tags))["ImageId"]
     img = wait_image(d, ami)
+    assert img["Tags"] == [{"Key": "role", "Value": "web"}]
+    assert [i["ImageId"] for i in d.ok("describe-images", "--filters",
+                                       "Name=tag:role,Values=w*")["Images"]] == [ami]
     m = mappings(img)
     assert set(m) == {"/dev/xvda", "/dev/sdb", "/dev/sdg"}  # /dev/sdf left out
     assert m["/dev/xvda"]["Ebs"]["DeleteOnTermination"] is False
@@ -257,6 +262,15 @@ def test_create_image_stopped_terminated_and_overrides(daemon, res, base):
                        account="111122223333"), "InvalidInstanceID.NotFound")
     names = {i["Name"] for i in d.ok("describe-images", "--owners", "self")["Images"]}
     assert names == {"ebsim-base", "from-stopped"}  # nothing half-made
+    # deregistering drops the image's tags with it (checked in the catalog, read-only)
+    import sqlite3
+    d.ok("deregister-image", "--image-id", ami)
+    con = sqlite3.connect(f"file:{os.path.join(d.home, 'catalog.db')}?mode=ro", uri=True)
+    try:
+        assert con.execute("SELECT COUNT(*) FROM tags WHERE resource_id = ?",
+                           (ami,)).fetchone() == (0,)
+    finally:
+        con.close()
 
 
 def test_pending_image_is_unavailable_then_failed_after_crash(make_daemon, res):
