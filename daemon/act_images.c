@@ -517,7 +517,7 @@ int act_register_image(struct api_req *r)
 		json_object *m = json_object_array_get_idx(bdm, i), *e = jget(m, "Ebs"), *sid;
 		struct cat_snapshot s;
 		if (e && (sid = jget(e, "SnapshotId"))) {
-			if (snapshot_lookup_use(r, json_object_get_string(sid), &s))
+			if (snapshot_lookup(r, json_object_get_string(sid), &s))
 				goto out_put;
 			if (strcmp(s.state, "completed")) {
 				api_error(r, "IncorrectState", "The snapshot '%s' is not completed.", s.id);
@@ -696,6 +696,7 @@ static int describe_image_one(void *arg, const char *id, const char *account, js
 	if (image_refresh(c->r->d, doc))
 		json_object_array_add(c->changed, json_object_get(doc));
 	o = doc_public(doc);
+	tags_add_json(c->r->d, o, id);
 	if (jget(doc, "StateReason"))
 		json_object_object_add(o, "StateReasonCode",
 				       json_object_new_string(jstr(jget(doc, "StateReason"), "Code")));
@@ -704,7 +705,6 @@ static int describe_image_one(void *arg, const char *id, const char *account, js
 		ok = image_special(json_object_array_get_idx(c->special, i), o);
 	json_object_object_del(o, "StateReasonCode");
 	if (ok) {
-		tags_add_json(c->r->d, o, id);
 		json_object_array_add(c->out, o);
 	} else {
 		json_object_put(o);
@@ -819,6 +819,7 @@ int act_deregister_image(struct api_req *r)
 		json_object_put(img);
 		return -1;
 	}
+	cat_tags_delete(r->d->cat, id, NULL, NULL); /* -ENOENT when it had none */
 	if (cat_doc_delete(r->d->cat, "image", id)) {
 		json_object_put(img);
 		return api_error(r, "InternalError", "catalog update failed");
@@ -829,10 +830,11 @@ int act_deregister_image(struct api_req *r)
 			json_object *sid = jget(jget(json_object_array_get_idx(bdm, i), "Ebs"),
 						"SnapshotId");
 			struct cat_snapshot s;
-			/* a snapshot still being copied is kept: its job owns it */
+			/* kept: a snapshot still being copied (its job owns it), and another
+			 * account's (a mapping create-image added from a shared image) */
 			if (sid && !snapshot_in_use(r->d, json_object_get_string(sid)) &&
 			    !cat_snapshot_get(r->d->cat, json_object_get_string(sid), &s) &&
-			    strcmp(s.state, "pending"))
+			    strcmp(s.state, "pending") && !strcmp(s.account, r->account))
 				cat_snapshot_delete(r->d->cat, json_object_get_string(sid));
 		}
 		region_gc(r->d, r->region);
@@ -1234,6 +1236,23 @@ static unsigned long mount_flags(const char *opts)
 	return flags;
 }
 
+/* mountinfo writes space, tab, newline and backslash in paths as \ooo: undo it in place. */
+static void unescape_octal(char *s)
+{
+	char *w = s;
+
+	for (const char *p = s; *p; p++) {
+		if (p[0] == '\\' && p[1] >= '0' && p[1] <= '3' && p[2] >= '0' && p[2] <= '7' &&
+		    p[3] >= '0' && p[3] <= '7') {
+			*w++ = (char)((p[1] - '0') << 6 | (p[2] - '0') << 3 | (p[3] - '0'));
+			p += 3;
+		} else {
+			*w++ = *p;
+		}
+	}
+	*w = 0;
+}
+
 /* The file systems mounted (in this namespace) from the instance's loop devices, in
  * mount order. Returns how many (at most cap). */
 static int quiet_find(json_object *inst, struct quiet_fs *q, int cap)
@@ -1252,6 +1271,7 @@ static int quiet_find(json_object *inst, struct quiet_fs *q, int cap)
 		if (!dash || sscanf(line, "%*s %*s %*s %*s %4095s %1023s", mnt, opts) != 2 ||
 		    sscanf(dash + 3, "%63s %63s", type, src) != 2)
 			continue;
+		unescape_octal(mnt);
 		json_object_object_foreach(ld, dev, loop)
 		{
 			(void)dev;
@@ -1519,6 +1539,16 @@ int act_create_image(struct api_req *r)
 	bdm = image_mappings(r, inst, req, vols);
 	if (!bdm || dry_run_check(r))
 		goto out_vols;
+	/* refuse before any snapshot starts, so that a refusal leaves nothing behind */
+	for (size_t i = 0; i < json_object_array_length(vols); i++) {
+		const char *vid = jstr(json_object_array_get_idx(vols, i), "VolumeId");
+		for (struct job *j = d->jobs; j; j = j->next)
+			if (j->kind == JOB_SNAPSHOT && !j->finished && !strcmp(j->volume, vid)) {
+				api_error(r, "SnapshotCreationPerVolumeRateExceeded",
+					  "A snapshot of volume %s is already in progress.", vid);
+				goto out_vols;
+			}
+	}
 	if (id_new("ami", id)) {
 		api_error(r, "InternalError", "cannot make an ID");
 		goto out_vols;

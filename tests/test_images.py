@@ -191,6 +191,29 @@ def test_create_image_is_point_in_time(daemon, res, base, mode):
     assert len(done) > after  # and the writer was never stopped for good
 
 
+def test_create_image_remounts_a_path_with_a_space(daemon, base):
+    """mountinfo writes a space in a mount point as \\040: create-image must mount the file
+    system back at the real path. (conftest's is_mounted does not unescape, so this test
+    mounts and unmounts by hand, by exact path.)"""
+    d = daemon
+    bdm = [{"DeviceName": "/dev/sdf", "Ebs": {"VolumeSize": 1}}]
+    inst = run1(d, base["ami"], ITYPE, "--block-device-mappings", json.dumps(bdm))
+    loop = inst["LocalDevices"]["/dev/sdf"]
+    run(["mkfs.ext4", "-q", "-F", "-E", "nodiscard", loop])
+    mnt = os.path.join(d.home, "data of " + inst["InstanceId"])
+    os.makedirs(mnt)
+    run(["mount", loop, mnt])
+    try:
+        assert os.path.ismount(mnt)
+        before = mount_count(loop)
+        d.ok("create-image", "--instance-id", inst["InstanceId"], "--name", "spaced")
+        assert os.path.ismount(mnt) and mount_count(loop) == before + 1
+    finally:
+        if os.path.ismount(mnt):
+            run(["umount", mnt])
+    assert "cannot mount" not in d.log()
+
+
 def test_create_image_stopped_terminated_and_overrides(daemon, res, base):
     d = daemon
     inst, data_mnt = launch_with_data_volume(d, res, base["ami"])
@@ -200,9 +223,14 @@ def test_create_image_stopped_terminated_and_overrides(daemon, res, base):
     bdm = [{"DeviceName": "/dev/sdf", "NoDevice": ""},
            {"DeviceName": "/dev/xvda", "Ebs": {"DeleteOnTermination": False, "VolumeSize": 3}},
            {"DeviceName": "/dev/sdg", "Ebs": {"VolumeSize": 4}}]
+    tags = [{"ResourceType": "image", "Tags": [{"Key": "role", "Value": "web"}]}]
     ami = d.ok("create-image", "--instance-id", iid, "--name", "from-stopped",
-               "--block-device-mappings", json.dumps(bdm))["ImageId"]
+               "--block-device-mappings", json.dumps(bdm),
+               "--tag-specifications", json.dumps(tags))["ImageId"]
     img = wait_image(d, ami)
+    assert img["Tags"] == [{"Key": "role", "Value": "web"}]
+    assert [i["ImageId"] for i in d.ok("describe-images", "--filters",
+                                       "Name=tag:role,Values=w*")["Images"]] == [ami]
     m = mappings(img)
     assert set(m) == {"/dev/xvda", "/dev/sdb", "/dev/sdg"}  # /dev/sdf left out
     assert m["/dev/xvda"]["Ebs"]["DeleteOnTermination"] is False
@@ -234,6 +262,15 @@ def test_create_image_stopped_terminated_and_overrides(daemon, res, base):
                        account="111122223333"), "InvalidInstanceID.NotFound")
     names = {i["Name"] for i in d.ok("describe-images", "--owners", "self")["Images"]}
     assert names == {"ebsim-base", "from-stopped"}  # nothing half-made
+    # deregistering drops the image's tags with it (checked in the catalog, read-only)
+    import sqlite3
+    d.ok("deregister-image", "--image-id", ami)
+    con = sqlite3.connect(f"file:{os.path.join(d.home, 'catalog.db')}?mode=ro", uri=True)
+    try:
+        assert con.execute("SELECT COUNT(*) FROM tags WHERE resource_id = ?",
+                           (ami,)).fetchone() == (0,)
+    finally:
+        con.close()
 
 
 def test_pending_image_is_unavailable_then_failed_after_crash(make_daemon, res):
@@ -254,13 +291,22 @@ def test_pending_image_is_unavailable_then_failed_after_crash(make_daemon, res):
                                       "NoReboot": True})
     assert code is None
     ami = r["ImageId"]
+    _, snaps_before = call(d, "DescribeSnapshots", {})
     code, _ = call(d, "RunInstances", {"ImageId": ami, "InstanceType": ITYPE,
                                        "MinCount": 1, "MaxCount": 1})
+    code2, _ = call(d, "CreateImage", {"InstanceId": inst["InstanceId"], "Name": "slow-2",
+                                       "NoReboot": True})
     _, r = call(d, "DescribeImages", {"ImageIds": [ami]})
     state = r["Images"][0]["State"]
-    print("state after the launch:", state, code)
+    print("state after the launch:", state, code, code2)
     if state == "pending":  # the launch was certainly tried while pending
         assert code == "InvalidAMIID.Unavailable"
+        # a second image of the instance must wait for the first: refused, nothing made
+        assert code2 == "SnapshotCreationPerVolumeRateExceeded"
+        _, snaps_after = call(d, "DescribeSnapshots", {})
+        assert len(snaps_after["Snapshots"]) == len(snaps_before["Snapshots"])
+        assert call(d, "DescribeImages", {"Filters": [{"Name": "name", "Values": ["slow-2"]}]}) \
+            == (None, {"Images": []})
     # kill the daemon while the snapshot copies: a restart turns the snapshot into 'error'
     # and the image must say 'failed' (or 'available' if the copy had finished)
     d.expect_errors()
@@ -328,6 +374,15 @@ def test_describe_images_filters_owners_and_pages(daemon, res, base):
             break
     assert pages == 2 and len(seen) == len(set(seen)) == 7 and set(seen) == everything
     assert_error(d.cli("describe-images", "--max-results", "4"), "InvalidParameterValue")
+    assert_error(d.cli("describe-images", "--max-results", "5", "--image-ids", ami),
+                 "InvalidParameterCombination")
+    # the attributes of an image: its mappings as describe-images shows them
+    img = d.ok("describe-images", "--image-ids", ami)["Images"][0]
+    attr = d.ok("describe-image-attribute", "--image-id", ami, "--attribute",
+                "blockDeviceMapping")
+    assert attr == {"ImageId": ami, "BlockDeviceMappings": img["BlockDeviceMappings"]}
+    assert d.ok("describe-image-attribute", "--image-id", ami, "--attribute",
+                "kernel") == {"ImageId": ami, "KernelId": {}}
 
 
 def test_copy_image_and_deregister(daemon, res, base):

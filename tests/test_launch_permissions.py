@@ -187,6 +187,37 @@ def test_copy_by_permitted_account_is_private_and_its_own(daemon, three):
     assert s["OwnerId"] == FRIEND and s["State"] == "completed"
 
 
+def test_delete_associated_snapshots_spares_other_accounts(daemon, three):
+    """FRIEND images an instance of OWNER's shared image, adding a mapping of OWNER's
+    snapshot; deregistering FRIEND's image with --delete-associated-snapshots deletes
+    FRIEND's snapshots only."""
+    d = daemon
+    ami, snap = three["shared"]
+    inst = d.ok("run-instances", "--image-id", ami, "--instance-type", ITYPE,
+                account=FRIEND)["Instances"][0]
+    bdm = [{"DeviceName": "/dev/sdg", "Ebs": {"SnapshotId": snap}}]
+    mine = d.ok("create-image", "--instance-id", inst["InstanceId"], "--name", "friends",
+                "--block-device-mappings", json.dumps(bdm), account=FRIEND)["ImageId"]
+    for _ in range(400):
+        img = d.ok("describe-images", "--image-ids", mine, account=FRIEND)["Images"][0]
+        if img["State"] != "pending":
+            break
+        time.sleep(0.05)
+    assert img["State"] == "available"
+    m = {x["DeviceName"]: x for x in img["BlockDeviceMappings"]}
+    assert m["/dev/sdg"]["Ebs"]["SnapshotId"] == snap
+    friends_snap = m["/dev/xvda"]["Ebs"]["SnapshotId"]
+    d.ok("deregister-image", "--image-id", ami)  # OWNER keeps the snapshot
+    d.ok("deregister-image", "--image-id", mine, "--delete-associated-snapshots", account=FRIEND)
+    assert d.ok("describe-snapshots", "--snapshot-ids", snap)["Snapshots"][0]["State"] == \
+        "completed"
+    assert err(d.cli("describe-snapshots", "--snapshot-ids", friends_snap, account=FRIEND)) == \
+        "InvalidSnapshot.NotFound"
+    # and OWNER's snapshot, no longer behind an image FRIEND may launch, is OWNER's alone
+    assert err(d.cli("create-volume", "--snapshot-id", snap, account=FRIEND)) == \
+        "InvalidSnapshot.NotFound"
+
+
 def test_revoked_permission_stops_launch_and_restore(daemon, three):
     d = daemon
     ami, snap = three["shared"]
