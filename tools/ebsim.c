@@ -1295,8 +1295,8 @@ static const struct cli_verb cli_verbs[] = {
 			"* {\"DeviceName\": \"/dev/sdc\", \"NoDevice\": \"\"}: no device (useful in "
 			"run-instances, to drop a mapping of the image).\n"
 			"\n"
-			"--root-device-name is required, and one mapping must give that device an "
-			"EBS snapshot. Device names are /dev/sd[a-z], /dev/xvd[a-z] or /dev/hd[a-z] "
+			"For an EBS-backed image, --root-device-name is required, and one mapping "
+			"must give that device an EBS snapshot. Device names are /dev/sd[a-z], /dev/xvd[a-z] or /dev/hd[a-z] "
 			"with an optional suffix. Every snapshot must be completed and belong to the "
 			"account; while an image uses a snapshot, the snapshot cannot be deleted.\n"
 			"\n"
@@ -1309,8 +1309,16 @@ static const struct cli_verb cli_verbs[] = {
 			"Image names are 3 to 128 characters of letters, digits and ( ) [ ] space . / "
 			"- ' @ _, unique in the account and region (InvalidAMIName.Duplicate).\n"
 			"\n"
-			"Instance-store-backed images (--image-location, a bundle made with the AMI "
-			"tools) are not supported yet: ebsimd answers UnsupportedOperation. "
+			"An instance-store-backed image is registered from a bundle instead: "
+			"--image-location BUCKET/PREFIX.manifest.xml names a manifest that "
+			"ebsim-ami upload-bundle stored in the region's bucket. ebsimd checks that "
+			"the manifest belongs to the account, that its signature verifies with the "
+			"account's signing certificate, that the region's EC2 key opens its key, and "
+			"every part's SHA-1 (InvalidManifest otherwise); the architecture, kernel "
+			"and mappings come from the manifest, and the root device is /dev/sda1. "
+			"Launching it unbundles the whole image into an instance-store root, which "
+			"is why it is slower than an EBS-backed launch.\n"
+			"\n"
 			"--kernel-id, --ramdisk-id, --ena-support and --sriov-net-support are "
 			"accepted so that awscli scripts run unchanged; they do not change how ebsim "
 			"launches the image.",
@@ -1321,8 +1329,8 @@ static const struct cli_verb cli_verbs[] = {
 			{"description", CLI_STRING, false, NULL,
 			 "A description of the image, up to 255 characters."},
 			{"root-device-name", CLI_STRING, false, NULL,
-			 "The device name of the root volume, e.g. /dev/xvda. Required: "
-			 "--block-device-mappings must map it to an EBS snapshot."},
+			 "The device name of the root volume, e.g. /dev/xvda. Required for an "
+			 "EBS-backed image: --block-device-mappings must map it to an EBS snapshot."},
 			{"block-device-mappings", CLI_JSON, false, NULL,
 			 "The block device mappings, as JSON (see DESCRIPTION), or file://PATH to "
 			 "read them from a file."},
@@ -1331,8 +1339,8 @@ static const struct cli_verb cli_verbs[] = {
 			{"virtualization-type", CLI_STRING, false, NULL,
 			 "hvm (the default) or paravirtual."},
 			{"image-location", CLI_STRING, false, NULL,
-			 "The manifest of an instance-store-backed image in a bundle. Not supported "
-			 "yet: ebsimd answers UnsupportedOperation."},
+			 "BUCKET/PREFIX.manifest.xml: the manifest of an instance-store-backed "
+			 "image, uploaded with ebsim-ami upload-bundle."},
 			{"kernel-id", CLI_STRING, false, NULL,
 			 "The kernel (aki-...) of a paravirtual image. Accepted and not used."},
 			{"ramdisk-id", CLI_STRING, false, NULL,
