@@ -378,11 +378,21 @@ def test_kill9_during_pending_snapshot(daemon, home):
     vid, path = vol(d, 1)
     sha = write_pattern(path, "k", GIB // 2, bs=16 * MIB)
     s = snapshot(d, vid, wait=False)
-    time.sleep(0.2)
+    # kill it well into the copy, once some chunks are stored (a pack is committed)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        st = d.ok("describe-snapshots", "--snapshot-ids", s["SnapshotId"])["Snapshots"][0]
+        if st["State"] != "pending" or int(st["Progress"].rstrip("%")) >= 60:
+            break
+        time.sleep(0.02)
     d.kill9()
     d.start()
     st = d.ok("describe-snapshots", "--snapshot-ids", s["SnapshotId"])["Snapshots"][0]
     assert st["State"] in ("error", "completed"), st
+    # what the interrupted snapshot had stored belongs to no manifest: collected at start
+    c = d.cli("check")
+    assert c.rc == 0, c.out + c.err
+    assert c.json["Result"] == "clean" and c.json["LeakedCount"] == 0, c.json
     if st["State"] == "completed":
         r = d.ok("create-volume", "--snapshot-id", s["SnapshotId"])
         assert sha_range(r["LocalPath"], 0, GIB // 2) == sha
