@@ -58,20 +58,6 @@
 #define GIB (1ull << 30)
 #define ROOT_MAX_GIB 10 /* EC2: an instance-store root is at most 10 GiB */
 
-static json_object *jget(json_object *o, const char *k)
-{
-	json_object *v = NULL;
-
-	return o && json_object_object_get_ex(o, k, &v) ? v : NULL;
-}
-
-static const char *jstr(json_object *o, const char *k)
-{
-	json_object *v = jget(o, k);
-
-	return v && json_object_is_type(v, json_type_string) ? json_object_get_string(v) : "";
-}
-
 /* Everything one bundle needs while it is checked or unbundled. */
 struct bctx {
 	char bucket[64], object[BUNDLE_NAME_MAX + 1];

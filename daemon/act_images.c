@@ -86,13 +86,6 @@ const char *device_basename(const char *dev)
 	return !strncmp(dev, "/dev/", 5) ? dev + 5 : dev;
 }
 
-static json_object *jget(json_object *o, const char *k)
-{
-	json_object *v = NULL;
-
-	return o && json_object_object_get_ex(o, k, &v) ? v : NULL;
-}
-
 /* Validate a BlockDeviceMappings value (for images and run-instances) and normalise it
  * into a new array. for_image: Ebs entries need a SnapshotId or VolumeSize. */
 json_object *bdm_parse(struct api_req *r, json_object *in, bool for_image)
@@ -190,13 +183,6 @@ out_put_any:
 out_put:
 	json_object_put(out);
 	return NULL;
-}
-
-static const char *jstr(json_object *o, const char *k)
-{
-	json_object *v = jget(o, k);
-
-	return v && json_object_is_type(v, json_type_string) ? json_object_get_string(v) : "";
 }
 
 /* ---- launch permissions and state --------------------------------------------------------- */

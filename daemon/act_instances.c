@@ -58,20 +58,6 @@
 enum { ST_PENDING = 0, ST_RUNNING = 16, ST_SHUTTING_DOWN = 32, ST_TERMINATED = 48,
        ST_STOPPING = 64, ST_STOPPED = 80 };
 
-static json_object *jget(json_object *o, const char *k)
-{
-	json_object *v = NULL;
-
-	return o && json_object_object_get_ex(o, k, &v) ? v : NULL;
-}
-
-static const char *jstr(json_object *o, const char *k)
-{
-	json_object *v = jget(o, k);
-
-	return v && json_object_is_type(v, json_type_string) ? json_object_get_string(v) : "";
-}
-
 static json_object *state_obj(int code)
 {
 	static const struct {

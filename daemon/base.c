@@ -67,20 +67,6 @@
 
 extern char **environ;
 
-static json_object *jget(json_object *o, const char *k)
-{
-	json_object *v = NULL;
-
-	return o && json_object_object_get_ex(o, k, &v) ? v : NULL;
-}
-
-static const char *jstr(json_object *o, const char *k)
-{
-	json_object *v = jget(o, k);
-
-	return v && json_object_is_type(v, json_type_string) ? json_object_get_string(v) : "";
-}
-
 /* Run argv (no shell); stdout into out (NUL-terminated, may be NULL), stderr to the log.
  * 0 when it exits 0, else -EIO (or -errno when it cannot start). */
 static int run_cmd(char *const argv[], char *out, size_t cap)

@@ -101,6 +101,22 @@ struct api_req {
 	char message[1024];
 };
 
+/* Catalog documents: member k of object o, or NULL (o may be NULL). */
+static inline json_object *jget(json_object *o, const char *k)
+{
+	json_object *v = NULL;
+
+	return o && json_object_object_get_ex(o, k, &v) ? v : NULL;
+}
+
+/* The string member k of o, or "" when it is absent or not a string. */
+static inline const char *jstr(json_object *o, const char *k)
+{
+	json_object *v = jget(o, k);
+
+	return v && json_object_is_type(v, json_type_string) ? json_object_get_string(v) : "";
+}
+
 /* The regions ebsim knows, NULL-terminated. */
 extern const char *const regions[];
 
