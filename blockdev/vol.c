@@ -219,6 +219,7 @@ struct slow {
 };
 
 static void slow_run(struct slow *s);
+static int seg_go(struct seg *s);
 
 #define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
 
@@ -281,7 +282,6 @@ static int seg_submit(struct vol_io *io, enum blk_op op, int fd, void *buf, size
 		      uint64_t off, int mode, struct seg **segp)
 {
 	struct seg *s = calloc(1, sizeof(*s));
-	int ret;
 
 	if (!s)
 		return -ENOMEM;
@@ -298,20 +298,23 @@ static int seg_submit(struct vol_io *io, enum blk_op op, int fd, void *buf, size
 		*segp = s;
 		return 0;
 	}
-	atomic_fetch_add(&io->pending, 1);
-	ret = blk_submit(io->v->eng, &s->req);
-	if (ret) {
-		atomic_fetch_sub(&io->pending, 1);
-		free(s);
-	}
-	return ret;
+	return seg_go(s);
 }
 
+/* Hand a prepared segment to the engine; a read the page cache holds completes here and
+ * now (blk_try_now), on the caller's thread. */
 static int seg_go(struct seg *s)
 {
 	int ret;
 
 	atomic_fetch_add(&s->io->pending, 1);
+	if (s->req.op == BLK_READ) {
+		ret = blk_try_now(s->io->v->eng, &s->req);
+		if (ret >= 0) {
+			seg_done(&s->req, ret);
+			return 0;
+		}
+	}
 	ret = blk_submit(s->io->v->eng, &s->req);
 	if (ret) {
 		atomic_fetch_sub(&s->io->pending, 1);
