@@ -29,6 +29,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <string.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 const char *const blk_engine_names[] = {"io_uring", "libaio", "psync", NULL};
@@ -162,4 +163,16 @@ int blk_req_check(const struct blk_req *req)
 		return 0;
 	}
 	return -EINVAL;
+}
+
+int blk_req_try_nowait(struct blk_engine *e, struct blk_req *req)
+{
+	struct iovec iov = {.iov_base = req->buf, .iov_len = req->len};
+	ssize_t n;
+
+	(void)e;
+	if (req->op != BLK_READ || blk_req_check(req))
+		return -EAGAIN;
+	n = preadv2(req->fd, &iov, 1, (off_t)req->off, RWF_NOWAIT);
+	return n == (ssize_t)req->len ? (int)n : -EAGAIN;
 }

@@ -21,10 +21,19 @@
  * submitted as completions free slots; blk_submit never blocks on I/O.
  *
  * blk_engine_close waits for every submitted request to complete, then frees the engine.
+ *
+ * blk_try_now is the one exception to "done runs on an engine thread": a caller may first
+ * try a READ synchronously, without blocking (preadv2 RWF_NOWAIT: served only when every
+ * byte is in the page cache). It returns len, or -EAGAIN when the request must go through
+ * blk_submit as usual (not cached, short, any error: the asynchronous path decides). It
+ * saves the ring round trip and the wake-up of the completion thread for a cached read.
+ * psync has no try_now: its reads stay plain pread(2) calls, where fault injection
+ * (tests/test_faults.py, libfiu) intercepts them.
  */
 #ifndef EBSIM_BLK_ENGINE_H
 #define EBSIM_BLK_ENGINE_H
 
+#include <errno.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -63,6 +72,8 @@ struct blk_engine_ops {
 	int (*open)(unsigned depth, struct blk_engine **out);
 	int (*submit)(struct blk_engine *e, struct blk_req *req);
 	void (*close)(struct blk_engine *e);
+	/* optional: blk_try_now (NULL: always -EAGAIN) */
+	int (*try_now)(struct blk_engine *e, struct blk_req *req);
 };
 
 /* Common header embedded as the first member of every implementation. */
@@ -85,6 +96,12 @@ int blk_engine_open(const char *name, unsigned depth, struct blk_engine **out);
 static inline int blk_submit(struct blk_engine *e, struct blk_req *req)
 {
 	return e->ops->submit(e, req);
+}
+
+/* Try a BLK_READ at once without blocking; len, or -EAGAIN: submit it (see above). */
+static inline int blk_try_now(struct blk_engine *e, struct blk_req *req)
+{
+	return e->ops->try_now ? e->ops->try_now(e, req) : -EAGAIN;
 }
 
 /* Wait for all submitted requests to complete, then free the engine. */
@@ -115,5 +132,8 @@ int blk_req_check(const struct blk_req *req);
 /* Execute one request synchronously with the normalisation rules above; returns the result
  * to pass to done. Used by psync and for ops an engine cannot do asynchronously. */
 int blk_req_exec_sync(struct blk_req *req);
+
+/* The try_now of the io_uring and libaio engines: preadv2(RWF_NOWAIT) of a whole READ. */
+int blk_req_try_nowait(struct blk_engine *e, struct blk_req *req);
 
 #endif

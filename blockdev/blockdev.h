@@ -16,7 +16,8 @@
  *           (format version 2; vol_open refuses a damaged page, see vol.c).
  *
  * Requests are asynchronous: the callback runs exactly once, on an engine thread (or on the
- * caller's thread for requests that need no I/O, e.g. zero-length or rejected ones).
+ * caller's thread, before vol_* returns, for requests that need no I/O, e.g. zero-length or
+ * rejected ones, and for reads the page cache served at once: blk_try_now).
  * Results: >= 0 success (0 for flush/discard, len for read/write), else -errno.
  */
 #ifndef EBSIM_BLOCKDEV_H

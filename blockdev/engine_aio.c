@@ -411,4 +411,5 @@ const struct blk_engine_ops aio_ops = {
     .open = aio_open,
     .submit = aio_submit,
     .close = aio_close,
+    .try_now = blk_req_try_nowait,
 };

@@ -351,4 +351,5 @@ const struct blk_engine_ops uring_ops = {
     .open = uring_open,
     .submit = uring_submit,
     .close = uring_close,
+    .try_now = blk_req_try_nowait,
 };

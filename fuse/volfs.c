@@ -19,6 +19,14 @@
  * Writes are copied out of libfuse's receive buffer (it is reused once the handler returns)
  * into a sector-aligned buffer that the volume may encrypt in place.
  *
+ * Request pool: the FUSE thread allocates a struct ioreq (and its aligned data buffer) per
+ * read or write, and an engine thread frees it after the reply; glibc then serialises the
+ * two threads on its arena lock (about 10% of the daemon's CPU at 4k QD32). Finished
+ * requests are pushed instead on fs->pool_ret, a lock-free stack any thread may push to;
+ * only the FUSE thread pops, and it takes the whole stack at once (atomic exchange) into
+ * its private list fs->pool, so there is no ABA. Buffers up to POOL_BUF_MAX stay with
+ * their ioreq; at most POOL_MAX requests are kept; the rest are freed at unmount.
+ *
  * Inode table: fs->files, guarded by fs->lock (the control thread adds and removes, the
  * FUSE thread looks up). Inode numbers are never reused within a mount. A file that is open
  * cannot be removed (volfs_remove -> -EBUSY), so no I/O is in flight on a removed volume.
@@ -54,6 +62,8 @@
 
 #define MAX_IO (1u << 20)
 #define ATTR_TIMEOUT 1.0
+#define POOL_MAX 512		    /* requests kept for reuse */
+#define POOL_BUF_MAX (128u << 10) /* larger buffers are not kept */
 
 struct vfile {
 	char name[ID_MAX];
@@ -61,6 +71,13 @@ struct vfile {
 	struct vol *vol;
 	int nopen;
 	struct vfile *next;
+};
+
+struct ioreq {
+	fuse_req_t req;
+	void *buf;
+	size_t cap; /* bytes at buf (0: no buffer) */
+	struct ioreq *next;
 };
 
 struct volfs {
@@ -73,12 +90,71 @@ struct volfs {
 	char mountpoint[4096];
 	dev_t dev; /* the mount's st_dev: its minor names the connection in fusectl */
 	atomic_int pending; /* requests handed to blockdev/, not answered yet */
+	struct ioreq *pool;		   /* FUSE thread only */
+	_Atomic(struct ioreq *) pool_ret;  /* pushed by any thread */
+	atomic_int pool_n;		   /* requests in pool + pool_ret (approximate bound) */
 };
 
-struct ioreq {
-	fuse_req_t req;
-	void *buf;
-};
+/* A request with a 4 KiB-aligned buffer of at least size bytes (FUSE thread only). */
+static struct ioreq *ioreq_get(struct volfs *fs, size_t size)
+{
+	struct ioreq *r = fs->pool;
+
+	if (!r) {
+		r = atomic_exchange(&fs->pool_ret, NULL);
+		fs->pool = r;
+	}
+	if (r) {
+		fs->pool = r->next;
+		atomic_fetch_sub(&fs->pool_n, 1);
+	} else {
+		r = calloc(1, sizeof(*r));
+		if (!r)
+			return NULL;
+	}
+	if (r->cap < size) {
+		size_t cap = (size + 4095) & ~(size_t)4095;
+		free(r->buf);
+		r->buf = NULL;
+		r->cap = 0;
+		if (posix_memalign(&r->buf, 4096, cap)) {
+			r->buf = NULL;
+			free(r);
+			return NULL;
+		}
+		r->cap = cap;
+	}
+	return r;
+}
+
+/* Give a finished request back (any thread). */
+static void ioreq_put(struct volfs *fs, struct ioreq *r)
+{
+	if (atomic_fetch_add(&fs->pool_n, 1) >= POOL_MAX) {
+		atomic_fetch_sub(&fs->pool_n, 1);
+		free(r->buf);
+		free(r);
+		return;
+	}
+	if (r->cap > POOL_BUF_MAX) {
+		free(r->buf);
+		r->buf = NULL;
+		r->cap = 0;
+	}
+	r->next = atomic_load(&fs->pool_ret);
+	while (!atomic_compare_exchange_weak(&fs->pool_ret, &r->next, r))
+		;
+}
+
+static void pool_free(struct ioreq *r)
+{
+	while (r) {
+		struct ioreq *next = r->next;
+		free(r->buf);
+		free(r);
+		r = next;
+	}
+}
 
 /* A request is handed to blockdev/, which answers it from a completion. */
 static void pending_get(fuse_req_t req)
@@ -305,8 +381,7 @@ static void read_done(void *arg, int res)
 		fuse_reply_err(r->req, edge_errno(res));
 	else
 		fuse_reply_buf(r->req, r->buf, (size_t)res);
-	free(r->buf);
-	free(r);
+	ioreq_put(fs, r);
 	pending_put(fs);
 }
 
@@ -327,11 +402,9 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	if ((uint64_t)off >= vsize || !size)
 		return (void)fuse_reply_buf(req, NULL, 0);
 	size = (size_t)MIN((uint64_t)size, vsize - (uint64_t)off);
-	r = malloc(sizeof(*r));
-	if (!r || posix_memalign(&r->buf, 4096, size)) {
-		free(r);
+	r = ioreq_get(fs, size);
+	if (!r)
 		return (void)fuse_reply_err(req, ENOMEM);
-	}
 	r->req = req;
 	pending_get(req);
 	vol_read(v, r->buf, size, (uint64_t)off, read_done, r);
@@ -346,8 +419,7 @@ static void write_done(void *arg, int res)
 		fuse_reply_err(r->req, edge_errno(res));
 	else
 		fuse_reply_write(r->req, (size_t)res);
-	free(r->buf);
-	free(r);
+	ioreq_put(fs, r);
 	pending_put(fs);
 }
 
@@ -365,11 +437,9 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 		return (void)fuse_reply_err(req, EINVAL);
 	if ((uint64_t)off + size > vol_size(v))
 		return (void)fuse_reply_err(req, ENOSPC); /* a block device does not grow */
-	r = malloc(sizeof(*r));
-	if (!r || posix_memalign(&r->buf, 4096, size ? size : 1)) {
-		free(r);
+	r = ioreq_get(fs, size ? size : 1);
+	if (!r)
 		return (void)fuse_reply_err(req, ENOMEM);
-	}
 	memcpy(r->buf, buf, size);
 	r->req = req;
 	pending_get(req);
@@ -564,6 +634,8 @@ void volfs_unmount(struct volfs *fs)
 	}
 	fuse_session_unmount(fs->se); /* closes /dev/fuse; the mount is gone already */
 	fuse_session_destroy(fs->se);
+	pool_free(fs->pool);
+	pool_free(atomic_load(&fs->pool_ret));
 	while (fs->files) {
 		struct vfile *f = fs->files;
 		fs->files = f->next;
