@@ -117,7 +117,7 @@ bench: all
 FUZZ_CC      ?= clang
 FUZZ_B       ?= build-fuzz
 FUZZ_SECONDS ?= 600
-FUZZ_TARGETS  = fuzz_ctl fuzz_manifest fuzz_volhdr fuzz_cli
+FUZZ_TARGETS  = fuzz_ctl fuzz_manifest fuzz_volhdr fuzz_cli fuzz_bundle
 FUZZ_CFLAGS   = -O1 -g -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -pthread -I. -DEBSIM_FUZZ \
 		-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer \
 		$(shell pkg-config --cflags $(PKGS) 2>/dev/null)

@@ -21,7 +21,7 @@ import pytest
 from conftest import ROOT, STRESS
 
 FUZZ_B = os.path.join(ROOT, os.environ.get("FUZZ_B", "build-fuzz"))
-TARGETS = ["ctl", "manifest", "volhdr", "cli"]
+TARGETS = ["ctl", "manifest", "volhdr", "cli", "bundle"]
 SECONDS = int(os.environ.get("EBSIM_FUZZ_SECONDS", "300" if STRESS else "30"))
 CORPUS = os.path.join(ROOT, "tests", "fuzz", "corpus")
 # room for a volume header (4 KiB) plus a map and an I/O script (see fuzz_volhdr.c)
