@@ -3,7 +3,7 @@
 #   make            build ebsimd, ebsim, ebsim-ami into build/
 #   make check      build and run the C unit tests
 #   make test       everything: unit tests (plain + ASan/UBSan) and the pytest integration suite
-#   make demo       build, then show a volume's life on the default home
+#   make demo       build, then tell an instance's storage story (tools/demo.sh) on the default home
 #   make bench      the fio benchmark matrix (QUICK=1 for a short run)
 #   make deps       install missing Debian packages (does nothing when all are present)
 #   make fuzz       build the libFuzzer targets (tests/fuzz/) and fuzz each for FUZZ_SECONDS
