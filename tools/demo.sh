@@ -179,9 +179,14 @@ cleanup() {
 			if [ "$kind" = instance ]; then INSTS+=("$acct $reg $id"); else AMIS+=("$acct $reg $id"); fi
 		done
 	fi
-	# terminate, one call per account and region, then wait for each
+	# terminate each, then wait for each; their volumes first join VOLS (an instance found
+	# after an interrupted launch has volumes the demo has not seen)
 	for e in "${INSTS[@]}"; do
 		read -r acct reg id <<<"$e"
+		for s in $("$EBSIM" --account "$acct" --region "$reg" describe-instances --instance-ids "$id" 2>/dev/null |
+			jf '[m["Ebs"]["VolumeId"] for m in inst(d)["BlockDeviceMappings"] if "Ebs" in m]'); do
+			[[ " ${VOLS[*]} " == *" $acct $reg $s "* ]] || VOLS+=("$acct $reg $s")
+		done
 		st=$(inst_state "$acct" "$reg" "$id")
 		[ -z "$st" ] || [ "$st" = terminated ] && continue
 		ACCT=$acct REG=$reg QUIET=0 ec2_soft terminate-instances --instance-ids "$id"
