@@ -475,6 +475,18 @@ static int serialise(xmlDocPtr doc, xmlNodePtr *nodes, size_t n, char **out, siz
 	}
 	memcpy(*out, xmlBufferContent(buf), *outlen);
 	(*out)[*outlen] = '\0';
+	if (doc) {
+		/* REXML's Document#to_s puts nothing between the declaration and the root
+		 * and nothing after it; xmlTextWriter adds a newline at both places */
+		char *nl = strstr(*out, "?>\n");
+
+		if (nl) {
+			memmove(nl + 2, nl + 3, *outlen - (size_t)(nl + 3 - *out) + 1);
+			(*outlen)--;
+		}
+		while (*outlen && (*out)[*outlen - 1] == '\n')
+			(*out)[--*outlen] = '\0';
+	}
 	ret = 0;
 out:
 	if (w)
@@ -1109,6 +1121,34 @@ static int leaf_copy(xmlNodePtr parent, const char *name, char *dst, size_t dstl
 	return 0;
 }
 
+/* An optional list element (ec2-ami-tools' <product_codes>, <ancestry>): only repeated
+ * plain-text leaves named item. Accepted and signed, not interpreted. */
+static int leaf_list(xmlNodePtr list, const char *item, char *err)
+{
+	const char *const allowed[] = {item, NULL};
+	size_t n = 0;
+	int ret;
+
+	if (!list)
+		return 0;
+	if (list->properties)
+		return fail(err, -EINVAL, "manifest: unexpected attribute on <%s>",
+			    (const char *)list->name);
+	if ((ret = check_children(list, allowed, item, err)))
+		return ret;
+	for (xmlNodePtr c = list->children; c; c = c->next) {
+		const char *s;
+
+		if (c->type != XML_ELEMENT_NODE)
+			continue;
+		if (++n > 64)
+			return fail(err, -E2BIG, "manifest: more than 64 <%s>", item);
+		if ((ret = leaf(c, NULL, &s, 64, err)))
+			return ret;
+	}
+	return 0;
+}
+
 static int attr_is(xmlNodePtr n, const char *attr, const char *want, char *err)
 {
 	xmlChar *v = xmlGetProp(n, BAD_CAST attr);
@@ -1155,8 +1195,8 @@ static int parse_tree(xmlDocPtr doc, struct bundle_manifest *m, char *err)
 					  "signature", NULL};
 	static const char *const bundler[] = {"name", "version", "release", NULL};
 	static const char *const mcs[] = {"architecture", "block_device_mapping", "kernel_id",
-					  "ramdisk_id", NULL};
-	static const char *const imgs[] = {"name", "user", "type", "digest", "size",
+					  "ramdisk_id", "product_codes", NULL};
+	static const char *const imgs[] = {"name", "user", "type", "ancestry", "digest", "size",
 					   "bundled_size", "ec2_encrypted_key",
 					   "user_encrypted_key", "ec2_encrypted_iv",
 					   "user_encrypted_iv", "parts", NULL};
@@ -1232,6 +1272,9 @@ static int parse_tree(xmlDocPtr doc, struct bundle_manifest *m, char *err)
 		}
 	}
 
+	if ((ret = leaf_list(find(mc, "product_codes"), "product_code", err)))
+		return ret;
+
 	img = find(root, "image");
 	if (!img)
 		return fail(err, -EINVAL, "manifest: <image> is missing");
@@ -1246,6 +1289,8 @@ static int parse_tree(xmlDocPtr doc, struct bundle_manifest *m, char *err)
 		return fail(err, -EINVAL, "manifest: user '%s' is not a 12-digit account", m->user);
 	if (strcmp(m->type, "machine"))
 		return fail(err, -EINVAL, "manifest: image type '%s' is not supported", m->type);
+	if ((ret = leaf_list(find(img, "ancestry"), "ancestor_ami_id", err)))
+		return ret;
 	if ((ret = leaf_copy(img, "size", num, sizeof(num), true, err)))
 		return ret;
 	if (parse_u64(num, &m->size))

@@ -28,11 +28,12 @@ ACCOUNT = "123456789012"
 BIG = 25 << 20
 
 
-def ami(*args, home=None, account=ACCOUNT, region="us-east-1"):
+def ami(*args, home=None, account=ACCOUNT, region="us-east-1", env=None):
     cmd = [AMI]
     if home:
         cmd += ["--home", home, "--account", account, "--region", region]
-    p = subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True)
+    p = subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True,
+                       env=dict(os.environ, **env) if env else None)
     return p
 
 
@@ -418,10 +419,15 @@ def test_bundle_vol_and_build_base(world, daemon):
     p = ami("bundle-vol", "--volume-id", "vol-00000000000000000", *common, home=home)
     assert p.returncode == 254 and "InvalidVolume.NotFound" in p.stderr, p.stderr
     assert os.listdir(d) == []
-    p = ami("bundle-vol", "--volume-id", vol, *common, home=home)
+    p = ami("bundle-vol", "--volume", "/x/y", *common, home=home)
+    assert p.returncode == 252 and "not a volume id" in p.stderr
+    # the FUSE path form, keys from $EC2_PRIVATE_KEY/$EC2_CERT, -u and -r defaulted
+    p = ami("bundle-vol", "--volume", path, "-d", d, home=home,
+            env={"EC2_PRIVATE_KEY": world["key"], "EC2_CERT": world["cert"]})
     assert p.returncode == 0, p.stderr
     m = os.path.join(d, "image.manifest.xml")
     assert int(field(m, "size")) == 1 << 30
+    assert field(m, "user") == ACCOUNT and "<image><name>image</name>" in open(m).read()
     out = os.path.join(home, "vout")
     os.mkdir(out)
     p = ami("unbundle", "-m", m, "-c", world["cert"], "-k", world["key"], "-d", out, home=home)
@@ -438,3 +444,114 @@ def test_bundle_vol_and_build_base(world, daemon):
     # no daemon: 255
     p = ami("build-base", home=os.path.join(home, "nowhere"))
     assert p.returncode == 255
+
+
+def test_manifest_framing_is_rexml_like(world):
+    """REXML's to_s: the declaration in single quotes, nothing between it and <manifest>,
+    nothing after </manifest>."""
+    with open(world["manifest"], "rb") as f:
+        raw = f.read()
+    assert raw.startswith(b"<?xml version='1.0'?><manifest><version>2007-10-10</version>")
+    assert raw.endswith(b"</signature></manifest>")
+    assert b"\n" not in raw and b'"' not in raw
+
+
+def resign(world, text):
+    """Sign text the way ec2-ami-tools does, with the openssl CLI as an independent signer."""
+    mc = text[text.index("<machine_configuration>"):
+              text.index("</machine_configuration>") + len("</machine_configuration>")]
+    im = text[text.index("<image>"):text.index("</image>") + len("</image>")]
+    sig = subprocess.run(["openssl", "dgst", "-sha1", "-sign", world["key"]],
+                         input=(mc + im).encode(), capture_output=True, check=True).stdout
+    return re.sub(r"<signature>[0-9a-f]+</signature>", "<signature>%s</signature>" % sig.hex(),
+                  text)
+
+
+def test_independently_signed_manifest_with_optional_elements(world):
+    """ec2-ami-tools' optional <product_codes> and <ancestry> are accepted and covered by the
+    signature; a manifest signed by openssl over the cut-out text verifies and unbundles."""
+    d = os.path.join(world["dir"], "indep")
+    shutil.copytree(world["small_dir"], d)
+    m = os.path.join(d, "small.manifest.xml")
+    text = open(m).read()
+    text = text.replace("</machine_configuration>", "<product_codes><product_code>ABCD1234"
+                        "</product_code></product_codes></machine_configuration>")
+    text = text.replace("<type>machine</type>", "<type>machine</type><ancestry><ancestor_ami_id>"
+                        "ami-12345678</ancestor_ami_id></ancestry>")
+    with open(m, "w") as f:
+        f.write(text)
+    p = ami("verify-bundle", "-m", m, "-c", world["cert"], home=world["home"])
+    assert p.returncode == 1 and "signature does not verify" in p.stderr
+    with open(m, "w") as f:
+        f.write(resign(world, text))
+    p = ami("verify-bundle", "-m", m, "-c", world["cert"], home=world["home"])
+    assert p.returncode == 0, p.stderr
+    out = os.path.join(d, "out")
+    os.mkdir(out)
+    p = ami("unbundle", "-m", m, "-c", world["cert"], "-k", world["key"], "-d", out,
+            home=world["home"])
+    assert p.returncode == 0, p.stderr
+    assert sha256_file(os.path.join(out, "small")) == sha256_file(
+        os.path.join(world["dir"], "small.img"))
+    # an unknown element is refused even when signed
+    with open(m, "w") as f:
+        f.write(resign(world, text.replace("<type>machine</type>",
+                                           "<type>machine</type><evil>x</evil>")))
+    p = ami("verify-bundle", "-m", m, "-c", world["cert"], home=world["home"])
+    assert p.returncode == 1 and "unexpected element <evil>" in p.stderr
+
+
+def test_region_keys_created_once_under_race(world, home):
+    """Parallel first bundles agree on one EC2 key pair, and every bundle opens with it."""
+    img = os.path.join(world["dir"], "small.img")
+    procs = []
+    for i in range(4):
+        d = os.path.join(home, "r%d" % i)
+        os.mkdir(d)
+        procs.append((d, subprocess.Popen(
+            [AMI, "--home", home, "bundle-image", "-i", img, "-k", world["key"], "-c",
+             world["cert"], "-u", ACCOUNT, "-r", "x86_64", "-p", "p", "-d", d],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)))
+    for d, p in procs:
+        _, err = p.communicate()
+        assert p.returncode == 0, err
+    rdir = os.path.join(home, "regions/us-east-1")
+    assert sorted(f for f in os.listdir(rdir)) == ["ec2-cert.pem", "ec2-key.pem"]
+    key, cert = os.path.join(rdir, "ec2-key.pem"), os.path.join(rdir, "ec2-cert.pem")
+    assert stat_mode(key) == 0o600 and stat_mode(cert) == 0o644
+    pub_k = subprocess.run(["openssl", "pkey", "-in", key, "-pubout"], capture_output=True,
+                           check=True).stdout
+    pub_c = subprocess.run(["openssl", "x509", "-in", cert, "-pubkey", "-noout"],
+                           capture_output=True, check=True).stdout
+    assert pub_k == pub_c
+    subj = subprocess.run(["openssl", "x509", "-in", cert, "-subject", "-noout"],
+                          capture_output=True, text=True, check=True).stdout
+    assert "ec2-us-east-1" in subj
+    for d, _ in procs:
+        out = os.path.join(d, "out")
+        os.mkdir(out)
+        p = ami("unbundle", "-m", os.path.join(d, "p.manifest.xml"), "-c", world["cert"], "-k",
+                key, "-d", out, home=home)
+        assert p.returncode == 0, p.stderr
+
+
+def test_reupload_replaces_a_bundle(world, home):
+    """A re-upload under the same prefix with fewer parts leaves no stale part behind."""
+    big = os.path.join(home, "big")
+    os.mkdir(big)
+    p = ami("bundle-image", "-i", world["img"], "-k", world["key"], "-c", world["cert"], "-u",
+            ACCOUNT, "-r", "x86_64", "-p", "x", "-d", big, home=home)
+    assert p.returncode == 0, p.stderr
+    small = os.path.join(home, "small")
+    os.mkdir(small)
+    p = ami("bundle-image", "-i", os.path.join(world["dir"], "small.img"), "-k", world["key"],
+            "-c", world["cert"], "-u", ACCOUNT, "-r", "x86_64", "-p", "x", "-d", small, home=home)
+    assert p.returncode == 0, p.stderr
+    for d in (big, small):
+        p = ami("upload-bundle", "-b", "bkt", "-m", os.path.join(d, "x.manifest.xml"), "-c",
+                world["cert"], home=home)
+        assert p.returncode == 0, p.stderr
+    bdir = os.path.join(home, "regions/us-east-1/buckets/bkt")
+    assert sorted(os.listdir(bdir)) == ["x.manifest.xml", "x.part.0"]
+    p = ami("verify-bundle", "-m", os.path.join(bdir, "x.manifest.xml"), home=home)
+    assert p.returncode == 0, p.stderr

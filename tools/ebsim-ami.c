@@ -18,6 +18,7 @@
  * Exit codes: 0 success, 1 failure (message on stderr), 252 usage error, 254 the daemon
  * answered with an error (printed EC2-style), 255 the daemon cannot be reached.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -104,9 +105,11 @@ static const char help_bundle_image[] =
     "\n"
     "OPTIONS\n"
     "       -i, --image IMAGE        the image file to bundle (required).\n"
-    "       -k, --privatekey KEY     the user's RSA private key, PEM (required); signs.\n"
-    "       -c, --cert CERT          the user's X.509 certificate, PEM (required); the\n"
-    "                                key is wrapped for it so the user can unbundle.\n"
+    "       -k, --privatekey KEY     the user's RSA private key, PEM; signs. Default\n"
+    "                                $EC2_PRIVATE_KEY.\n"
+    "       -c, --cert CERT          the user's X.509 certificate, PEM; the key is\n"
+    "                                wrapped for it so the user can unbundle. Default\n"
+    "                                $EC2_CERT.\n"
     "       -u, --user ACCOUNT       the 12-digit account that owns the bundle\n"
     "                                (required).\n"
     "       -r, --arch ARCH          i386, x86_64 or arm64 (required).\n"
@@ -133,7 +136,7 @@ static const char help_bundle_vol[] =
     "\n"
     "SYNOPSIS\n"
     "       ebsim-ami bundle-vol (--volume-id vol-ID | --instance-id i-ID) -k KEY.pem\n"
-    "                 -c CERT.pem -u ACCOUNT -r ARCH [-p PREFIX] [-d DIR] [--ec2cert CERT]\n"
+    "                 -c CERT.pem [-u ACCOUNT] [-r ARCH] [-p PREFIX] [-d DIR] [--ec2cert CERT]\n"
     "                 [--block-device-mapping MAP] [--kernel aki-ID] [--ramdisk ari-ID]\n"
     "\n"
     "DESCRIPTION\n"
@@ -145,9 +148,13 @@ static const char help_bundle_vol[] =
     "       default prefix is 'image', as ec2-bundle-vol's.\n"
     "\n"
     "OPTIONS\n"
-    "       --volume-id vol-ID       the volume to bundle.\n"
+    "       --volume-id vol-ID       the volume to bundle; --volume also takes its FUSE\n"
+    "                                file HOME/mnt/vol-ID.\n"
     "       --instance-id i-ID       bundle this instance's root volume.\n"
-    "       Other options are those of bundle-image (without -i).\n";
+    "       -u, --user ACCOUNT       default: --account.\n"
+    "       -r, --arch ARCH          default: the host's architecture.\n"
+    "       Other options are those of bundle-image (without -i); -k and -c default\n"
+    "       to $EC2_PRIVATE_KEY and $EC2_CERT.\n";
 
 static const char help_verify[] =
     "NAME\n"
@@ -437,6 +444,26 @@ static int read_pem(const char *path, char **buf, size_t *len)
 	return 0;
 }
 
+static const char *env_or(const char *name, const char *def)
+{
+	const char *v = getenv(name);
+
+	return v && *v ? v : def;
+}
+
+static const char *host_arch(void)
+{
+#if defined(__x86_64__)
+	return "x86_64";
+#elif defined(__aarch64__)
+	return "arm64";
+#elif defined(__i386__)
+	return "i386";
+#else
+	return NULL;
+#endif
+}
+
 /* ---- bundle-image / bundle-vol -------------------------------------------------------- */
 
 static int bundle_common(struct ami *a, const char *verb, int argc, char **argv, bool vol)
@@ -454,6 +481,7 @@ static int bundle_common(struct ami *a, const char *verb, int argc, char **argv,
 	    {"kernel", required_argument, NULL, OPT_KERNEL},
 	    {"ramdisk", required_argument, NULL, OPT_RAMDISK},
 	    {"volume-id", required_argument, NULL, OPT_VOLUME},
+	    {"volume", required_argument, NULL, OPT_VOLUME},
 	    {"instance-id", required_argument, NULL, OPT_INSTANCE},
 	    GLOBAL_OPTS,
 	    {NULL, 0, NULL, 0}};
@@ -525,12 +553,31 @@ static int bundle_common(struct ami *a, const char *verb, int argc, char **argv,
 	}
 	if (optind < argc)
 		return usage(verb, "unexpected argument '%s'", argv[optind]);
+	/* the EC2 tools' environment defaults; bundle-vol also defaults -u and -r to the
+	 * acting account and the host's architecture, as ec2-bundle-vol does for -r */
+	if (!p.user_key)
+		p.user_key = env_or("EC2_PRIVATE_KEY", NULL);
+	if (!p.user_cert)
+		p.user_cert = env_or("EC2_CERT", NULL);
+	if (vol && !p.account)
+		p.account = a->account;
+	if (vol && !p.arch)
+		p.arch = host_arch();
+	if (volume && strchr(volume, '/')) {
+		/* a volume's FUSE file HOME/mnt/vol-...: its id is its name */
+		const char *b = strrchr(volume, '/') + 1;
+
+		if (!id_valid("vol", b))
+			return usage(verb, "--volume %s is not a volume id or HOME/mnt/vol-ID", volume);
+		volume = b;
+	}
 	if (vol && !!volume == !!instance)
 		return usage(verb, "give exactly one of --volume-id and --instance-id");
 	if (!vol && !p.image_path)
 		return usage(verb, "-i IMAGE is required");
 	if (!p.user_key || !p.user_cert || !p.account || !p.arch)
-		return usage(verb, "-k, -c, -u and -r are required");
+		return usage(verb, "-k, -c, -u and -r are required (-k and -c default to "
+			     "$EC2_PRIVATE_KEY and $EC2_CERT)");
 	if (!valid_account(p.account))
 		return usage(verb, "-u '%s' is not a 12-digit account id", p.account);
 	if (!bundle_valid_arch(p.arch))
@@ -878,6 +925,38 @@ static int copy_object(int srcfd, int dstfd, const char *name)
 	return ret;
 }
 
+/* A re-upload replaces a bundle of the same prefix: parts PREFIX.part.N that the new
+ * manifest does not list would be "extra parts" to every verifier, so they go first. */
+static int remove_stale_parts(const struct bundle_manifest *m, int bfd)
+{
+	const char *p0 = m->parts[0].filename, *dot = strrchr(p0, '.') - 5;
+	size_t plen = (size_t)(dot - p0) + 6; /* "PREFIX.part." */
+	int dfd = openat(bfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
+	struct dirent *de;
+	int ret = 0;
+
+	if (!d) {
+		ret = -errno;
+		if (dfd >= 0)
+			close(dfd);
+		return ret;
+	}
+	while ((de = readdir(d))) {
+		bool listed = false;
+
+		if (strncmp(de->d_name, p0, plen) || !de->d_name[plen] ||
+		    strspn(de->d_name + plen, "0123456789") != strlen(de->d_name + plen))
+			continue;
+		for (size_t i = 0; i < m->n_parts && !listed; i++)
+			listed = !strcmp(m->parts[i].filename, de->d_name);
+		if (!listed && unlinkat(bfd, de->d_name, 0) < 0 && errno != ENOENT)
+			ret = -errno;
+	}
+	closedir(d);
+	return ret;
+}
+
 static int cmd_upload(struct ami *a, const char *verb, int argc, char **argv)
 {
 	static const struct option opts[] = {{"bucket", required_argument, NULL, 'b'},
@@ -933,22 +1012,18 @@ static int cmd_upload(struct ami *a, const char *verb, int argc, char **argv)
 	if (rc == -ENOENT && !cert)
 		return die("account %s has no signing certificate yet: give -c CERT.pem on its "
 			   "first upload", a->account);
-	rc = load_bundle(a, manifest, NULL, cert ? cert : NULL, &l);
-	if (!rc && !cert) {
-		l.cert = reg;
-		l.cert_len = reg_len;
-		reg = NULL;
-	}
+	/* without -c, load_bundle reads the registered certificate of the manifest's user */
+	rc = load_bundle(a, manifest, NULL, cert, &l);
 	if (rc)
 		goto out;
+	if (strcmp(l.m->user, a->account)) {
+		rc = die("the bundle belongs to account %s, not to %s", l.m->user, a->account);
+		goto out;
+	}
 	if (reg && (reg_len != l.cert_len || memcmp(reg, l.cert, reg_len))) {
 		rc = die("a different signing certificate is already registered for account %s "
 			 "(%s/%s); the bundle must be signed with it", a->account, a->home,
 			 acct_cert);
-		goto out;
-	}
-	if (strcmp(l.m->user, a->account)) {
-		rc = die("the bundle belongs to account %s, not to %s", l.m->user, a->account);
 		goto out;
 	}
 	if (bundle_verify_signature(l.m, l.cert, l.cert_len, err) ||
@@ -1021,12 +1096,21 @@ static int cmd_upload(struct ami *a, const char *verb, int argc, char **argv)
 		rc = die("cannot open bucket %s: %s", bucket, strerror(errno));
 		goto out;
 	}
+	if ((rc = remove_stale_parts(l.m, bfd))) {
+		rc = die("cannot clean bucket %s: %s", bucket, strerror(-rc));
+		goto out;
+	}
 	for (size_t i = 0; i < l.m->n_parts; i++) {
 		rc = copy_object(mdirfd, bfd, l.m->parts[i].filename);
 		if (rc) {
 			rc = die("cannot store %s: %s", l.m->parts[i].filename, strerror(-rc));
 			goto out;
 		}
+	}
+	/* what landed in the bucket is what was verified (a part may change meanwhile) */
+	if (bundle_verify_parts(l.m, bfd, NULL, NULL, err)) {
+		rc = die("after copying into bucket %s: %s", bucket, err);
+		goto out;
 	}
 	rc = copy_object(mdirfd, bfd, mbase);
 	if (rc) {
@@ -1078,13 +1162,6 @@ static int cmd_build_base(struct ami *a, const char *verb, int argc, char **argv
 }
 
 /* ---- main ----------------------------------------------------------------------------- */
-
-static const char *env_or(const char *name, const char *def)
-{
-	const char *v = getenv(name);
-
-	return v && *v ? v : def;
-}
 
 int main(int argc, char **argv)
 {
