@@ -164,7 +164,7 @@ fuzz: fuzz-build
 DEB_PKGS = build-essential pkg-config libfuse3-dev fuse3 liburing-dev libaio-dev libssl-dev \
 	   libsqlite3-dev libjson-c-dev python3-pytest e2fsprogs fio qemu-utils qemu-system-common \
 	   util-linux sqlite3 gnuplot-nox clang fiu-utils \
-	   libxml2-dev libarchive-dev zlib1g-dev busybox-static
+	   libxml2-dev libarchive-dev zlib1g-dev busybox-static openssl
 deps:
 	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
 		| grep -q '^install ok installed' || echo $$p; done); \
