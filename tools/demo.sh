@@ -18,13 +18,15 @@
 #   files on all three, sha256 recorded; 3 reboot, then stop+start, a table each (EBS kept
 #   byte for byte, instance store gone after stop); 4 create-image; 5 launch it, same
 #   sha256; 6 share it with OTHER, who launches it, THIRD cannot; 7 copy-image to
-#   us-west-2; 8 bundle the root with ebsim-ami, upload, register, launch, launch time
-#   against the EBS-backed launch; 9 clean up. Each step ends with one line "=> ..." (its
+#   us-west-2; 8 an ext4 image file of the root's files (bundle-vol of the whole 1 GiB
+#   root takes ~27 s each way through FUSE on a shared 2-core host), bundle-image,
+#   upload-bundle, register-image --image-location, launch, launch time against the
+#   EBS-backed launch; 9 clean up. Each step ends with one line "=> ..." (its
 #   success marker, which tests/test_demo.py looks for) or "=> skipped: <why>" when the
 #   ebsim it runs lacks the feature the step needs.
 # - What it makes is recorded as it is made, by exact ID (instances, kept volumes, images
-#   with their snapshots, the bucket directory and signing certificate it created, its
-#   mounts, its temp dir), and cleanup() removes exactly that on success, failure or
+#   with their snapshots, the bucket directory, signing certificate and region key pair
+#   the AMI tools created for it when absent, its mounts, its temp dir), and cleanup() removes exactly that on success, failure or
 #   Ctrl-C (EXIT trap). A create that is interrupted before its ID is known is resolved
 #   by listing the demo account's IDs before and after. Loop devices are the daemon's
 #   (LocalDevices): terminating the instances detaches them; the demo makes none itself.
