@@ -55,6 +55,8 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import snapshot_perf  # noqa: E402  (bench/snapshot_perf.py: the snapshot figures)
 BUILD = os.environ.get("EBSIM_BUILD", os.path.join(ROOT, "build"))
 GIB = 1 << 30
 MIB = 1 << 20
@@ -792,6 +794,11 @@ def write_md(res, path):
         metric = "iops" if c["ref"] is None else "ratio"
         L.append(f"| {c['goal']} | {c['target']} | {c['job']} | "
                  f"{fmt_cell(got, metric) if got else '–'} | **{c['verdict']}** |")
+    snaps = res.get("snapshots")
+    if snaps and snaps.get("samples"):
+        L += ["", snapshot_perf.md_section(snaps)]
+    elif snaps:
+        L += ["", "## Snapshots", "", f"The snapshot figures failed: {snaps.get('error')}"]
     with open(path, "w") as f:
         f.write("\n".join(L) + "\n")
 
@@ -957,6 +964,20 @@ def bench(args):
                         f"{job['metric']}  (eta {eta / 60:.1f} min)")
 
     cached["at_end"] = residency(ctx)
+    snaps = None
+    if not args.no_snapshots:
+        # the snapshot figures, after the fio matrix so as not to disturb it
+        home = os.path.join(ctx.scratch, "home-snapshots")
+        os.makedirs(home)
+        ebsimd = os.path.join(BUILD, "ebsimd")
+        ctx.ledger.add("ebsimd", home=home, ebsimd=ebsimd)  # before it exists: cleanup
+        reps = args.snapshot_repeats or (1 if args.quick else 3)
+        say(f"snapshot figures: {reps} repeat(s)")
+        try:
+            snaps = snapshot_perf.measure(BUILD, home, reps, say=say)
+        except (RuntimeError, subprocess.SubprocessError, OSError) as e:
+            say(f"error: snapshot figures: {e}")
+            snaps = dict(error=str(e))
     load_end = dict(loadavg_end=[round(x, 1) for x in os.getloadavg()], psi_end=psi())
     for t in targets:
         if t["via"] == "loop":
@@ -971,7 +992,8 @@ def bench(args):
                backings={bn: dict(BACKINGS[bn], **ctx.backing_info.get(bn, {}))
                          for bn in backings},
                jobs=[{k: v for k, v in j.items() if k != "run"} for j in jobs],
-               fresh=ctx.fresh, page_cache=cached, order=order, samples=samples)
+               fresh=ctx.fresh, page_cache=cached, order=order, samples=samples,
+               snapshots=snaps)
     summarise(res)
     evaluate(res)
     write_reports(res, args.out)
@@ -991,6 +1013,10 @@ def main():
     ap.add_argument("--repeats", type=int)
     ap.add_argument("--runtime", type=float)
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    ap.add_argument("--no-snapshots", action="store_true",
+                    help="skip the snapshot figures (bench/snapshot_perf.py)")
+    ap.add_argument("--snapshot-repeats", type=int,
+                    help="repeats of the snapshot figures (default: 3, quick: 1)")
     ap.add_argument("--cleanup", action="store_true",
                     help="only remove what a run left in --scratch, then exit")
     ap.add_argument("--report", metavar="JSON",

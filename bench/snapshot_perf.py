@@ -1,16 +1,23 @@
 #!/usr/bin/python3
 # SPDX-License-Identifier: MIT
-"""Snapshot figures, in one run: a full snapshot of 1 GiB written into a 4 GiB volume
-against `qemu-img convert -O qcow2` of the same data; an incremental snapshot after a 1%
-change; create-volume from a snapshot at 1 GiB and 64 GiB; first-touch reads of a lazily
+"""Snapshot figures: a full snapshot of 1 GiB written into a 4 GiB volume against
+`qemu-img convert -O qcow2` of the same data (plus a sync: both end durable); an
+incremental snapshot after a 1% change, and its fraction of the full one; create-volume
+from a snapshot at 1 GiB and 64 GiB (median of 5 calls each); first-touch reads of a lazily
 restored volume against the same reads once hydrated.
 
-Usage: bench/snapshot_perf.py [--build DIR] [--out FILE.json]
-Runs its own ebsimd on a private home under /var/tmp and removes everything it made."""
+Usage: bench/snapshot_perf.py [--build DIR] [--repeats N] [--out FILE.json]
+Runs its own ebsimd on a private home under /var/tmp (or --scratch DIR) and removes
+everything it made. `make bench` runs it too (bench.py: the "snapshots" section of
+bench/results/latest.{json,md}). Each repeat uses fresh volumes; the result gives every
+sample and, per figure, the median with min and max, and the load average around the run
+(other work on the host's 2 CPUs shows up there)."""
 import argparse
 import json
+import mmap
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -18,6 +25,20 @@ import time
 
 GIB = 1 << 30
 MIB = 1 << 20
+
+# name -> (unit, better, description) in report order
+FIGURES = {
+    "full_snapshot_1GiB_s": ("s", "lower", "full snapshot, 1 GiB written in a 4 GiB volume"),
+    "full_snapshot_GBps": ("GB/s", "higher", "full snapshot throughput"),
+    "qemu_img_convert_s": ("s", "lower", "`qemu-img convert -O qcow2` of the same data + sync"),
+    "full_vs_qemu_img": ("ratio", "higher", "qemu-img time / full snapshot time (> 1: faster)"),
+    "incremental_1pct_s": ("s", "lower", "incremental snapshot after a 1% change (656 chunks)"),
+    "incremental_over_full": ("ratio", "lower", "incremental time / full time"),
+    "create_volume_1GiB_ms": ("ms", "lower", "create-volume from a 1 GiB snapshot (CLI round trip)"),
+    "create_volume_64GiB_ms": ("ms", "lower", "create-volume from a 64 GiB snapshot (CLI round trip)"),
+    "first_touch_read_MBps": ("MB/s", "higher", "first-touch sequential read, lazily restored (1 MiB O_DIRECT)"),
+    "hydrated_read_MBps": ("MB/s", "higher", "the same reads once hydrated"),
+}
 
 
 def sh(*cmd, **kw):
@@ -37,6 +58,9 @@ class Ebsim:
         s = self("create-snapshot", "--volume-id", vol)["SnapshotId"]
         while self("describe-snapshots", "--snapshot-ids", s)["Snapshots"][0]["State"] == "pending":
             time.sleep(0.01)
+        st = self("describe-snapshots", "--snapshot-ids", s)["Snapshots"][0]["State"]
+        if st != "completed":
+            raise RuntimeError(f"snapshot {s} ended {st}")
         return s, time.monotonic() - t0
 
 
@@ -52,7 +76,6 @@ def write_random(path, off, size, bs=16 * MIB):
 
 def read_rate(path, off, size, bs=MIB):
     fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
-    import mmap
     buf = mmap.mmap(-1, bs)
     t0 = time.monotonic()
     try:
@@ -63,67 +86,134 @@ def read_rate(path, off, size, bs=MIB):
     return size / (time.monotonic() - t0) / 1e6
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--build", default=os.path.join(os.path.dirname(__file__), "..", "build"))
-    ap.add_argument("--out", default=None)
-    a = ap.parse_args()
-    home = tempfile.mkdtemp(prefix="ebsim-snapperf-", dir="/var/tmp")
-    build = os.path.abspath(a.build)
+def one_repeat(e, home):
+    """One sample of every figure, on fresh volumes."""
+    res = {}
+    v = e("create-volume", "--size", 4)
+    write_random(v["LocalPath"], 0, GIB)
+    os.sync()
+    s1, t_full = e.snapshot(v["VolumeId"])
+    res["full_snapshot_1GiB_s"] = round(t_full, 3)
+    res["full_snapshot_GBps"] = round(GIB / t_full / 1e9, 3)
+    q = os.path.join(home, "convert.qcow2")
+    t0 = time.monotonic()
+    sh("qemu-img", "convert", "-O", "qcow2",
+       os.path.join(home, "volumes", v["VolumeId"], "data"), q)
+    sh("sync")
+    res["qemu_img_convert_s"] = round(time.monotonic() - t0, 3)
+    res["full_vs_qemu_img"] = round(res["qemu_img_convert_s"] / t_full, 3)
+    os.unlink(q)
+    # 1% change: 41 MiB of the 4 GiB volume, in 64 KiB pieces spread over the 1 GiB written
+    fd = os.open(v["LocalPath"], os.O_WRONLY)
+    for i in range(656):
+        os.pwrite(fd, os.urandom(64 * 1024), (i * 1597 % 16384) * 65536)
+    os.fsync(fd)
+    os.close(fd)
+    s2, t_inc = e.snapshot(v["VolumeId"])
+    res["incremental_1pct_s"] = round(t_inc, 3)
+    res["incremental_over_full"] = round(t_inc / t_full, 3)
+    # create-volume latency at 1 GiB and 64 GiB (median of 5 calls)
+    v1 = e("create-volume", "--size", 1)
+    write_random(v1["LocalPath"], 0, 64 * MIB)
+    s3, _ = e.snapshot(v1["VolumeId"])
+    v64 = e("create-volume", "--size", 64)
+    write_random(v64["LocalPath"], 32 * GIB, 64 * MIB)
+    s4, _ = e.snapshot(v64["VolumeId"])
+    made = []
+    for name, snap in (("create_volume_1GiB_ms", s3), ("create_volume_64GiB_ms", s4)):
+        ts = []
+        for _ in range(5):
+            t0 = time.monotonic()
+            made.append(e("create-volume", "--snapshot-id", snap)["VolumeId"])
+            ts.append((time.monotonic() - t0) * 1000)
+        res[name] = round(statistics.median(ts), 1)
+    # first touch (lazy) against hydrated
+    r = e("create-volume", "--snapshot-id", s1)
+    res["first_touch_read_MBps"] = round(read_rate(r["LocalPath"], 0, 512 * MIB), 1)
+    r2 = e("create-volume", "--snapshot-id", s1)
+    e("initialize-volume", "--volume-id", r2["VolumeId"])
+    while True:
+        d = e("describe-volumes", "--volume-ids", r2["VolumeId"])["Volumes"][0]
+        st = d.get("InitializationStatusDetails")
+        if not st or st.get("Progress") == 100:
+            break
+        time.sleep(0.1)
+    res["hydrated_read_MBps"] = round(read_rate(r2["LocalPath"], 0, 512 * MIB), 1)
+    # free the space for the next repeat
+    for vid in made + [r["VolumeId"], r2["VolumeId"], v["VolumeId"], v1["VolumeId"],
+                       v64["VolumeId"]]:
+        e("delete-volume", "--volume-id", vid)
+    for s in (s1, s2, s3, s4):
+        e("delete-snapshot", "--snapshot-id", s)
+    return res
+
+
+def summary(samples):
+    out = {}
+    for k in FIGURES:
+        v = [s[k] for s in samples if k in s]
+        if v:
+            out[k] = dict(median=statistics.median(v), min=min(v), max=max(v), n=len(v))
+    return out
+
+
+def measure(build, home, repeats, say=print):
+    """Start ebsimd on home (an empty directory), take `repeats` samples, stop it.
+    Returns {"samples": [...], "summary": {figure: {median, min, max, n}}, "loadavg": ...}."""
+    load0 = [round(x, 1) for x in os.getloadavg()]
     sh(os.path.join(build, "ebsimd"), "--home", home)
     e = Ebsim(build, home)
-    res = {}
+    samples = []
     try:
-        v = e("create-volume", "--size", 4)
-        write_random(v["LocalPath"], 0, GIB)
-        sync_t0 = time.monotonic()
-        os.sync()
-        s1, t_full = e.snapshot(v["VolumeId"])
-        res["full_snapshot_1GiB_s"] = round(t_full, 3)
-        res["full_snapshot_GBps"] = round(GIB / t_full / 1e9, 3)
-        q = os.path.join(home, "convert.qcow2")
-        t0 = time.monotonic()
-        sh("qemu-img", "convert", "-O", "qcow2",
-           os.path.join(home, "volumes", v["VolumeId"], "data"), q)
-        sh("sync")
-        res["qemu_img_convert_s"] = round(time.monotonic() - t0, 3)
-        os.unlink(q)
-        # 1% change: 41 MiB of the 4 GiB volume, in 64 KiB pieces spread over the 1 GiB written
-        fd = os.open(v["LocalPath"], os.O_WRONLY)
-        for i in range(656):
-            os.pwrite(fd, os.urandom(64 * 1024), (i * 1597 % 16384) * 65536)
-        os.fsync(fd)
-        os.close(fd)
-        s2, t_inc = e.snapshot(v["VolumeId"])
-        res["incremental_1pct_s"] = round(t_inc, 3)
-        res["incremental_over_full"] = round(t_inc / t_full, 3)
-        # create-volume latency at 1 GiB and 64 GiB
-        v1 = e("create-volume", "--size", 1)
-        write_random(v1["LocalPath"], 0, 64 * MIB)
-        s3, _ = e.snapshot(v1["VolumeId"])
-        v64 = e("create-volume", "--size", 64)
-        write_random(v64["LocalPath"], 32 * GIB, 64 * MIB)
-        s4, _ = e.snapshot(v64["VolumeId"])
-        for name, snap in (("create_volume_1GiB_ms", s3), ("create_volume_64GiB_ms", s4)):
-            t0 = time.monotonic()
-            e("create-volume", "--snapshot-id", snap)
-            res[name] = round((time.monotonic() - t0) * 1000, 1)
-        # first touch (lazy) against hydrated
-        r = e("create-volume", "--snapshot-id", s1)
-        res["first_touch_read_MBps"] = round(read_rate(r["LocalPath"], 0, 512 * MIB), 1)
-        r2 = e("create-volume", "--snapshot-id", s1)
-        e("initialize-volume", "--volume-id", r2["VolumeId"])
-        while True:
-            d = e("describe-volumes", "--volume-ids", r2["VolumeId"])["Volumes"][0]
-            st = d.get("InitializationStatusDetails")
-            if not st or st.get("Progress") == 100:
-                break
-            time.sleep(0.1)
-        res["hydrated_read_MBps"] = round(read_rate(r2["LocalPath"], 0, 512 * MIB), 1)
-        del sync_t0
+        for rep in range(repeats):
+            s = one_repeat(e, home)
+            s["loadavg"] = [round(x, 1) for x in os.getloadavg()]
+            samples.append(s)
+            say(f"snapshots rep {rep + 1}/{repeats}: full {s['full_snapshot_1GiB_s']} s "
+                f"(qemu-img {s['qemu_img_convert_s']} s), incremental "
+                f"{s['incremental_1pct_s']} s, create-volume 64 GiB "
+                f"{s['create_volume_64GiB_ms']} ms, first touch "
+                f"{s['first_touch_read_MBps']} MB/s (load {s['loadavg'][0]})")
     finally:
         subprocess.run([os.path.join(build, "ebsimd"), "--home", home, "--stop"],
                        capture_output=True)
+    return dict(samples=samples, summary=summary(samples), loadavg_start=load0,
+                loadavg_end=[round(x, 1) for x in os.getloadavg()])
+
+
+def fmt(v):
+    if isinstance(v, (int, float)) and abs(v) >= 100:
+        return f"{v:.0f}"
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def md_section(snap):
+    """The markdown section bench.py puts in latest.md."""
+    L = ["## Snapshots (bench/snapshot_perf.py)", "",
+         f"{len(snap['samples'])} repeat(s) on fresh volumes; load average "
+         f"{snap['loadavg_start'][0]} at the start, {snap['loadavg_end'][0]} at the end.", "",
+         "| figure | median (min–max) | unit | what |", "|---|---|---|---|"]
+    for k, (unit, better, desc) in FIGURES.items():
+        v = snap["summary"].get(k)
+        if not v:
+            continue
+        cell = fmt(v["median"]) + ("" if v["n"] < 2 else f" ({fmt(v['min'])}–{fmt(v['max'])})")
+        L.append(f"| {k} | {cell} | {unit} ({better} is better) | {desc} |")
+    return "\n".join(L)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--build", default=os.path.join(os.path.dirname(__file__), "..", "build"))
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--scratch", default="/var/tmp", help="parent of the private home")
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+    home = tempfile.mkdtemp(prefix="ebsim-snapperf-", dir=a.scratch)
+    try:
+        res = measure(os.path.abspath(a.build), home, a.repeats,
+                      say=lambda *x: print(*x, file=sys.stderr))
+    finally:
         shutil.rmtree(home, ignore_errors=True)
     text = json.dumps(res, indent=2)
     print(text)

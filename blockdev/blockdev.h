@@ -11,7 +11,9 @@
  *           chunk size, flags, generation, wrapped data key, SHA-256 of the rest;
  *   data    sparse file of the volume's size; byte N of the volume is byte N of the file
  *           (ciphertext when encrypted);
- *   map     one byte per chunk: state (absent / present / zero) and the changed bit.
+ *   map     one byte per chunk: state (absent / present / zero) and the changed bit, in
+ *           sealed 4 KiB pages of 4064 states each with the page number and a CRC-32
+ *           (format version 2; vol_open refuses a damaged page, see vol.c).
  *
  * Requests are asynchronous: the callback runs exactly once, on an engine thread (or on the
  * caller's thread for requests that need no I/O, e.g. zero-length or rejected ones).

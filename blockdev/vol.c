@@ -31,11 +31,28 @@
  * the map is persisted only after the data it describes is durable, so a crash loses at
  * most unflushed writes. Map bytes are single bytes, so a torn page write cannot produce a
  * state that was never written. The header's clean flag is cleared at open and set by a
- * clean close; an unclean open punches holes in the data file under ABSENT chunks (writes
- * that reached the file but never reached a flushed map) and marks every PRESENT chunk
- * CHANGED, so the next incremental snapshot cannot miss data.
+ * clean close; an unclean open punches holes in the data file under every chunk that is
+ * not PRESENT, ABSENT or ZERO (writes that reached the file but never reached a flushed
+ * map), so "not PRESENT => hole" holds again, and marks every PRESENT chunk CHANGED, so the
+ * next incremental snapshot cannot miss data.
  *
  * A failed flush is sticky (v->flush_err): every later flush fails too.
+ *
+ * Map file format (header version 2): a sequence of 4 KiB pages; page p holds the map
+ * bytes of chunks [p * MAP_PER_PAGE, (p + 1) * MAP_PER_PAGE) at offsets [0, 4064), then a
+ * trailer: le64 page number at 4064, 20 zero bytes, le32 CRC-32 (zlib) of bytes [0, 4092)
+ * at 4092. The last page's unused state bytes are zero (ABSENT). In memory the map stays
+ * one flat byte array; a flush round copies each dirty page, seals it (page number, CRC)
+ * outside v->lock and writes it whole, so a CRC is recomputed only for the pages written
+ * in that round: data fdatasync -> sealed map pages -> map fdatasync. vol_open verifies
+ * every page (CRC, page number, zero padding, valid states) and refuses the volume on the
+ * first damaged page, naming it; nothing is repaired or punched on a refusal. A page is
+ * one aligned 4 KiB write: a SIGKILL cannot tear it (page cache); a power loss on a device
+ * without atomic 4 KiB writes could, and is then refused at start, never used silently.
+ * The map file may be longer than the volume needs (a crash during vol_resize, before the
+ * header commit): the extra pages are ignored and rewritten by the next resize.
+ * Version 1 (flat map without checksums) is refused at open with a message saying so: no
+ * released ebsim wrote it (the repository has no releases), so there is no converter.
  */
 #include "blockdev/blockdev.h"
 #include "blockdev/crypt_i.h"
@@ -55,17 +72,21 @@
 #include <unistd.h>
 
 #include <openssl/sha.h>
+#include <zlib.h>
 
 #define MAP_STATE 0x03
 #define MAP_ABSENT 0x00
 #define MAP_PRESENT 0x01
 #define MAP_ZERO 0x02
 #define MAP_CHANGED 0x80
-#define MAP_PAGE 4096u
+#define MAP_DPAGE 4096u	    /* on-disk map page */
+#define MAP_PER_PAGE 4064u  /* chunk states per map page */
+#define MAP_CRC_OFF 4092u   /* le32 CRC-32 of [0, MAP_CRC_OFF) */
+#define MAP_BATCH 64u	    /* pages per pwrite/pread outside the flush path */
 
 #define HDR_SIZE 4096u
 #define HDR_MAGIC "EBSIMVOL"
-#define HDR_VERSION 1u
+#define HDR_VERSION 2u /* 2: map pages with checksums */
 #define HDR_F_WRAPPED 1u
 #define HDR_F_EPHEMERAL 2u
 #define HDR_F_CLEAN 4u
@@ -109,7 +130,7 @@ struct vol {
 	unsigned chunk_shift;
 	uint64_t nchunks;
 	uint8_t *map;
-	uint64_t *dirty; /* one bit per MAP_PAGE of the map */
+	uint64_t *dirty; /* one bit per map page (MAP_PER_PAGE states) */
 	bool simple, encrypted, has_base;
 	uint8_t key[VOL_DATA_KEY_LEN];
 	struct vol_hdr hdr;
@@ -312,7 +333,7 @@ static inline uint8_t map_state(const struct vol *v, uint64_t c)
 static void map_set(struct vol *v, uint64_t c, uint8_t val)
 {
 	if (v->map[c] != val) {
-		uint64_t page = c / MAP_PAGE;
+		uint64_t page = c / MAP_PER_PAGE;
 		v->map[c] = val;
 		v->dirty[page / 64] |= 1ull << (page % 64);
 	}
@@ -320,7 +341,128 @@ static void map_set(struct vol *v, uint64_t c, uint8_t val)
 
 static size_t map_pages(uint64_t nchunks)
 {
-	return (size_t)((nchunks + MAP_PAGE - 1) / MAP_PAGE);
+	return (size_t)((nchunks + MAP_PER_PAGE - 1) / MAP_PER_PAGE);
+}
+
+/* Copy page's states of map (nchunks long; NULL: all ABSENT) into pg, zero-padded. */
+static void map_page_fill(const uint8_t *map, uint64_t nchunks, uint64_t page, uint8_t *pg)
+{
+	uint64_t start = page * MAP_PER_PAGE;
+	size_t n = start < nchunks ? (size_t)MIN((uint64_t)MAP_PER_PAGE, nchunks - start) : 0;
+
+	if (map && n)
+		memcpy(pg, map + start, n);
+	else
+		n = 0;
+	memset(pg + n, 0, MAP_DPAGE - n);
+}
+
+/* Write page's trailer: its number and the CRC of everything before the CRC. */
+static void map_page_seal(uint8_t *pg, uint64_t page)
+{
+	uint32_t crc;
+
+	memcpy(pg + MAP_PER_PAGE, &page, 8);
+	memset(pg + MAP_PER_PAGE + 8, 0, MAP_CRC_OFF - MAP_PER_PAGE - 8);
+	crc = (uint32_t)crc32(0, pg, MAP_CRC_OFF);
+	memcpy(pg + MAP_CRC_OFF, &crc, 4);
+}
+
+/* Check page pg read from disk for a volume of nchunks chunks. 0, or a static reason. */
+static const char *map_page_check(const uint8_t *pg, uint64_t page, uint64_t nchunks)
+{
+	uint64_t start = page * MAP_PER_PAGE, idx;
+	size_t n = (size_t)MIN((uint64_t)MAP_PER_PAGE, nchunks - start);
+	uint32_t crc;
+
+	memcpy(&crc, pg + MAP_CRC_OFF, 4);
+	if (crc != (uint32_t)crc32(0, pg, MAP_CRC_OFF))
+		return "checksum mismatch";
+	memcpy(&idx, pg + MAP_PER_PAGE, 8);
+	if (idx != page)
+		return "page number mismatch (a misplaced page)";
+	for (size_t i = MAP_PER_PAGE + 8; i < MAP_CRC_OFF; i++)
+		if (pg[i])
+			return "non-zero reserved trailer bytes";
+	for (size_t i = 0; i < MAP_PER_PAGE; i++) {
+		if (i >= n ? pg[i] != 0
+			   : (pg[i] & ~(MAP_STATE | MAP_CHANGED)) || (pg[i] & MAP_STATE) == 3)
+			return "invalid chunk state";
+	}
+	return NULL;
+}
+
+/* Write sealed pages [first, last) of map (NULL: all ABSENT) to fd, then fdatasync it. */
+static int map_write_pages(int fd, const uint8_t *map, uint64_t nchunks, uint64_t first,
+			   uint64_t last)
+{
+	uint8_t *buf = malloc((size_t)MAP_BATCH * MAP_DPAGE);
+	int ret = 0;
+
+	if (!buf)
+		return -ENOMEM;
+	for (uint64_t p = first; p < last && !ret;) {
+		uint64_t n = MIN((uint64_t)MAP_BATCH, last - p);
+		for (uint64_t i = 0; i < n; i++) {
+			map_page_fill(map, nchunks, p + i, buf + i * MAP_DPAGE);
+			map_page_seal(buf + i * MAP_DPAGE, p + i);
+		}
+		for (size_t done = 0, len = (size_t)(n * MAP_DPAGE); done < len;) {
+			ssize_t w = pwrite(fd, buf + done, len - done,
+					   (off_t)(p * MAP_DPAGE + done));
+			if (w < 0 && errno == EINTR)
+				continue;
+			if (w <= 0) {
+				ret = w < 0 ? -errno : -EIO;
+				break;
+			}
+			done += (size_t)w;
+		}
+		p += n;
+	}
+	free(buf);
+	if (!ret && fdatasync(fd) < 0)
+		ret = -errno;
+	return ret;
+}
+
+/* Read and verify every page of v's map file into v->map. -EUCLEAN (logged, naming the
+ * page) on the first damaged page. */
+static int map_read_all(struct vol *v, const char *name)
+{
+	size_t npages = map_pages(v->nchunks);
+	uint8_t *buf = malloc((size_t)MAP_BATCH * MAP_DPAGE);
+	int ret = 0;
+
+	if (!buf)
+		return -ENOMEM;
+	for (size_t p = 0; p < npages && !ret;) {
+		size_t n = MIN((size_t)MAP_BATCH, npages - p), len = n * MAP_DPAGE;
+		ssize_t r = pread(v->map_fd, buf, len, (off_t)(p * MAP_DPAGE));
+		if (r != (ssize_t)len) {
+			ret = r < 0 ? -errno : -EUCLEAN;
+			break;
+		}
+		for (size_t i = 0; i < n; i++) {
+			const uint8_t *pg = buf + i * MAP_DPAGE;
+			uint64_t start = (uint64_t)(p + i) * MAP_PER_PAGE;
+			const char *why = map_page_check(pg, p + i, v->nchunks);
+			if (why) {
+				log_err("volume %s: chunk map page %zu (chunks %llu-%llu) is damaged: "
+					"%s",
+					name, p + i, (unsigned long long)start,
+					(unsigned long long)MIN(start + MAP_PER_PAGE, v->nchunks) - 1,
+					why);
+				ret = -EUCLEAN;
+				break;
+			}
+			memcpy(v->map + start, pg,
+			       (size_t)MIN((uint64_t)MAP_PER_PAGE, v->nchunks - start));
+		}
+		p += n;
+	}
+	free(buf);
+	return ret;
 }
 
 static struct chunk_lock *lock_find(struct vol *v, uint64_t idx)
@@ -398,7 +540,7 @@ static int hdr_write(struct vol *v)
 	return file_write_atomic(v->dirfd, "header", buf, sizeof(buf), 0600);
 }
 
-static int hdr_read(int dirfd, struct vol_hdr *h)
+static int hdr_read(int dirfd, const char *name, struct vol_hdr *h)
 {
 	uint8_t sum[32];
 	size_t len;
@@ -415,8 +557,14 @@ static int hdr_read(int dirfd, struct vol_hdr *h)
 	if (memcmp(sum, (uint8_t *)buf + HDR_SUM_OFF, 32))
 		goto out_free;
 	memcpy(h, buf, sizeof(*h));
-	if (memcmp(h->magic, HDR_MAGIC, 8) || h->version != HDR_VERSION)
+	if (memcmp(h->magic, HDR_MAGIC, 8))
 		goto out_free;
+	if (h->version != HDR_VERSION) {
+		log_err("volume %s has on-disk format version %u; this build serves version %u "
+			"only (chunk map pages with checksums) and has no converter",
+			name, h->version, HDR_VERSION);
+		goto out_free;
+	}
 	if (h->chunk_size < VOL_SECTOR || (h->chunk_size & (h->chunk_size - 1)) ||
 	    h->chunk_size > (64u << 20) || h->size % h->chunk_size || !h->size ||
 	    h->size > (1ull << 50))
@@ -504,14 +652,18 @@ int vol_create(int parent, const char *name, const struct vol_params *p,
 		goto out_close;
 	static const char *const files[] = {"data", "map"};
 	for (int i = 0; i < 2; i++) {
-		uint64_t len = i == 0 ? p->size : p->size / cs;
+		uint64_t len = i == 0 ? p->size : map_pages(p->size / cs) * (uint64_t)MAP_DPAGE;
 		fd = openat(v.dirfd, files[i], O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
 			    0600);
 		if (fd < 0) {
 			ret = -errno;
 			goto out_close;
 		}
-		if (ftruncate(fd, (off_t)len) < 0 || fsync(fd) < 0)
+		if (ftruncate(fd, (off_t)len) < 0)
+			ret = -errno;
+		else if (i == 1) /* every map page sealed: all ABSENT */
+			ret = map_write_pages(fd, NULL, p->size / cs, 0, map_pages(p->size / cs));
+		if (!ret && fsync(fd) < 0)
 			ret = -errno;
 		close(fd);
 		if (ret)
@@ -535,27 +687,30 @@ out_rmdir:
 	return ret;
 }
 
-/* After an unclean shutdown: make ABSENT chunks holes again and mark PRESENT ones CHANGED
- * (see the crash protocol above). */
+/* After an unclean shutdown: make every chunk that is not PRESENT (ABSENT or ZERO) a hole
+ * again and mark PRESENT ones CHANGED (see the crash protocol above). A write that reached
+ * the data file but never a flushed map page was not acknowledged, so dropping it is
+ * allowed; keeping it is not: under a ZERO chunk a later partial write would make the chunk
+ * PRESENT and bring the never-acknowledged bytes around it back. */
 static int vol_recover(struct vol *v)
 {
 	for (uint64_t c = 0; c < v->nchunks; c++) {
-		uint8_t st = map_state(v, c);
-		if (st == MAP_PRESENT) {
+		if (map_state(v, c) == MAP_PRESENT) {
 			map_set(v, c, v->map[c] | MAP_CHANGED);
-		} else if (st == MAP_ABSENT) {
-			uint64_t run = c;
-			while (run + 1 < v->nchunks && map_state(v, run + 1) == MAP_ABSENT)
-				run++;
-			off_t o = (off_t)(c << v->chunk_shift);
-			off_t e = (off_t)((run + 1) << v->chunk_shift);
-			off_t d = lseek(v->data_fd, o, SEEK_DATA);
-			if (d >= 0 && d < e &&
-			    fallocate(v->data_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, o,
-				      e - o) < 0)
-				return -errno;
-			c = run;
+			continue;
 		}
+		uint64_t run = c;
+		while (run + 1 < v->nchunks && map_state(v, run + 1) != MAP_PRESENT)
+			run++;
+		off_t o = (off_t)(c << v->chunk_shift);
+		off_t e = (off_t)((run + 1) << v->chunk_shift);
+		off_t d = lseek(v->data_fd, o, SEEK_DATA);
+		if (d >= 0 && d < e &&
+		    fallocate(v->data_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, o, e - o) < 0)
+			return -errno;
+		if (d < 0 && errno != ENXIO)
+			return -errno;
+		c = run;
 	}
 	if (fdatasync(v->data_fd) < 0)
 		return -errno;
@@ -564,19 +719,11 @@ static int vol_recover(struct vol *v)
 
 static int map_write_all(struct vol *v)
 {
-	size_t len = (size_t)v->nchunks;
+	int ret = map_write_pages(v->map_fd, v->map, v->nchunks, 0, map_pages(v->nchunks));
 
-	for (size_t done = 0; done < len;) {
-		ssize_t n = pwrite(v->map_fd, v->map + done, len - done, (off_t)done);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		done += (size_t)n;
-	}
-	memset(v->dirty, 0, ((map_pages(v->nchunks) + 63) / 64) * 8);
-	return fdatasync(v->map_fd) < 0 ? -errno : 0;
+	if (!ret)
+		memset(v->dirty, 0, ((map_pages(v->nchunks) + 63) / 64) * 8);
+	return ret;
 }
 
 int vol_read_base_id(int parent, const char *name, char out[ID_MAX])
@@ -587,7 +734,7 @@ int vol_read_base_id(int parent, const char *name, char out[ID_MAX])
 	dfd = openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	if (dfd < 0)
 		return -errno;
-	ret = hdr_read(dfd, &h);
+	ret = hdr_read(dfd, name, &h);
 	close(dfd);
 	if (ret)
 		return ret;
@@ -615,7 +762,7 @@ int vol_open(int parent, const char *name, struct blk_engine *eng, const struct 
 		ret = -errno;
 		goto out_free;
 	}
-	ret = hdr_read(v->dirfd, &v->hdr);
+	ret = hdr_read(v->dirfd, name, &v->hdr);
 	if (ret)
 		goto out_close;
 	v->chunk_size = v->hdr.chunk_size;
@@ -661,24 +808,23 @@ int vol_open(int parent, const char *name, struct blk_engine *eng, const struct 
 	ret = -EUCLEAN;
 	if (fstat(v->data_fd, &st) < 0 || !S_ISREG(st.st_mode) || (uint64_t)st.st_size < v->hdr.size)
 		goto out_close;
-	if (fstat(v->map_fd, &st) < 0 || !S_ISREG(st.st_mode) || (uint64_t)st.st_size != v->nchunks)
+	if (fstat(v->map_fd, &st) < 0 || !S_ISREG(st.st_mode) ||
+	    (uint64_t)st.st_size < map_pages(v->nchunks) * (uint64_t)MAP_DPAGE ||
+	    st.st_size % MAP_DPAGE) {
+		log_err("volume %s: chunk map file has %lld bytes, %llu expected", name,
+			(long long)st.st_size,
+			(unsigned long long)map_pages(v->nchunks) * MAP_DPAGE);
 		goto out_close;
+	}
 	v->map = malloc(v->nchunks);
 	v->dirty = calloc((map_pages(v->nchunks) + 63) / 64, 8);
 	if (!v->map || !v->dirty) {
 		ret = -ENOMEM;
 		goto out_close;
 	}
-	if (pread(v->map_fd, v->map, v->nchunks, 0) != (ssize_t)v->nchunks) {
-		ret = -EIO;
+	ret = map_read_all(v, name);
+	if (ret)
 		goto out_close;
-	}
-	for (uint64_t c = 0; c < v->nchunks; c++) {
-		if ((v->map[c] & ~(MAP_STATE | MAP_CHANGED)) || map_state(v, c) == 3) {
-			ret = -EUCLEAN;
-			goto out_close;
-		}
-	}
 	if (!(v->hdr.flags & HDR_F_CLEAN)) {
 		log_warn("volume %s was not closed cleanly; recovering", name);
 		ret = vol_recover(v);
@@ -778,7 +924,8 @@ static void base_rd_done(struct blk_req *req, int res)
 static int base_rd_start(struct base_rd *b, struct vol *v, uint64_t idx, const uint8_t *id,
 			 void *buf)
 {
-	int fd = store_open_object(v->store, id), ret;
+	uint64_t off = 0;
+	int fd = store_open_object(v->store, id, &off), ret;
 
 	if (fd < 0) {
 		char hex[OBJ_HEX_LEN + 1];
@@ -791,7 +938,8 @@ static int base_rd_start(struct base_rd *b, struct vol *v, uint64_t idx, const u
 	b->idx = idx;
 	memcpy(b->id, id, OBJ_ID_LEN);
 	b->req = (struct blk_req){
-		.op = BLK_READ, .fd = fd, .buf = buf, .len = v->chunk_size, .done = base_rd_done};
+		.op = BLK_READ, .fd = fd, .buf = buf, .len = v->chunk_size, .off = off,
+		.done = base_rd_done};
 	ret = blk_submit(v->eng, &b->req);
 	if (ret)
 		close(fd);
@@ -1380,7 +1528,7 @@ struct flush_round {
 	struct vol *v;
 	struct flush_waiter *waiters;
 	size_t npages;
-	uint8_t *pages;	    /* npages * MAP_PAGE copies of the dirty map pages */
+	uint8_t *pages;	    /* npages * MAP_DPAGE sealed copies of the dirty map pages */
 	uint64_t *page_idx; /* their page numbers */
 	atomic_int pending;
 	atomic_int err;
@@ -1457,13 +1605,12 @@ static void data_fsync_done(struct blk_req *req, int res)
 		return round_finish(r, res);
 	atomic_init(&r->pending, (int)n);
 	for (size_t i = 0; i < n; i++) {
-		uint64_t start = r->page_idx[i] * MAP_PAGE;
 		r->writes[i] = (struct blk_req){
 			.op = BLK_WRITE,
 			.fd = v->map_fd,
-			.buf = r->pages + i * MAP_PAGE,
-			.len = (size_t)MIN((uint64_t)MAP_PAGE, v->nchunks - start),
-			.off = start,
+			.buf = r->pages + i * MAP_DPAGE,
+			.len = MAP_DPAGE,
+			.off = (off_t)(r->page_idx[i] * MAP_DPAGE),
 			.done = map_write_done,
 			.priv = r,
 		};
@@ -1490,7 +1637,7 @@ static void flush_start(struct vol *v, struct flush_waiter *waiters)
 	for (size_t i = 0; i < words; i++)
 		n += (size_t)__builtin_popcountll(v->dirty[i]);
 	if (!err && n) {
-		r->pages = malloc(n * MAP_PAGE);
+		r->pages = malloc(n * MAP_DPAGE);
 		r->page_idx = malloc(n * sizeof(uint64_t));
 		r->writes = calloc(n, sizeof(struct blk_req));
 		if (!r->pages || !r->page_idx || !r->writes) {
@@ -1504,9 +1651,8 @@ static void flush_start(struct vol *v, struct flush_waiter *waiters)
 		for (size_t i = 0; i < words; i++) {
 			for (uint64_t bits = v->dirty[i]; bits; bits &= bits - 1) {
 				uint64_t page = i * 64 + (uint64_t)__builtin_ctzll(bits);
-				uint64_t start = page * MAP_PAGE;
-				memcpy(r->pages + r->npages * MAP_PAGE, v->map + start,
-				       (size_t)MIN((uint64_t)MAP_PAGE, v->nchunks - start));
+				map_page_fill(v->map, v->nchunks, page,
+					      r->pages + r->npages * MAP_DPAGE);
 				r->page_idx[r->npages++] = page;
 			}
 			v->dirty[i] = 0;
@@ -1515,6 +1661,8 @@ static void flush_start(struct vol *v, struct flush_waiter *waiters)
 	pthread_mutex_unlock(&v->lock);
 	if (err)
 		return round_finish(r, err);
+	for (size_t i = 0; i < r->npages; i++) /* the CRCs, outside the lock */
+		map_page_seal(r->pages + i * MAP_DPAGE, r->page_idx[i]);
 #ifdef EBSIM_LYING_FSYNC
 	/* test-only plant: acknowledge the flush without syncing anything */
 	return round_finish(r, 0);
@@ -1592,8 +1740,15 @@ int vol_resize(struct vol *v, uint64_t new_size)
 	v->dirty = dirty;
 	memset(dirty + old_words, 0, (new_words - old_words) * 8);
 	/* map and data grow first; the header is the commit point */
-	if (ftruncate(v->map_fd, (off_t)n) < 0 || fdatasync(v->map_fd) < 0 ||
-	    ftruncate(v->data_fd, (off_t)new_size) < 0 || fdatasync(v->data_fd) < 0) {
+	/* the new pages, sealed (all ABSENT); the old last page's padding is ABSENT too */
+	if (ftruncate(v->map_fd, (off_t)(map_pages(n) * MAP_DPAGE)) < 0) {
+		ret = -errno;
+		goto out_unlock;
+	}
+	ret = map_write_pages(v->map_fd, NULL, n, map_pages(v->nchunks), map_pages(n));
+	if (ret)
+		goto out_unlock;
+	if (ftruncate(v->data_fd, (off_t)new_size) < 0 || fdatasync(v->data_fd) < 0) {
 		ret = -errno;
 		goto out_unlock;
 	}

@@ -563,21 +563,6 @@ static void store_plan(struct daemon *d, json_object *inst, const struct itype *
 	json_object_object_add(inst, "_Ephemeral", eph);
 }
 
-/* The snapshot behind a mapping: the caller's own, or one of the image's (an image another
- * account shares, such as the base AMIs, lends its snapshots to launches). */
-static int launch_snapshot(struct api_req *r, json_object *img, const char *sid,
-			   struct cat_snapshot *s)
-{
-	json_object *ibdm = jget(img, "BlockDeviceMappings");
-
-	for (size_t i = 0; ibdm && i < json_object_array_length(ibdm); i++)
-		if (!strcmp(jstr(jget(json_object_array_get_idx(ibdm, i), "Ebs"), "SnapshotId"), sid) &&
-		    cat_snapshot_get(r->d->cat, sid, s) == 0 && !strcmp(s->account, jstr(img, "OwnerId")) &&
-		    !strcmp(s->region, r->region))
-			return 0;
-	return snapshot_lookup(r, sid, s);
-}
-
 /* Build one instance: create its volumes, bring it up. NULL with the error recorded. */
 static json_object *inst_build(struct api_req *r, json_object *img, const struct itype *t,
 			       json_object *bdm, const char *resv, const char *az,
@@ -627,7 +612,7 @@ static json_object *inst_build(struct api_req *r, json_object *img, const struct
 			continue;
 		const char *sid = jstr(e, "SnapshotId");
 		if (sid[0]) {
-			if (launch_snapshot(r, img, sid, &s))
+			if (snapshot_lookup_use(r, sid, &s))
 				goto out_rollback;
 			sp = &s;
 		}
@@ -677,11 +662,19 @@ static json_object *inst_build(struct api_req *r, json_object *img, const struct
 	}
 	json_object_object_add(inst, "_StoreMappings", sm);
 	store_plan(d, inst, t);
+	/* an instance-store root: filled from the image's bundle once it is attached */
+	if (!ebs_backed(inst) && ami_bundle_root_plan(r, img, id, jget(inst, "_Ephemeral")))
+		goto out_rollback;
 	ret = inst_up(d, inst);
 	if (ret) {
 		api_error(r, "InternalError", "cannot attach the instance's devices: %s",
 			  strerror(-ret));
 		goto out_rollback;
+	}
+	if (!ebs_backed(inst)) {
+		if (ami_bundle_root_fill(r, img, inst))
+			goto out_rollback;
+		root_mount(d, inst);
 	}
 	set_state(inst, ST_RUNNING, NULL, NULL);
 	json_object_object_add(inst, "StateTransitionReason", json_object_new_string(""));
@@ -795,16 +788,13 @@ int act_run_instances(struct api_req *r)
 		return api_error(r, "InvalidAMIID.Unavailable", "The image '%s' is not available",
 				 image_id);
 	}
-	if (check_compat(r, t, img) || !strcmp(jstr(img, "RootDeviceType"), "instance-store")) {
-		if (!r->code[0])
-			api_error(r, "UnsupportedOperation",
-				  "Instance-store-backed AMIs need the AMI tools, which this ebsim "
-				  "does not have yet.");
+	if (check_compat(r, t, img)) {
 		json_object_put(img);
 		return -1;
 	}
 	req_bdm = bdm_parse(r, jget(r->params, "BlockDeviceMappings"), false);
-	if (!req_bdm) {
+	if (!req_bdm || dry_run_check(r)) {
+		json_object_put(req_bdm);
 		json_object_put(img);
 		return -1;
 	}

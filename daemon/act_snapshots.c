@@ -8,8 +8,13 @@
  * ------------
  * CreateSnapshot: vol_snap_begin switches the volume's changed set (writes pause only for
  * that), the catalog gets a 'pending' row, and a job copies the captured chunks: each is
- * hashed and stored unless all-zero; unchanged chunks keep the parent's entries. Then
- * store_sync -> manifest_write -> catalog 'completed'. So a 'completed' snapshot always has
+ * hashed and appended to a pack unless all-zero or already stored; unchanged chunks keep the
+ * parent's entries. The copy is a two-stage pipeline: the job thread reads, zero-tests and
+ * hashes each chunk into a ring of PUT_RING chunk buffers; a put thread appends them to the
+ * pack (so the disk writes overlap the reads and SHA-256). A put error stops the reader;
+ * the job joins the put thread before it commits. The phases' times go to the log. Then store_pack_commit (the packs and their indexes durable: only what
+ * this snapshot wrote is synced, never the whole file system) -> manifest_write -> catalog
+ * 'completed'. So a 'completed' snapshot always has
  * every chunk and its manifest on disk. A crash mid-copy leaves the row 'pending';
  * snapshots_recover() turns it into 'error', and its volume's next snapshot is full
  * (volumes.changed_base is cleared), because the changed bits the failed snapshot cleared
@@ -20,7 +25,13 @@
  * API listings work on 512 KiB blocks (EBS's BlockSize); a block is listed when any of its
  * chunks is non-zero (ListSnapshotBlocks) or differs (ListChangedBlocks).
  *
- * Snapshot visibility: the owning account, in the snapshot's region.
+ * snapshot_start() and snapshot_copy_start() are the cores of CreateSnapshot and
+ * CopySnapshot, shared with CreateImage and CopyImage (act_images.c).
+ *
+ * Snapshot visibility: the owning account, in the snapshot's region (snapshot_lookup);
+ * restoring (create-volume, launch) also lets an account use a snapshot that backs an
+ * image it may launch (snapshot_lookup_use in act_images.c). Delete and copy stay
+ * owner-only.
  */
 #include "daemon/daemon_i.h"
 
@@ -95,6 +106,7 @@ struct snap_job {
 	struct manifest *parent; /* NULL for a full snapshot */
 	struct manifest m;	 /* the new manifest's header */
 	uint64_t total;
+	uint64_t ns_read, ns_hash, ns_put, ns_commit, ns_manifest; /* time per phase (log) */
 };
 
 static int entry_cmp(const void *a, const void *b)
@@ -114,6 +126,55 @@ static bool all_zero(const uint8_t *p, size_t n)
 	return true;
 }
 
+/* The put side of the copy pipeline: the job thread reads, tests and hashes chunks into
+ * ring slots; a second thread appends them to the pack, so the disk writes overlap the
+ * reads and SHA-256 (the two halves take about as long each). */
+#define PUT_RING 64
+
+struct put_ring {
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	struct {
+		uint8_t *buf;
+		uint8_t id[OBJ_ID_LEN];
+	} slot[PUT_RING];
+	uint64_t head, tail; /* slots filled / slots put (head - tail <= PUT_RING) */
+	bool done;	     /* no more slots will be filled */
+	int err;	     /* the first put error */
+	struct store_pack *pk;
+	size_t cs;
+	uint64_t new_bytes, ns_put;
+};
+
+static void *put_thread(void *arg)
+{
+	struct put_ring *r = arg;
+
+	pthread_mutex_lock(&r->lock);
+	for (;;) {
+		while (r->head == r->tail && !r->done)
+			pthread_cond_wait(&r->cond, &r->lock);
+		if (r->head == r->tail)
+			break;
+		unsigned k = (unsigned)(r->tail % PUT_RING);
+		pthread_mutex_unlock(&r->lock);
+		bool existed = false;
+		uint64_t t0 = time_mono_ns();
+		int ret = r->err ? 0 : store_pack_put(r->pk, r->slot[k].buf, r->cs, r->slot[k].id,
+						      &existed);
+		r->ns_put += time_mono_ns() - t0;
+		pthread_mutex_lock(&r->lock);
+		if (ret && !r->err)
+			r->err = ret;
+		if (!ret && !existed)
+			r->new_bytes += r->cs;
+		r->tail++;
+		pthread_cond_broadcast(&r->cond);
+	}
+	pthread_mutex_unlock(&r->lock);
+	return NULL;
+}
+
 /* Copy the captured chunks, then merge with the parent's entries. 0 or -errno. */
 static int snap_copy(struct job *j, struct snap_job *sj, uint64_t *data_size)
 {
@@ -121,21 +182,45 @@ static int snap_copy(struct job *j, struct snap_job *sj, uint64_t *data_size)
 	size_t cs = vol_chunk_size(v), n = 0, cap = 1024;
 	struct manifest_entry *e = malloc(cap * sizeof(*e));
 	uint64_t *taken = calloc((sj->m.volume_size / cs + 63) / 64, 8);
-	uint8_t *buf = NULL, *plain = NULL;
+	uint8_t *plain = NULL, *slab = NULL;
+	struct put_ring *r = calloc(1, sizeof(*r));
+	pthread_t th;
 	int ret = 0;
 
-	if (!e || !taken || posix_memalign((void **)&buf, 4096, cs) ||
+	if (!e || !taken || !r || store_pack_begin(sj->store, &r->pk) ||
+	    posix_memalign((void **)&slab, 4096, PUT_RING * cs) ||
 	    posix_memalign((void **)&plain, 4096, cs)) {
 		ret = -ENOMEM;
 		goto out;
 	}
+	r->cs = cs;
+	for (unsigned k = 0; k < PUT_RING; k++)
+		r->slot[k].buf = slab + (size_t)k * cs;
+	pthread_mutex_init(&r->lock, NULL);
+	pthread_cond_init(&r->cond, NULL);
+	ret = -pthread_create(&th, NULL, put_thread, r);
+	if (ret)
+		goto out_ring;
 	for (;;) {
 		enum vol_snap_kind kind;
 		uint8_t id[OBJ_ID_LEN];
-		uint64_t idx;
-		bool existed = false;
+		uint64_t idx, t0;
+		unsigned k;
 
+		/* a free slot to read into */
+		pthread_mutex_lock(&r->lock);
+		while (r->head - r->tail == PUT_RING && !r->err)
+			pthread_cond_wait(&r->cond, &r->lock);
+		ret = r->err;
+		k = (unsigned)(r->head % PUT_RING);
+		pthread_mutex_unlock(&r->lock);
+		if (ret)
+			break;
+		uint8_t *buf = r->slot[k].buf;
+
+		t0 = time_mono_ns();
 		ret = vol_snap_next(sj->vs, &idx, &kind, buf, id);
+		sj->ns_read += time_mono_ns() - t0;
 		if (ret <= 0)
 			break;
 		ret = 0;
@@ -145,17 +230,26 @@ static int snap_copy(struct job *j, struct snap_job *sj, uint64_t *data_size)
 			continue;
 		if (kind == VOL_SNAP_DATA) {
 			/* all-zero chunks are stored as "zero", never as data */
-			memcpy(plain, buf, cs);
-			ret = vol_chunk_plaintext(v, idx, plain);
-			if (ret)
-				break;
-			if (all_zero(plain, cs))
+			t0 = time_mono_ns();
+			if (vol_encrypted(v)) {
+				memcpy(plain, buf, cs);
+				ret = vol_chunk_plaintext(v, idx, plain);
+				if (ret)
+					break;
+			}
+			if (all_zero(vol_encrypted(v) ? plain : buf, cs)) {
+				sj->ns_hash += time_mono_ns() - t0;
 				continue;
-			ret = store_put(sj->store, buf, cs, id, &existed);
+			}
+			ret = store_sha256(buf, cs, id);
+			sj->ns_hash += time_mono_ns() - t0;
 			if (ret)
 				break;
-			if (!existed)
-				*data_size += cs;
+			memcpy(r->slot[k].id, id, OBJ_ID_LEN);
+			pthread_mutex_lock(&r->lock);
+			r->head++;
+			pthread_cond_broadcast(&r->cond);
+			pthread_mutex_unlock(&r->lock);
 		}
 		if (n == cap) {
 			struct manifest_entry *ne = realloc(e, 2 * cap * sizeof(*e));
@@ -173,8 +267,23 @@ static int snap_copy(struct job *j, struct snap_job *sj, uint64_t *data_size)
 			break;
 		}
 	}
+	pthread_mutex_lock(&r->lock);
+	r->done = true;
+	pthread_cond_broadcast(&r->cond);
+	pthread_mutex_unlock(&r->lock);
+	pthread_join(th, NULL);
+	if (!ret)
+		ret = r->err;
+	sj->ns_put = r->ns_put;
+	*data_size = r->new_bytes;
+	/* the new chunks are durable before any manifest names them */
+	if (!ret) {
+		uint64_t t0 = time_mono_ns();
+		ret = store_pack_commit(r->pk);
+		sj->ns_commit = time_mono_ns() - t0;
+	}
 	if (ret)
-		goto out;
+		goto out_ring;
 	/* unchanged chunks keep the parent's objects */
 	for (size_t i = 0; sj->parent && i < sj->parent->nentries; i++) {
 		const struct manifest_entry *pe = &sj->parent->e[i];
@@ -185,7 +294,7 @@ static int snap_copy(struct job *j, struct snap_job *sj, uint64_t *data_size)
 			struct manifest_entry *ne = realloc(e, 2 * cap * sizeof(*e));
 			if (!ne) {
 				ret = -ENOMEM;
-				goto out;
+				goto out_ring;
 			}
 			e = ne;
 			cap *= 2;
@@ -196,10 +305,16 @@ static int snap_copy(struct job *j, struct snap_job *sj, uint64_t *data_size)
 	sj->m.e = e;
 	sj->m.nentries = n;
 	e = NULL;
+out_ring:
+	pthread_mutex_destroy(&r->lock);
+	pthread_cond_destroy(&r->cond);
 out:
+	if (r)
+		store_pack_free(r->pk);
+	free(r);
 	free(e);
 	free(taken);
-	free(buf);
+	free(slab);
 	free(plain);
 	return ret;
 }
@@ -215,10 +330,11 @@ static void *snapshot_job(void *arg)
 
 	ret = snap_copy(j, sj, &data_size);
 	vol_snap_end(sj->vs, ret == 0);
-	if (!ret)
-		ret = store_sync(sj->store);
-	if (!ret)
+	if (!ret) {
+		uint64_t t0 = time_mono_ns();
 		ret = manifest_write(sj->store, j->id, &sj->m);
+		sj->ns_manifest = time_mono_ns() - t0;
+	}
 	pthread_mutex_lock(&d->lock);
 	if (cat_snapshot_get(d->cat, j->id, &s) == 0) {
 		if (!ret) {
@@ -240,9 +356,11 @@ static void *snapshot_job(void *arg)
 		crash_point("in-catalog-txn");
 		cat_ret = cat_snapshot_update(d->cat, &s);
 	}
-	log_info("snapshot %s of %s: %s (%llu chunks, %llu bytes new)", j->id, sj->dv->id,
-		 ret ? strerror(-ret) : "completed", (unsigned long long)j->total,
-		 (unsigned long long)data_size);
+	log_info("snapshot %s of %s: %s (%llu chunks, %llu bytes new; seconds: read %.3f, "
+		 "zero-test+hash %.3f, pack put %.3f, pack commit %.3f, manifest %.3f)",
+		 j->id, sj->dv->id, ret ? strerror(-ret) : "completed",
+		 (unsigned long long)j->total, (unsigned long long)data_size, sj->ns_read / 1e9,
+		 sj->ns_hash / 1e9, sj->ns_put / 1e9, sj->ns_commit / 1e9, sj->ns_manifest / 1e9);
 	sj->dv->jobs--;
 	j->finished = true;
 	struct region_store *rs;
@@ -266,28 +384,19 @@ static void *snapshot_job(void *arg)
 	return NULL;
 }
 
-int act_create_snapshot(struct api_req *r)
+int snapshot_start(struct api_req *r, struct cat_volume *vp, const char *desc, json_object *tags,
+		   struct cat_snapshot *out)
 {
-	static const char *const allowed[] = {"VolumeId", "Description", "TagSpecifications",
-					      "DryRun", "OutpostArn", NULL};
 	struct daemon *d = r->d;
-	const char *vid, *desc = NULL;
-	struct cat_volume v;
+	const char *vid = vp->id;
+	struct cat_volume v = *vp;
 	struct cat_snapshot s = {0}, ps;
 	struct snap_job *sj;
 	struct dvol *dv;
 	struct snap_store *store;
-	json_object *tags;
 	bool full = true;
 	int ret;
 
-	if (params_allow(r, allowed) || param_str(r, "VolumeId", true, &vid) < 0 ||
-	    param_str(r, "Description", false, &desc) < 0 ||
-	    tag_specs_parse(r, "snapshot", &tags) || volume_lookup(r, vid, &v))
-		return -1;
-	if (desc && strlen(desc) > 255)
-		return api_error(r, "InvalidParameterValue",
-				 "The description is longer than 255 characters.");
 	dv = dvol_find(d, vid);
 	store = region_store(d, r->region);
 	if (!dv || !store)
@@ -377,7 +486,29 @@ int act_create_snapshot(struct api_req *r)
 	snprintf(j->volume, sizeof(j->volume), "%s", vid);
 	log_info("snapshot %s of %s started (%s, %llu chunks to copy)", s.id, vid,
 		 full ? "full" : "incremental", (unsigned long long)sj->total);
-	r->result = snapshot_json(d, &s);
+	*out = s;
+	return 0;
+}
+
+int act_create_snapshot(struct api_req *r)
+{
+	static const char *const allowed[] = {"VolumeId", "Description", "TagSpecifications",
+					      "DryRun", "OutpostArn", NULL};
+	const char *vid, *desc = NULL;
+	struct cat_volume v;
+	struct cat_snapshot s;
+	json_object *tags;
+
+	if (params_allow(r, allowed) || param_str(r, "VolumeId", true, &vid) < 0 ||
+	    param_str(r, "Description", false, &desc) < 0 ||
+	    tag_specs_parse(r, "snapshot", &tags) || volume_lookup(r, vid, &v))
+		return -1;
+	if (desc && strlen(desc) > 255)
+		return api_error(r, "InvalidParameterValue",
+				 "The description is longer than 255 characters.");
+	if (snapshot_start(r, &v, desc, tags, &s))
+		return -1;
+	r->result = snapshot_json(r->d, &s);
 	return 0;
 }
 
@@ -569,15 +700,12 @@ int act_copy_snapshot(struct api_req *r)
 	static const char *const allowed[] = {"SourceRegion", "SourceSnapshotId", "Description",
 					      "Encrypted", "KmsKeyId", "DestinationRegion",
 					      "TagSpecifications", "DryRun", "PresignedUrl", NULL};
-	struct daemon *d = r->d;
 	const char *src_region, *src_id, *desc = NULL;
 	struct cat_snapshot src, s = {0};
-	struct copy_job *cj;
 	struct api_req sr;
 	const char *dest = NULL;
 	json_object *tags;
 	bool encrypt = false;
-	int ret;
 
 	if (params_allow(r, allowed) || param_str(r, "SourceRegion", true, &src_region) < 0 ||
 	    param_str(r, "SourceSnapshotId", true, &src_id) < 0 ||
@@ -603,6 +731,23 @@ int act_copy_snapshot(struct api_req *r)
 		return api_error(r, "InvalidParameterCombination",
 				 "Encrypting an unencrypted snapshot while copying it is not supported "
 				 "by ebsim; copies keep the source's encryption.");
+	if (snapshot_copy_start(r, &src, desc, tags, &s))
+		return -1;
+	r->result = json_object_new_object();
+	json_object_object_add(r->result, "SnapshotId", json_object_new_string(s.id));
+	return 0;
+}
+
+int snapshot_copy_start(struct api_req *r, const struct cat_snapshot *srcp, const char *desc,
+			json_object *tags, struct cat_snapshot *out)
+{
+	struct daemon *d = r->d;
+	const struct cat_snapshot src = *srcp;
+	const char *src_region = src.region, *src_id = src.id;
+	struct cat_snapshot s;
+	struct copy_job *cj;
+	int ret;
+
 	cj = calloc(1, sizeof(*cj));
 	if (!cj)
 		return api_error(r, "InternalError", "out of memory");
@@ -614,6 +759,8 @@ int act_copy_snapshot(struct api_req *r)
 		return api_error(r, "InternalError", "cannot read the source snapshot");
 	}
 	s = src;
+	/* copy-image of a shared image: the copy belongs to whoever asked for it */
+	snprintf(s.account, sizeof(s.account), "%s", r->account);
 	if (id_new("snap", s.id)) {
 		manifest_free(cj->m);
 		free(cj);
@@ -652,8 +799,7 @@ int act_copy_snapshot(struct api_req *r)
 		return api_error(r, "InternalError", "cannot start the copy");
 	}
 	j->total = cj->m->nentries;
-	r->result = json_object_new_object();
-	json_object_object_add(r->result, "SnapshotId", json_object_new_string(s.id));
+	*out = s;
 	return 0;
 }
 

@@ -273,7 +273,7 @@ int act_create_volume(struct api_req *r)
 				 type);
 	struct cat_snapshot cs;
 	if (snap) {
-		if (snapshot_lookup(r, snap, &cs))
+		if (snapshot_lookup_use(r, snap, &cs))
 			return -1;
 		if (strcmp(cs.state, "completed"))
 			return api_error(r, "IncorrectState", "The snapshot '%s' is not completed.",

@@ -187,6 +187,15 @@ int act_initialize_volume(struct api_req *r);
 int act_check_store(struct api_req *r);
 /* Look a snapshot up (visible to the request's account, in its region). */
 int snapshot_lookup(struct api_req *r, const char *id, struct cat_snapshot *s);
+/* Start a point-in-time snapshot of a looked-up volume: the catalog row ('pending'), the
+ * changed-set switch and the copy job. *out is the new row. 0 or -1 (error recorded). */
+int snapshot_start(struct api_req *r, struct cat_volume *v, const char *desc, json_object *tags,
+		   struct cat_snapshot *out);
+/* Start copying a completed snapshot (any region, any owner: the caller checked access)
+ * into the request's region, owned by the request's account; only chunks the destination
+ * lacks are transferred. *out is the new 'pending' row. 0 or -1 (error recorded). */
+int snapshot_copy_start(struct api_req *r, const struct cat_snapshot *src, const char *desc,
+			json_object *tags, struct cat_snapshot *out);
 /* Start-up recovery: snapshots left pending by a crash become 'error'. */
 int snapshots_recover(struct daemon *d);
 /* Images (act_images.c). */
@@ -195,14 +204,39 @@ int act_describe_images(struct api_req *r);
 int act_deregister_image(struct api_req *r);
 /* Validate and normalise a BlockDeviceMappings value; NULL with the error recorded. */
 json_object *bdm_parse(struct api_req *r, json_object *in, bool for_image);
-/* An image visible to the request (owner, or public); *out is a new reference. */
+int act_create_image(struct api_req *r);
+int act_copy_image(struct api_req *r);
+int act_modify_image_attribute(struct api_req *r);
+int act_describe_image_attribute(struct api_req *r);
+int act_reset_image_attribute(struct api_req *r);
+/* An image the request's account may launch (owner, explicitly permitted, or public), with
+ * its State brought up to date from its snapshots; *out is a new reference. Otherwise
+ * InvalidAMIID.NotFound (or .Malformed), as EC2 hides private images. */
 int image_lookup(struct api_req *r, const char *id, json_object **out);
+/* A snapshot the request's account may restore: its own, or one that backs an image in
+ * the region the account may launch. InvalidSnapshot.NotFound otherwise. */
+int snapshot_lookup_use(struct api_req *r, const char *id, struct cat_snapshot *s);
+/* The DryRun parameter: when true, records DryRunOperation and returns -1; 0 otherwise. */
+int dry_run_check(struct api_req *r);
 /* A copy of a catalog document without its private "_" fields. */
 json_object *doc_public(json_object *doc);
 /* Does a registered image use this snapshot? */
 bool snapshot_in_use(struct daemon *d, const char *snap);
 /* "/dev/sdb" -> "sdb" */
 const char *device_basename(const char *dev);
+
+/* Instance-store-backed images (act_bundles.c). RegisterImage with ImageLocation
+ * "BUCKET/OBJECT", called by act_register_image once the name is checked. */
+int ami_bundle_register(struct api_req *r, const char *name, const char *desc, const char *virt,
+			const char *loc);
+/* run-instances of an instance-store-backed image: add the root (an instance-store volume
+ * sized to the image) to the instance's planned instance store eph. 0 or -1 (recorded). */
+int ami_bundle_root_plan(struct api_req *r, json_object *img, const char *inst_id,
+			 json_object *eph);
+/* Unbundle img onto inst's root, attached (LocalDevices) and not mounted, and flush it.
+ * Verifies signature and digests before writing. 0 or -1 (recorded; the caller rolls
+ * the instance back). */
+int ami_bundle_root_fill(struct api_req *r, json_object *img, json_object *inst);
 
 /* Instances (act_instances.c). */
 int act_run_instances(struct api_req *r);

@@ -22,6 +22,13 @@
  * Inode table: fs->files, guarded by fs->lock (the control thread adds and removes, the
  * FUSE thread looks up). Inode numbers are never reused within a mount. A file that is open
  * cannot be removed (volfs_remove -> -EBUSY), so no I/O is in flight on a removed volume.
+ *
+ * Unmount (found with TSan): the mount is detached with umount2(MNT_DETACH) and the loop
+ * thread joined *before* libfuse closes /dev/fuse (fuse_session_unmount): closing it while
+ * the loop still reads it could hand the fd number to another file under the read. Then
+ * volfs_unmount waits for fs->pending, the requests handed to blockdev/ and not answered
+ * yet (a flush completing on an engine thread), before fuse_session_destroy: a reply
+ * after the destroy would use the freed session.
  */
 #include "fuse/volfs.h"
 #include "blockdev/blockdev.h"
@@ -34,6 +41,7 @@
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,12 +72,27 @@ struct volfs {
 	fuse_ino_t next_ino;
 	char mountpoint[4096];
 	dev_t dev; /* the mount's st_dev: its minor names the connection in fusectl */
+	atomic_int pending; /* requests handed to blockdev/, not answered yet */
 };
 
 struct ioreq {
 	fuse_req_t req;
 	void *buf;
 };
+
+/* A request is handed to blockdev/, which answers it from a completion. */
+static void pending_get(fuse_req_t req)
+{
+	struct volfs *fs = fuse_req_userdata(req);
+
+	atomic_fetch_add(&fs->pending, 1);
+}
+
+/* Called by that completion once it has replied (fs taken before the reply frees req). */
+static void pending_put(struct volfs *fs)
+{
+	atomic_fetch_sub(&fs->pending, 1);
+}
 
 static struct vfile *find_ino(struct volfs *fs, fuse_ino_t ino)
 {
@@ -276,6 +299,7 @@ static int edge_errno(int res)
 static void read_done(void *arg, int res)
 {
 	struct ioreq *r = arg;
+	struct volfs *fs = fuse_req_userdata(r->req);
 
 	if (res < 0)
 		fuse_reply_err(r->req, edge_errno(res));
@@ -283,6 +307,7 @@ static void read_done(void *arg, int res)
 		fuse_reply_buf(r->req, r->buf, (size_t)res);
 	free(r->buf);
 	free(r);
+	pending_put(fs);
 }
 
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
@@ -308,12 +333,14 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		return (void)fuse_reply_err(req, ENOMEM);
 	}
 	r->req = req;
+	pending_get(req);
 	vol_read(v, r->buf, size, (uint64_t)off, read_done, r);
 }
 
 static void write_done(void *arg, int res)
 {
 	struct ioreq *r = arg;
+	struct volfs *fs = fuse_req_userdata(r->req);
 
 	if (res < 0)
 		fuse_reply_err(r->req, edge_errno(res));
@@ -321,6 +348,7 @@ static void write_done(void *arg, int res)
 		fuse_reply_write(r->req, (size_t)res);
 	free(r->buf);
 	free(r);
+	pending_put(fs);
 }
 
 static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
@@ -344,12 +372,16 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 	}
 	memcpy(r->buf, buf, size);
 	r->req = req;
+	pending_get(req);
 	vol_write(v, r->buf, size, (uint64_t)off, write_done, r);
 }
 
 static void status_done(void *arg, int res)
 {
+	struct volfs *fs = fuse_req_userdata((fuse_req_t)arg);
+
 	fuse_reply_err((fuse_req_t)arg, res < 0 ? edge_errno(res) : 0);
+	pending_put(fs);
 }
 
 static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
@@ -361,6 +393,7 @@ static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_f
 	(void)fi;
 	if (!v)
 		return (void)fuse_reply_err(req, ENOENT);
+	pending_get(req);
 	vol_flush(v, status_done, req);
 }
 
@@ -392,6 +425,7 @@ static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, of
 		return (void)fuse_reply_err(req, 0); /* allocation: the volume is all there */
 	if ((mode & ~zero_modes) || ((mode & FALLOC_FL_PUNCH_HOLE) && !(mode & FALLOC_FL_KEEP_SIZE)))
 		return (void)fuse_reply_err(req, EOPNOTSUPP);
+	pending_get(req);
 	vol_discard(v, (uint64_t)off, (uint64_t)len, status_done, req);
 }
 
@@ -508,8 +542,10 @@ void volfs_unmount(struct volfs *fs)
 	fuse_session_exit(fs->se);
 	/* The (lazy) unmount ends the connection, and the loop's read of /dev/fuse returns
 	 * ENODEV, once no file is open. A loop device may still hold one: then abort the
-	 * connection, as the kernel would if we died. */
-	fuse_session_unmount(fs->se);
+	 * connection, as the kernel would if we died. /dev/fuse stays open until the loop
+	 * thread is joined (see the design notes). */
+	if (umount2(fs->mountpoint, MNT_DETACH) < 0 && errno != EINVAL)
+		log_warn("unmounting %s: %s", fs->mountpoint, strerror(errno));
 	if (fs->running) {
 		struct timespec ts;
 		clock_gettime(CLOCK_REALTIME, &ts);
@@ -520,6 +556,13 @@ void volfs_unmount(struct volfs *fs)
 			pthread_join(fs->thread, NULL);
 		}
 	}
+	for (int i = 0; atomic_load(&fs->pending); i++) {
+		if (i == 5000)
+			log_warn("waiting for %d FUSE request(s) still in blockdev/",
+				 atomic_load(&fs->pending));
+		usleep(1000);
+	}
+	fuse_session_unmount(fs->se); /* closes /dev/fuse; the mount is gone already */
 	fuse_session_destroy(fs->se);
 	while (fs->files) {
 		struct vfile *f = fs->files;

@@ -1796,6 +1796,22 @@ static int unwrap_key(const struct bundle_manifest *m, EVP_PKEY *priv, EVP_PKEY 
 	return -EKEYREJECTED;
 }
 
+int bundle_check_ec2_key(const struct bundle_manifest *m, const char *key_pem, size_t key_len)
+{
+	EVP_PKEY *priv = key_from_pem(key_pem, key_len);
+	uint8_t key[16], iv[16];
+	int ret;
+
+	if (!priv)
+		return -EINVAL;
+	ret = rsa_unwrap(priv, m->ec2_enc_key, m->ec2_enc_key_len, key) ?:
+	      rsa_unwrap(priv, m->ec2_enc_iv, m->ec2_enc_iv_len, iv);
+	secure_zero(key, sizeof(key));
+	secure_zero(iv, sizeof(iv));
+	EVP_PKEY_free(priv);
+	return ret;
+}
+
 int bundle_unbundle(const struct bundle_manifest *m, const char *cert_pem, size_t cert_len,
 		    int srcdirfd, const char *key_pem, size_t key_len, int out_fd,
 		    bundle_progress_fn progress, void *arg, char *err)

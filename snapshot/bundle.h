@@ -145,6 +145,10 @@ int bundle_unbundle(const struct bundle_manifest *m, const char *cert_pem, size_
 		    int srcdirfd, const char *key_pem, size_t key_len, int out_fd,
 		    bundle_progress_fn progress, void *arg, char *err);
 
+/* Does key_pem (the region's EC2 private key) open the EC2-wrapped copies of the bundle's
+ * key and IV? 0, or -EKEYREJECTED / -EINVAL. Nothing is decrypted beyond those 32 bytes. */
+int bundle_check_ec2_key(const struct bundle_manifest *m, const char *key_pem, size_t key_len);
+
 /* ---- names, keys ------------------------------------------------------------------- */
 
 /* S3 bucket rules: 3-63 chars of [a-z0-9.-], first and last alphanumeric, no "..", not

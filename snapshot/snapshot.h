@@ -4,9 +4,13 @@
  * snapshot/).
  *
  * One store per region: <home>/regions/<region>/ holding
- *   objects/ab/cdef...   one file per stored chunk, named by the lower-case hex SHA-256 of
- *                        its bytes (two-level fan-out: first two hex digits, then the rest);
+ *   packs/pk-<16 hex>.pack  many objects appended one after another (snapshot creation
+ *                        writes these through a store_pack writer), and
+ *   packs/pk-<16 hex>.idx   its index: each object's SHA-256, offset and length;
+ *   objects/ab/cdef...   one loose file per object (store_put: copies, older stores), named
+ *                        by the lower-case hex SHA-256 of its bytes (fan-out on two digits);
  *   manifests/snap-...   one file per snapshot: which object holds each chunk.
+ * An object id is its SHA-256 wherever it lives; lookups see packs and loose files alike.
  * An object's bytes are exactly what the volume's data file holds for that chunk
  * (ciphertext for encrypted volumes, whose snapshots keep the volume's wrapped key), so a
  * restore copies objects back byte for byte. All-zero chunks are never stored: a manifest
@@ -14,8 +18,9 @@
  *
  * Durability: store_put writes an object (temp file in the destination directory, then
  * link into place; an existing object is success) WITHOUT syncing; store_sync is the
- * barrier that makes every object put so far durable. manifest_write is atomic and
- * durable by itself. A snapshot is "completed" only after store_sync, then manifest_write.
+ * barrier that makes every object put so far durable. store_pack_commit makes what one
+ * pack writer put durable (its own files only). manifest_write is atomic and durable by
+ * itself. A snapshot is "completed" only after its objects are durable, then manifest_write.
  *
  * Integrity: every read re-hashes the object and fails with -EBADMSG on a mismatch.
  * Thread safety: a store may be used from several threads at once; GC (store_gc) must not
@@ -49,8 +54,9 @@ int store_put(struct snap_store *s, const void *buf, size_t len, uint8_t id[OBJ_
  * -EBADMSG (content does not match its name, or wrong length), or -errno. */
 int store_get(struct snap_store *s, const uint8_t id[OBJ_ID_LEN], void *buf, size_t len);
 /* Open an object read-only (O_NOFOLLOW) for callers that read it asynchronously; they must
- * then check the bytes with store_verify. Returns an fd or -errno. */
-int store_open_object(struct snap_store *s, const uint8_t id[OBJ_ID_LEN]);
+ * read its bytes at *off (a pack holds many objects; a loose object starts at 0) and then
+ * check them with store_verify. Returns an fd (the caller closes it) or -errno. */
+int store_open_object(struct snap_store *s, const uint8_t id[OBJ_ID_LEN], uint64_t *off);
 /* True when SHA-256(buf) == id. */
 bool store_verify(const void *buf, size_t len, const uint8_t id[OBJ_ID_LEN]);
 bool store_has(struct snap_store *s, const uint8_t id[OBJ_ID_LEN]);
@@ -60,7 +66,27 @@ int store_copy_object(struct snap_store *src, struct snap_store *dst,
 		      const uint8_t id[OBJ_ID_LEN], size_t len, bool *copied);
 /* Make every object put so far durable (file data and directory entries). */
 int store_sync(struct snap_store *s);
-/* Remove one object (used by GC and tests). */
+
+/* ---- pack writer (bulk puts: snapshot creation) -------------------------------------- */
+
+struct store_pack;
+
+/* A writer that appends new objects to pack files of this store (one file per <= 256 MiB,
+ * one fdatasync each) instead of one file per object. */
+int store_pack_begin(struct snap_store *s, struct store_pack **out);
+/* Store buf, whose SHA-256 the caller computed (store_sha256) as id, unless the store (or
+ * this writer) already has it (*existed). Thread safety: one thread per writer; lookups
+ * by other threads in the same store are safe. */
+int store_pack_put(struct store_pack *w, const void *buf, size_t len,
+		   const uint8_t id[OBJ_ID_LEN], bool *existed);
+/* Make every object put through w durable (pack data, then its index, then packs/) and
+ * visible to store_get. Only then may a manifest reference them. */
+int store_pack_commit(struct store_pack *w);
+/* Free the writer; a pack not yet committed is removed. NULL is a no-op. */
+void store_pack_free(struct store_pack *w);
+/* SHA-256 of buf; 0 or -ENOMEM. */
+int store_sha256(const void *buf, size_t len, uint8_t out[OBJ_ID_LEN]);
+/* Remove one loose object (tests); packed objects are freed only by store_gc. */
 int store_remove_object(struct snap_store *s, const uint8_t id[OBJ_ID_LEN]);
 
 void obj_id_hex(const uint8_t id[OBJ_ID_LEN], char hex[OBJ_HEX_LEN + 1]);

@@ -7,7 +7,5 @@
 
 /* The store's manifests/ directory fd (owned by the store). */
 int store_manifest_dirfd(struct snap_store *s);
-/* SHA-256 of buf; 0 or -EIO. */
-int store_sha256(const void *buf, size_t len, uint8_t out[OBJ_ID_LEN]);
 
 #endif

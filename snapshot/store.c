@@ -6,9 +6,28 @@
  * Design notes
  * ------------
  * Layout: <store>/objects/ab/<62 hex> holds the bytes whose SHA-256 is "ab<62 hex>" (lower
- * case); <store>/manifests/snap-<17 hex> is a manifest (manifest.c). Directories are 0700,
- * object files 0600. Names are only ever built from a 32-byte id or a validated snapshot
- * id, and every open is relative to a directory fd with O_NOFOLLOW.
+ * case); <store>/manifests/snap-<17 hex> is a manifest (manifest.c); <store>/packs/ holds
+ * pack files (below). Directories are 0700, files 0600. Names are only ever built from a
+ * 32-byte id, random pack names or a validated snapshot id, and every open is relative to
+ * a directory fd with O_NOFOLLOW.
+ *
+ * Packs (why: one file per 64 KiB chunk cost an inode allocation, a rename and a syncfs of
+ * the whole file system; profiled, ext4_create was most of a full snapshot's CPU time):
+ * pk-<16 hex>.pack is objects appended back to back; pk-<16 hex>.idx is a 32-byte header
+ * ("EBSPACK1", u64 entry count, u64 pack bytes covered, u64 zero), 48-byte entries (32-byte
+ * id, u64 offset, u32 length, u32 zero), then the SHA-256 of all that; integers are
+ * little-endian. A writer (store_pack_*) appends to a new pack, starting writeback every
+ * 8 MiB, and closes it at 256 MiB or on commit: fdatasync(pack) -> index written atomically
+ * (temp, fsync, rename, fsync packs/) -> the entries enter the map. So an index never names
+ * bytes that are not durable, and a pack without an index is a crashed writer's (GC removes
+ * it). The map (an id set, value = pack, offset, length) is built from every index at
+ * store_open and rebuilt after GC; map_lock (rwlock) guards it and packs[]. A reader takes
+ * a dup of the pack fd under the read lock, so GC may unlink a pack under it. An index that
+ * fails validation is left alone: its objects read as missing (-ENOENT), which check reports.
+ * Dedup: a put looks in the map, the writer's own pending set, then the loose objects (a hit
+ * there may not be durable yet: commit then also runs store_sync). Two writers storing the
+ * same new chunk at once both keep it; the map points at one copy (the canonical one) and
+ * GC drops the other.
  *
  * Directory fds: the store dir, objects/ and manifests/ are opened by store_open; the 256
  * fan-out directories are created and opened lazily, the first time an object lands in or
@@ -38,13 +57,18 @@
  * slots, 1.33 to 2.67 per live object (10M objects: 512 MiB, 768 MiB while growing). Any
  * manifest that cannot be read aborts GC before anything is deleted: never delete data
  * on uncertain roots. The sweep then reads each fan-out directory and unlinks every
- * object not in the set, and every temp file. GC must not run while a snapshot is being
- * written (its objects are not referenced yet); the caller serialises that.
+ * object not in the set, and every temp file. Then each pack: all entries live (referenced
+ * and canonical) -> kept; none -> index then pack unlinked; some -> the live entries are
+ * appended to a new pack, committed, then the old one is unlinked (a crash in between leaves
+ * duplicates for the next GC). Temp files and index-less packs in packs/ go, and the map is
+ * rebuilt. GC must not run while a snapshot is being written (its objects are not
+ * referenced yet); the caller serialises that.
  *
  * Check: builds the same set, with the first (manifest, chunk index) referencing each
  * object as its value, walks and re-hashes every object (corrupt / leaked; an unreferenced
  * corrupt object is reported as both, with a NULL manifest), then re-reads the manifests and
- * reports each entry whose object file is absent (missing). Manifests are re-read rather
+ * reports each entry whose object file is absent (missing). Pack entries are checked the same
+ * way (re-read at their offset and re-hashed). Manifests are re-read rather
  * than kept: a large volume's manifest is tens of MiB. Temp files and foreign names in the
  * fan-out directories are neither checked nor reported (GC removes temp files).
  */
@@ -63,9 +87,15 @@
 
 #include <openssl/evp.h>
 
+struct idset;
+
 #define FANOUT 256
 #define TMP_PREFIX ".tmp."
 #define CHECK_BUF (1u << 20)
+#define PACK_MAGIC "EBSPACK1"
+#define PACK_NAME_LEN 20		/* "pk-" + 16 hex + NUL */
+#define PACK_MAX (256ull << 20)	/* a pack is closed once it holds this much */
+#define PACK_WB_STEP (8u << 20)	/* start writeback every 8 MiB */
 
 struct snap_store {
 	int dirfd;		 /* the store directory */
@@ -74,6 +104,11 @@ struct snap_store {
 	_Atomic int fan[FANOUT]; /* objects/00 .. objects/ff, -1 until first used */
 	pthread_mutex_t fan_lock;
 	atomic_ulong tmpseq;
+	int packfd;		 /* packs/ */
+	pthread_rwlock_t map_lock; /* map and packs[] */
+	struct idset *map;	 /* packed id -> struct pack_loc */
+	struct pack **packs;	 /* indexed by pack_loc.pack; NULL once removed */
+	size_t npacks;
 };
 
 
@@ -150,313 +185,6 @@ int obj_id_parse(const char *hex, uint8_t id[OBJ_ID_LEN])
 	for (int i = 0; i < OBJ_ID_LEN; i++)
 		id[i] = (uint8_t)(hex_val(hex[2 * i]) << 4 | hex_val(hex[2 * i + 1]));
 	return 0;
-}
-
-/* ---- open / close -------------------------------------------------------------------- */
-
-static int dir_open(int at, const char *name)
-{
-	int fd = openat(at, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-
-	return fd < 0 ? -errno : fd;
-}
-
-/* Open at/name, creating it (0700) if missing; *created is set when this call made it. */
-static int dir_open_or_create(int at, const char *name, bool *created)
-{
-	int fd = dir_open(at, name);
-
-	if (fd != -ENOENT)
-		return fd;
-	if (mkdirat(at, name, 0700) < 0) {
-		if (errno != EEXIST)
-			return -errno;
-	} else {
-		*created = true;
-	}
-	return dir_open(at, name);
-}
-
-int store_open(int parent_dirfd, const char *name, struct snap_store **out)
-{
-	struct snap_store *s;
-	bool created = false, sub_created = false;
-	unsigned long seq;
-	int ret;
-
-	s = calloc(1, sizeof(*s));
-	if (!s)
-		return -ENOMEM;
-	s->dirfd = s->objfd = s->manfd = -1;
-	for (int i = 0; i < FANOUT; i++)
-		atomic_init(&s->fan[i], -1);
-	/* a random start keeps two handles on one store in one process apart (O_EXCL anyway) */
-	if (rand_bytes(&seq, sizeof(seq)))
-		seq = 0;
-	atomic_init(&s->tmpseq, seq & 0xffffffffu);
-	ret = pthread_mutex_init(&s->fan_lock, NULL);
-	if (ret) {
-		free(s);
-		return -ret;
-	}
-
-	ret = dir_open_or_create(parent_dirfd, name, &created);
-	if (ret < 0)
-		goto out_close;
-	s->dirfd = ret;
-	ret = dir_open_or_create(s->dirfd, "objects", &sub_created);
-	if (ret < 0)
-		goto out_close;
-	s->objfd = ret;
-	ret = dir_open_or_create(s->dirfd, "manifests", &sub_created);
-	if (ret < 0)
-		goto out_close;
-	s->manfd = ret;
-	/* new directory entries must be durable before a manifest can rely on them */
-	if ((sub_created && fsync(s->dirfd) < 0) || (created && fsync(parent_dirfd) < 0)) {
-		ret = -errno;
-		goto out_close;
-	}
-	*out = s;
-	return 0;
-
-out_close:
-	log_err("store_open %s: %s", name, strerror(-ret));
-	store_close(s);
-	return ret;
-}
-
-void store_close(struct snap_store *s)
-{
-	if (!s)
-		return;
-	for (int i = 0; i < FANOUT; i++) {
-		int fd = atomic_load(&s->fan[i]);
-		if (fd >= 0)
-			close(fd);
-	}
-	if (s->manfd >= 0)
-		close(s->manfd);
-	if (s->objfd >= 0)
-		close(s->objfd);
-	if (s->dirfd >= 0)
-		close(s->dirfd);
-	pthread_mutex_destroy(&s->fan_lock);
-	free(s);
-}
-
-static void fan_name(unsigned int b, char name[3])
-{
-	static const char digits[] = "0123456789abcdef";
-
-	name[0] = digits[(b >> 4) & 15];
-	name[1] = digits[b & 15];
-	name[2] = '\0';
-}
-
-/* The fd of fan-out directory objects/<b in hex>, opened (and with create, made) on first
- * use. -ENOENT when it does not exist and create is false. */
-static int fan_fd(struct snap_store *s, unsigned int b, bool create)
-{
-	char name[3];
-	bool created = false;
-	int fd = atomic_load_explicit(&s->fan[b], memory_order_acquire);
-
-	if (fd >= 0)
-		return fd;
-	fan_name(b, name);
-	pthread_mutex_lock(&s->fan_lock);
-	fd = atomic_load_explicit(&s->fan[b], memory_order_relaxed);
-	if (fd < 0) {
-		fd = create ? dir_open_or_create(s->objfd, name, &created)
-			    : dir_open(s->objfd, name);
-		if (fd >= 0)
-			atomic_store_explicit(&s->fan[b], fd, memory_order_release);
-	}
-	pthread_mutex_unlock(&s->fan_lock);
-	return fd;
-}
-
-/* ---- objects ------------------------------------------------------------------------- */
-
-
-/* pread exactly len bytes from offset 0: 0, -EBADMSG if the file is shorter, or -errno. */
-static int read_full(int fd, void *buf, size_t len)
-{
-	uint8_t *p = buf;
-	size_t got = 0;
-
-	while (got < len) {
-		ssize_t n = pread(fd, p + got, len - got, (off_t)got);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		if (n == 0)
-			return -EBADMSG;
-		got += (size_t)n;
-	}
-	return 0;
-}
-
-/* Write buf to a fresh temp file in directory dfd; its name goes to tmp. */
-static int write_tmp(struct snap_store *s, int dfd, const void *buf, size_t len, char tmp[64])
-{
-	int fd = -1, ret;
-
-	for (int tries = 0; fd < 0; tries++) {
-		unsigned long seq = atomic_fetch_add_explicit(&s->tmpseq, 1, memory_order_relaxed);
-
-		snprintf(tmp, 64, TMP_PREFIX "%d.%lu", (int)getpid(), seq);
-		fd = openat(dfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-		/* EEXIST: a stale temp file of an earlier process with our pid */
-		if (fd < 0 && (errno != EEXIST || tries >= 100))
-			return -errno;
-	}
-	ret = file_write_full(fd, buf, len);
-	if (close(fd) < 0 && !ret)
-		ret = -errno;
-	if (ret)
-		unlinkat(dfd, tmp, 0);
-	return ret;
-}
-
-int store_put(struct snap_store *s, const void *buf, size_t len, uint8_t id[OBJ_ID_LEN],
-	      bool *existed)
-{
-	char hex[OBJ_HEX_LEN + 1], tmp[64];
-	struct stat st;
-	int dfd, ret;
-
-	ret = store_sha256(buf, len, id);
-	if (ret)
-		return ret;
-	obj_id_hex(id, hex);
-	dfd = fan_fd(s, id[0], true);
-	if (dfd < 0)
-		return dfd;
-	if (fstatat(dfd, hex + 2, &st, AT_SYMLINK_NOFOLLOW) == 0) {
-		if (S_ISREG(st.st_mode) && (uint64_t)st.st_size == len) {
-			if (existed)
-				*existed = true;
-			return 0;
-		}
-		/* torn by a crash before store_sync (or damaged): replace it */
-		log_warn("object %s has %lld bytes, expected %zu: rewriting it", hex,
-			 (long long)st.st_size, len);
-	} else if (errno != ENOENT) {
-		return -errno;
-	}
-	ret = write_tmp(s, dfd, buf, len, tmp);
-	if (ret)
-		return ret;
-	if (renameat(dfd, tmp, dfd, hex + 2) < 0) {
-		ret = -errno;
-		unlinkat(dfd, tmp, 0);
-		return ret;
-	}
-	if (existed)
-		*existed = false;
-	return 0;
-}
-
-int store_open_object(struct snap_store *s, const uint8_t id[OBJ_ID_LEN])
-{
-	char hex[OBJ_HEX_LEN + 1];
-	int dfd, fd;
-
-	dfd = fan_fd(s, id[0], false);
-	if (dfd < 0)
-		return dfd;
-	obj_id_hex(id, hex);
-	fd = openat(dfd, hex + 2, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-	return fd < 0 ? -errno : fd;
-}
-
-int store_get(struct snap_store *s, const uint8_t id[OBJ_ID_LEN], void *buf, size_t len)
-{
-	char hex[OBJ_HEX_LEN + 1];
-	struct stat st;
-	int fd, ret;
-
-	fd = store_open_object(s, id);
-	if (fd < 0)
-		return fd;
-	if (fstat(fd, &st) < 0) {
-		ret = -errno;
-		goto out_close;
-	}
-	if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size != len) {
-		ret = -EBADMSG;
-		goto out_close;
-	}
-	ret = read_full(fd, buf, len);
-	if (!ret && !store_verify(buf, len, id))
-		ret = -EBADMSG;
-out_close:
-	close(fd);
-	if (ret == -EBADMSG) {
-		obj_id_hex(id, hex);
-		log_err("object %s is corrupt (content or length does not match its name)", hex);
-	}
-	return ret;
-}
-
-bool store_has(struct snap_store *s, const uint8_t id[OBJ_ID_LEN])
-{
-	char hex[OBJ_HEX_LEN + 1];
-	struct stat st;
-	int dfd = fan_fd(s, id[0], false);
-
-	if (dfd < 0)
-		return false;
-	obj_id_hex(id, hex);
-	return fstatat(dfd, hex + 2, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode);
-}
-
-int store_copy_object(struct snap_store *src, struct snap_store *dst, const uint8_t id[OBJ_ID_LEN],
-		      size_t len, bool *copied)
-{
-	uint8_t got[OBJ_ID_LEN];
-	bool existed = false;
-	void *buf;
-	int ret;
-
-	if (copied)
-		*copied = false;
-	if (store_has(dst, id))
-		return 0;
-	buf = malloc(len ? len : 1);
-	if (!buf)
-		return -ENOMEM;
-	ret = store_get(src, id, buf, len);
-	if (ret)
-		goto out_free;
-	ret = store_put(dst, buf, len, got, &existed);
-	if (!ret && memcmp(got, id, OBJ_ID_LEN))
-		ret = -EIO; /* cannot happen: store_get verified the bytes */
-	if (!ret && copied)
-		*copied = !existed;
-out_free:
-	free(buf);
-	return ret;
-}
-
-int store_sync(struct snap_store *s)
-{
-	return syncfs(s->dirfd) < 0 ? -errno : 0;
-}
-
-int store_remove_object(struct snap_store *s, const uint8_t id[OBJ_ID_LEN])
-{
-	char hex[OBJ_HEX_LEN + 1];
-	int dfd = fan_fd(s, id[0], false);
-
-	if (dfd < 0)
-		return dfd;
-	obj_id_hex(id, hex);
-	return unlinkat(dfd, hex + 2, 0) < 0 ? -errno : 0;
 }
 
 /* ---- id sets (GC and check) ---------------------------------------------------------- */
@@ -584,6 +312,791 @@ static uint8_t *idset_add(struct idset *set, const uint8_t id[OBJ_ID_LEN], bool 
 	return slot;
 }
 
+/* ---- open / close -------------------------------------------------------------------- */
+
+static int dir_open(int at, const char *name)
+{
+	int fd = openat(at, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+
+	return fd < 0 ? -errno : fd;
+}
+
+/* Open at/name, creating it (0700) if missing; *created is set when this call made it. */
+static int dir_open_or_create(int at, const char *name, bool *created)
+{
+	int fd = dir_open(at, name);
+
+	if (fd != -ENOENT)
+		return fd;
+	if (mkdirat(at, name, 0700) < 0) {
+		if (errno != EEXIST)
+			return -errno;
+	} else {
+		*created = true;
+	}
+	return dir_open(at, name);
+}
+
+static int packs_load(struct snap_store *s);
+static void packs_free(struct snap_store *s);
+
+int store_open(int parent_dirfd, const char *name, struct snap_store **out)
+{
+	struct snap_store *s;
+	bool created = false, sub_created = false;
+	unsigned long seq;
+	int ret;
+
+	s = calloc(1, sizeof(*s));
+	if (!s)
+		return -ENOMEM;
+	s->dirfd = s->objfd = s->manfd = s->packfd = -1;
+	for (int i = 0; i < FANOUT; i++)
+		atomic_init(&s->fan[i], -1);
+	/* a random start keeps two handles on one store in one process apart (O_EXCL anyway) */
+	if (rand_bytes(&seq, sizeof(seq)))
+		seq = 0;
+	atomic_init(&s->tmpseq, seq & 0xffffffffu);
+	ret = pthread_mutex_init(&s->fan_lock, NULL);
+	if (ret) {
+		free(s);
+		return -ret;
+	}
+	ret = pthread_rwlock_init(&s->map_lock, NULL);
+	if (ret) {
+		pthread_mutex_destroy(&s->fan_lock);
+		free(s);
+		return -ret;
+	}
+
+	ret = dir_open_or_create(parent_dirfd, name, &created);
+	if (ret < 0)
+		goto out_close;
+	s->dirfd = ret;
+	ret = dir_open_or_create(s->dirfd, "objects", &sub_created);
+	if (ret < 0)
+		goto out_close;
+	s->objfd = ret;
+	ret = dir_open_or_create(s->dirfd, "manifests", &sub_created);
+	if (ret < 0)
+		goto out_close;
+	s->manfd = ret;
+	ret = dir_open_or_create(s->dirfd, "packs", &sub_created);
+	if (ret < 0)
+		goto out_close;
+	s->packfd = ret;
+	ret = packs_load(s);
+	if (ret < 0)
+		goto out_close;
+	/* new directory entries must be durable before a manifest can rely on them */
+	if ((sub_created && fsync(s->dirfd) < 0) || (created && fsync(parent_dirfd) < 0)) {
+		ret = -errno;
+		goto out_close;
+	}
+	*out = s;
+	return 0;
+
+out_close:
+	log_err("store_open %s: %s", name, strerror(-ret));
+	store_close(s);
+	return ret;
+}
+
+void store_close(struct snap_store *s)
+{
+	if (!s)
+		return;
+	for (int i = 0; i < FANOUT; i++) {
+		int fd = atomic_load(&s->fan[i]);
+		if (fd >= 0)
+			close(fd);
+	}
+	packs_free(s);
+	if (s->packfd >= 0)
+		close(s->packfd);
+	if (s->manfd >= 0)
+		close(s->manfd);
+	if (s->objfd >= 0)
+		close(s->objfd);
+	if (s->dirfd >= 0)
+		close(s->dirfd);
+	pthread_mutex_destroy(&s->fan_lock);
+	pthread_rwlock_destroy(&s->map_lock);
+	free(s);
+}
+
+static void fan_name(unsigned int b, char name[3])
+{
+	static const char digits[] = "0123456789abcdef";
+
+	name[0] = digits[(b >> 4) & 15];
+	name[1] = digits[b & 15];
+	name[2] = '\0';
+}
+
+/* The fd of fan-out directory objects/<b in hex>, opened (and with create, made) on first
+ * use. -ENOENT when it does not exist and create is false. */
+static int fan_fd(struct snap_store *s, unsigned int b, bool create)
+{
+	char name[3];
+	bool created = false;
+	int fd = atomic_load_explicit(&s->fan[b], memory_order_acquire);
+
+	if (fd >= 0)
+		return fd;
+	fan_name(b, name);
+	pthread_mutex_lock(&s->fan_lock);
+	fd = atomic_load_explicit(&s->fan[b], memory_order_relaxed);
+	if (fd < 0) {
+		fd = create ? dir_open_or_create(s->objfd, name, &created)
+			    : dir_open(s->objfd, name);
+		if (fd >= 0)
+			atomic_store_explicit(&s->fan[b], fd, memory_order_release);
+	}
+	pthread_mutex_unlock(&s->fan_lock);
+	return fd;
+}
+
+/* ---- packs --------------------------------------------------------------------------- */
+
+/* Where a packed object lives: the map's value after each 32-byte id. */
+struct pack_loc {
+	uint32_t pack; /* index into s->packs */
+	uint32_t len;
+	uint64_t off;
+};
+
+struct pack {
+	char name[PACK_NAME_LEN]; /* "pk-<16 hex>" */
+	int fd;			  /* the .pack file, read-only */
+	uint64_t size;		  /* bytes the index covers */
+	uint64_t n;		  /* entries in its index */
+};
+
+/* One index entry, as stored (little-endian). */
+struct pack_ent {
+	uint8_t id[OBJ_ID_LEN];
+	uint64_t off;
+	uint32_t len;
+	uint32_t pad;
+};
+
+struct pack_idx_hdr {
+	char magic[8];
+	uint64_t n;
+	uint64_t pack_size;
+	uint64_t reserved;
+};
+
+_Static_assert(sizeof(struct pack_ent) == 48, "pack_ent layout");
+_Static_assert(sizeof(struct pack_idx_hdr) == 32, "pack_idx_hdr layout");
+
+static struct pack_loc *map_loc(uint8_t *slot)
+{
+	return (struct pack_loc *)(slot + OBJ_ID_LEN);
+}
+
+static bool pack_name_ok(const char *name, const char *suffix)
+{
+	size_t sl = strlen(suffix);
+
+	if (strlen(name) != PACK_NAME_LEN - 1 + sl || strncmp(name, "pk-", 3) ||
+	    strcmp(name + PACK_NAME_LEN - 1, suffix))
+		return false;
+	for (int i = 3; i < PACK_NAME_LEN - 1; i++)
+		if (hex_val(name[i]) < 0)
+			return false;
+	return true;
+}
+
+/* Read and validate packs/<name>.idx: 0 with *ents (malloc'd) and *hdr, -EUCLEAN when
+ * damaged, or -errno. */
+static int pack_idx_read(struct snap_store *s, const char *name, struct pack_idx_hdr *hdr,
+			 struct pack_ent **ents)
+{
+	char fn[PACK_NAME_LEN + 8];
+	uint8_t h[OBJ_ID_LEN];
+	size_t len;
+	void *buf;
+	int ret;
+
+	snprintf(fn, sizeof(fn), "%s.idx", name);
+	ret = file_read_all(s->packfd, fn, &buf, &len);
+	if (ret)
+		return ret;
+	ret = -EUCLEAN;
+	if (len < sizeof(*hdr) + OBJ_ID_LEN)
+		goto out;
+	memcpy(hdr, buf, sizeof(*hdr));
+	if (memcmp(hdr->magic, PACK_MAGIC, 8) ||
+	    hdr->n != (len - sizeof(*hdr) - OBJ_ID_LEN) / sizeof(struct pack_ent) ||
+	    len != sizeof(*hdr) + hdr->n * sizeof(struct pack_ent) + OBJ_ID_LEN)
+		goto out;
+	if (store_sha256(buf, len - OBJ_ID_LEN, h) ||
+	    memcmp(h, (uint8_t *)buf + len - OBJ_ID_LEN, OBJ_ID_LEN))
+		goto out;
+	*ents = malloc(hdr->n ? hdr->n * sizeof(struct pack_ent) : 1);
+	if (!*ents) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	memcpy(*ents, (uint8_t *)buf + sizeof(*hdr), hdr->n * sizeof(struct pack_ent));
+	for (uint64_t i = 0; i < hdr->n; i++) {
+		struct pack_ent *e = &(*ents)[i];
+		if (e->off > hdr->pack_size || e->len > hdr->pack_size - e->off) {
+			free(*ents);
+			*ents = NULL;
+			goto out;
+		}
+	}
+	ret = 0;
+out:
+	free(buf);
+	return ret;
+}
+
+/* Register a pack whose index is durable: open it and map its entries (an id already
+ * mapped keeps its first location). Caller holds map_lock for writing. */
+static int pack_register(struct snap_store *s, const char *name)
+{
+	struct pack_idx_hdr hdr;
+	struct pack_ent *ents = NULL;
+	char fn[PACK_NAME_LEN + 8];
+	struct pack *p = NULL;
+	struct stat st;
+	int ret;
+
+	ret = pack_idx_read(s, name, &hdr, &ents);
+	if (ret)
+		return ret;
+	p = calloc(1, sizeof(*p));
+	if (!p) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	snprintf(p->name, sizeof(p->name), "%s", name);
+	snprintf(fn, sizeof(fn), "%s.pack", name);
+	p->fd = openat(s->packfd, fn, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (p->fd < 0) {
+		ret = -errno;
+		goto out;
+	}
+	if (fstat(p->fd, &st) < 0 || (uint64_t)st.st_size < hdr.pack_size) {
+		ret = -EUCLEAN;
+		goto out;
+	}
+	p->size = hdr.pack_size;
+	p->n = hdr.n;
+	if (s->npacks % 64 == 0) {
+		void *np = reallocarray(s->packs, s->npacks + 64, sizeof(*s->packs));
+		if (!np || s->npacks >= UINT32_MAX) {
+			ret = -ENOMEM;
+			goto out;
+		}
+		s->packs = np;
+	}
+	for (uint64_t i = 0; i < hdr.n; i++) {
+		bool added;
+		uint8_t *slot = idset_add(s->map, ents[i].id, &added);
+
+		if (!slot) {
+			ret = -ENOMEM; /* entries added so far point at a pack we do keep */
+			break;
+		}
+		if (added)
+			*map_loc(slot) = (struct pack_loc){
+				.pack = (uint32_t)s->npacks, .len = ents[i].len, .off = ents[i].off};
+	}
+	s->packs[s->npacks++] = p;
+	p = NULL;
+out:
+	if (p && p->fd >= 0)
+		close(p->fd);
+	free(p);
+	free(ents);
+	return ret;
+}
+
+static void packs_free(struct snap_store *s)
+{
+	for (size_t i = 0; i < s->npacks; i++) {
+		if (s->packs[i]) {
+			close(s->packs[i]->fd);
+			free(s->packs[i]);
+		}
+	}
+	free(s->packs);
+	s->packs = NULL;
+	s->npacks = 0;
+	if (s->map) {
+		idset_free(s->map);
+		free(s->map);
+		s->map = NULL;
+	}
+}
+
+/* (Re)build the map from every pack index. A damaged index is left alone (logged): its
+ * objects read as missing, which store_check reports. Caller holds map_lock for writing
+ * (or is store_open). */
+static int packs_load(struct snap_store *s)
+{
+	struct dirent *de;
+	DIR *d;
+	int fd, ret = 0;
+
+	packs_free(s);
+	s->map = calloc(1, sizeof(*s->map));
+	if (!s->map || idset_init(s->map, 1024, OBJ_ID_LEN + sizeof(struct pack_loc)))
+		return -ENOMEM;
+	fd = openat(s->packfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	d = fdopendir(fd);
+	if (!d) {
+		close(fd);
+		return -ENOMEM;
+	}
+	while ((de = readdir(d))) {
+		char name[PACK_NAME_LEN];
+
+		if (!pack_name_ok(de->d_name, ".idx"))
+			continue;
+		snprintf(name, sizeof(name), "%.*s", PACK_NAME_LEN - 1, de->d_name);
+		ret = pack_register(s, name);
+		if (ret == -ENOMEM)
+			break;
+		if (ret)
+			log_err("pack %s is unusable (%s): its objects read as missing", name,
+				strerror(-ret));
+		ret = 0;
+	}
+	closedir(d);
+	return ret;
+}
+
+/* Look id up in the packs: a dup of its pack's fd (the caller closes it) and its place. */
+static int pack_find(struct snap_store *s, const uint8_t id[OBJ_ID_LEN], uint64_t *off,
+		     uint32_t *len)
+{
+	uint8_t *slot;
+	int fd = -ENOENT;
+
+	pthread_rwlock_rdlock(&s->map_lock);
+	slot = s->map ? idset_find(s->map, id) : NULL;
+	if (slot) {
+		struct pack_loc *l = map_loc(slot);
+		fd = fcntl(s->packs[l->pack]->fd, F_DUPFD_CLOEXEC, 0);
+		if (fd < 0)
+			fd = -errno;
+		*off = l->off;
+		*len = l->len;
+	}
+	pthread_rwlock_unlock(&s->map_lock);
+	return fd;
+}
+
+static bool pack_has(struct snap_store *s, const uint8_t id[OBJ_ID_LEN])
+{
+	bool r;
+
+	pthread_rwlock_rdlock(&s->map_lock);
+	r = s->map && idset_find(s->map, id);
+	pthread_rwlock_unlock(&s->map_lock);
+	return r;
+}
+
+/* ---- pack writer ----------------------------------------------------------------------- */
+
+struct store_pack {
+	struct snap_store *s;
+	int fd;			  /* the pack being written, -1 between packs */
+	char name[PACK_NAME_LEN];
+	uint64_t size, synced;	  /* bytes written; bytes whose writeback was started */
+	struct pack_ent *e;
+	size_t n, cap;
+	struct idset pend;	  /* ids in the current pack */
+	bool loose_hits; /* an object was found loose: commit must store_sync */
+};
+
+int store_pack_begin(struct snap_store *s, struct store_pack **out)
+{
+	struct store_pack *w = calloc(1, sizeof(*w));
+
+	if (!w || idset_init(&w->pend, 1024, OBJ_ID_LEN)) {
+		free(w);
+		return -ENOMEM;
+	}
+	w->s = s;
+	w->fd = -1;
+	*out = w;
+	return 0;
+}
+
+static int pack_new(struct store_pack *w)
+{
+	uint8_t r[8];
+	char fn[PACK_NAME_LEN + 8];
+	int tries = 0;
+
+	do {
+		if (rand_bytes(r, sizeof(r)))
+			return -EIO;
+		snprintf(w->name, sizeof(w->name), "pk-%02x%02x%02x%02x%02x%02x%02x%02x", r[0],
+			 r[1], r[2], r[3], r[4], r[5], r[6], r[7]);
+		snprintf(fn, sizeof(fn), "%s.pack", w->name);
+		w->fd = openat(w->s->packfd, fn,
+			       O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+	} while (w->fd < 0 && errno == EEXIST && ++tries < 10);
+	if (w->fd < 0)
+		return -errno;
+	w->size = w->synced = 0;
+	w->n = 0;
+	return 0;
+}
+
+static void pack_drop(struct store_pack *w)
+{
+	char fn[PACK_NAME_LEN + 8];
+
+	if (w->fd < 0)
+		return;
+	close(w->fd);
+	w->fd = -1;
+	snprintf(fn, sizeof(fn), "%s.pack", w->name);
+	unlinkat(w->s->packfd, fn, 0);
+}
+
+/* Make the current pack durable and visible: fdatasync(pack) -> index written to a temp
+ * file, fsynced, renamed -> fsync(packs/) -> registered in the map. */
+static int pack_finish(struct store_pack *w)
+{
+	struct snap_store *s = w->s;
+	struct pack_idx_hdr hdr = {.n = w->n, .pack_size = w->size};
+	size_t len = sizeof(hdr) + w->n * sizeof(struct pack_ent) + OBJ_ID_LEN;
+	char fn[PACK_NAME_LEN + 8];
+	uint8_t *buf;
+	int ret;
+
+	if (w->fd < 0)
+		return 0;
+	if (!w->n) {
+		pack_drop(w);
+		return 0;
+	}
+	if (fdatasync(w->fd) < 0)
+		return -errno;
+	memcpy(hdr.magic, PACK_MAGIC, 8);
+	buf = malloc(len);
+	if (!buf)
+		return -ENOMEM;
+	memcpy(buf, &hdr, sizeof(hdr));
+	memcpy(buf + sizeof(hdr), w->e, w->n * sizeof(struct pack_ent));
+	ret = store_sha256(buf, len - OBJ_ID_LEN, buf + len - OBJ_ID_LEN);
+	snprintf(fn, sizeof(fn), "%s.idx", w->name);
+	if (!ret)
+		ret = file_write_atomic(s->packfd, fn, buf, len, 0600); /* durable, dir synced */
+	free(buf);
+	if (ret)
+		return ret;
+	close(w->fd);
+	w->fd = -1;
+	pthread_rwlock_wrlock(&s->map_lock);
+	ret = pack_register(s, w->name);
+	pthread_rwlock_unlock(&s->map_lock);
+	/* fresh pending set for the next pack */
+	idset_free(&w->pend);
+	if (idset_init(&w->pend, 1024, OBJ_ID_LEN) && !ret)
+		ret = -ENOMEM;
+	return ret;
+}
+
+static int pack_append(struct store_pack *w, const void *buf, size_t len,
+		       const uint8_t id[OBJ_ID_LEN]);
+
+int store_pack_put(struct store_pack *w, const void *buf, size_t len,
+		   const uint8_t id[OBJ_ID_LEN], bool *existed)
+{
+	struct snap_store *s = w->s;
+
+	*existed = false;
+	if (len > UINT32_MAX)
+		return -EINVAL;
+	if (pack_has(s, id) || idset_find(&w->pend, id)) {
+		*existed = true;
+		return 0;
+	}
+	if (store_has(s, id)) {
+		/* a loose object may not be durable yet (put by a copy in progress) */
+		w->loose_hits = true;
+		*existed = true;
+		return 0;
+	}
+	return pack_append(w, buf, len, id);
+}
+
+/* Append one object to the writer's current pack (opening one if needed). */
+static int pack_append(struct store_pack *w, const void *buf, size_t len,
+		       const uint8_t id[OBJ_ID_LEN])
+{
+	bool added;
+	int ret;
+
+	if (w->fd < 0 && (ret = pack_new(w)))
+		return ret;
+	if (w->n == w->cap) {
+		size_t cap = w->cap ? w->cap * 2 : 1024;
+		void *p = reallocarray(w->e, cap, sizeof(*w->e));
+		if (!p)
+			return -ENOMEM;
+		w->e = p;
+		w->cap = cap;
+	}
+	ret = file_write_full(w->fd, buf, len); /* sequential: offset == size */
+	if (ret)
+		return ret;
+	if (!idset_add(&w->pend, id, &added))
+		return -ENOMEM;
+	memcpy(w->e[w->n].id, id, OBJ_ID_LEN);
+	w->e[w->n].off = w->size;
+	w->e[w->n].len = (uint32_t)len;
+	w->e[w->n].pad = 0;
+	w->n++;
+	w->size += len;
+	/* start writeback early, so the final fdatasync has little left to do */
+	if (w->size - w->synced >= PACK_WB_STEP) {
+		sync_file_range(w->fd, (off_t)w->synced, (off_t)(w->size - w->synced),
+				SYNC_FILE_RANGE_WRITE);
+		w->synced = w->size;
+	}
+	if (w->size >= PACK_MAX)
+		return pack_finish(w);
+	return 0;
+}
+
+int store_pack_commit(struct store_pack *w)
+{
+	int ret = pack_finish(w);
+
+	if (!ret && w->loose_hits)
+		ret = store_sync(w->s);
+	return ret;
+}
+
+void store_pack_free(struct store_pack *w)
+{
+	if (!w)
+		return;
+	pack_drop(w); /* an unfinished pack: nothing references it */
+	idset_free(&w->pend);
+	free(w->e);
+	free(w);
+}
+
+/* ---- objects ------------------------------------------------------------------------- */
+
+
+/* pread exactly len bytes from off: 0, -EBADMSG if the file is shorter, or -errno. */
+static int read_full(int fd, void *buf, size_t len, uint64_t off)
+{
+	uint8_t *p = buf;
+	size_t got = 0;
+
+	while (got < len) {
+		ssize_t n = pread(fd, p + got, len - got, (off_t)(off + got));
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (n == 0)
+			return -EBADMSG;
+		got += (size_t)n;
+	}
+	return 0;
+}
+
+/* Write buf to a fresh temp file in directory dfd; its name goes to tmp. */
+static int write_tmp(struct snap_store *s, int dfd, const void *buf, size_t len, char tmp[64])
+{
+	int fd = -1, ret;
+
+	for (int tries = 0; fd < 0; tries++) {
+		unsigned long seq = atomic_fetch_add_explicit(&s->tmpseq, 1, memory_order_relaxed);
+
+		snprintf(tmp, 64, TMP_PREFIX "%d.%lu", (int)getpid(), seq);
+		fd = openat(dfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+		/* EEXIST: a stale temp file of an earlier process with our pid */
+		if (fd < 0 && (errno != EEXIST || tries >= 100))
+			return -errno;
+	}
+	ret = file_write_full(fd, buf, len);
+	if (close(fd) < 0 && !ret)
+		ret = -errno;
+	if (ret)
+		unlinkat(dfd, tmp, 0);
+	return ret;
+}
+
+int store_put(struct snap_store *s, const void *buf, size_t len, uint8_t id[OBJ_ID_LEN],
+	      bool *existed)
+{
+	char hex[OBJ_HEX_LEN + 1], tmp[64];
+	struct stat st;
+	int dfd, ret;
+
+	ret = store_sha256(buf, len, id);
+	if (ret)
+		return ret;
+	if (pack_has(s, id)) {
+		if (existed)
+			*existed = true;
+		return 0;
+	}
+	obj_id_hex(id, hex);
+	dfd = fan_fd(s, id[0], true);
+	if (dfd < 0)
+		return dfd;
+	if (fstatat(dfd, hex + 2, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+		if (S_ISREG(st.st_mode) && (uint64_t)st.st_size == len) {
+			if (existed)
+				*existed = true;
+			return 0;
+		}
+		/* torn by a crash before store_sync (or damaged): replace it */
+		log_warn("object %s has %lld bytes, expected %zu: rewriting it", hex,
+			 (long long)st.st_size, len);
+	} else if (errno != ENOENT) {
+		return -errno;
+	}
+	ret = write_tmp(s, dfd, buf, len, tmp);
+	if (ret)
+		return ret;
+	if (renameat(dfd, tmp, dfd, hex + 2) < 0) {
+		ret = -errno;
+		unlinkat(dfd, tmp, 0);
+		return ret;
+	}
+	if (existed)
+		*existed = false;
+	return 0;
+}
+
+int store_open_object(struct snap_store *s, const uint8_t id[OBJ_ID_LEN], uint64_t *off)
+{
+	char hex[OBJ_HEX_LEN + 1];
+	uint32_t len;
+	int dfd, fd;
+
+	fd = pack_find(s, id, off, &len);
+	if (fd != -ENOENT)
+		return fd;
+	*off = 0;
+	dfd = fan_fd(s, id[0], false);
+	if (dfd < 0)
+		return dfd;
+	obj_id_hex(id, hex);
+	fd = openat(dfd, hex + 2, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	return fd < 0 ? -errno : fd;
+}
+
+int store_get(struct snap_store *s, const uint8_t id[OBJ_ID_LEN], void *buf, size_t len)
+{
+	char hex[OBJ_HEX_LEN + 1];
+	struct stat st;
+	uint64_t off;
+	uint32_t plen;
+	int fd, ret;
+
+	fd = pack_find(s, id, &off, &plen);
+	if (fd >= 0) {
+		ret = plen == len ? read_full(fd, buf, len, off) : -EBADMSG;
+		goto out_verify;
+	}
+	if (fd != -ENOENT)
+		return fd;
+	fd = store_open_object(s, id, &off);
+	if (fd < 0)
+		return fd;
+	if (fstat(fd, &st) < 0) {
+		ret = -errno;
+		goto out_close;
+	}
+	if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size != len) {
+		ret = -EBADMSG;
+		goto out_close;
+	}
+	ret = read_full(fd, buf, len, 0);
+out_verify:
+	if (!ret && !store_verify(buf, len, id))
+		ret = -EBADMSG;
+out_close:
+	close(fd);
+	if (ret == -EBADMSG) {
+		obj_id_hex(id, hex);
+		log_err("object %s is corrupt (content or length does not match its name)", hex);
+	}
+	return ret;
+}
+
+bool store_has(struct snap_store *s, const uint8_t id[OBJ_ID_LEN])
+{
+	char hex[OBJ_HEX_LEN + 1];
+	struct stat st;
+	int dfd;
+
+	if (pack_has(s, id))
+		return true;
+	dfd = fan_fd(s, id[0], false);
+	if (dfd < 0)
+		return false;
+	obj_id_hex(id, hex);
+	return fstatat(dfd, hex + 2, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode);
+}
+
+int store_copy_object(struct snap_store *src, struct snap_store *dst, const uint8_t id[OBJ_ID_LEN],
+		      size_t len, bool *copied)
+{
+	uint8_t got[OBJ_ID_LEN];
+	bool existed = false;
+	void *buf;
+	int ret;
+
+	if (copied)
+		*copied = false;
+	if (store_has(dst, id))
+		return 0;
+	buf = malloc(len ? len : 1);
+	if (!buf)
+		return -ENOMEM;
+	ret = store_get(src, id, buf, len);
+	if (ret)
+		goto out_free;
+	ret = store_put(dst, buf, len, got, &existed);
+	if (!ret && memcmp(got, id, OBJ_ID_LEN))
+		ret = -EIO; /* cannot happen: store_get verified the bytes */
+	if (!ret && copied)
+		*copied = !existed;
+out_free:
+	free(buf);
+	return ret;
+}
+
+int store_sync(struct snap_store *s)
+{
+	return syncfs(s->dirfd) < 0 ? -errno : 0;
+}
+
+int store_remove_object(struct snap_store *s, const uint8_t id[OBJ_ID_LEN])
+{
+	char hex[OBJ_HEX_LEN + 1];
+	int dfd = fan_fd(s, id[0], false);
+
+	if (dfd < 0)
+		return dfd;
+	obj_id_hex(id, hex);
+	return unlinkat(dfd, hex + 2, 0) < 0 ? -errno : 0;
+}
+
 /* ---- walking the objects ------------------------------------------------------------- */
 
 /* Called for each entry of a fan-out directory: dfd is that directory, name the entry, id
@@ -689,6 +1202,159 @@ static int gc_sweep(void *arg, int dfd, const char *name, const uint8_t *id)
 	return 0;
 }
 
+/* A pack's name and a dup of its fd, or -ENOENT when slot i is empty or past the end. */
+static int pack_get(struct snap_store *s, size_t i, char name[PACK_NAME_LEN])
+{
+	int fd = -ENOENT;
+
+	pthread_rwlock_rdlock(&s->map_lock);
+	if (i < s->npacks && s->packs[i]) {
+		snprintf(name, PACK_NAME_LEN, "%s", s->packs[i]->name);
+		fd = fcntl(s->packs[i]->fd, F_DUPFD_CLOEXEC, 0);
+		if (fd < 0)
+			fd = -errno;
+	}
+	pthread_rwlock_unlock(&s->map_lock);
+	return fd;
+}
+
+static size_t packs_count(struct snap_store *s)
+{
+	size_t n;
+
+	pthread_rwlock_rdlock(&s->map_lock);
+	n = s->npacks;
+	pthread_rwlock_unlock(&s->map_lock);
+	return n;
+}
+
+/* Is pack i's entry e where the map finds its id (the copy readers use)? */
+static bool pack_canonical(struct snap_store *s, size_t i, const struct pack_ent *e)
+{
+	uint8_t *slot;
+	bool r;
+
+	pthread_rwlock_rdlock(&s->map_lock);
+	slot = idset_find(s->map, e->id);
+	r = slot && map_loc(slot)->pack == i && map_loc(slot)->off == e->off;
+	pthread_rwlock_unlock(&s->map_lock);
+	return r;
+}
+
+static void pack_unlink(struct snap_store *s, const char *name)
+{
+	char fn[PACK_NAME_LEN + 8];
+
+	/* the index first: a pack without an index is garbage, never the reverse */
+	snprintf(fn, sizeof(fn), "%s.idx", name);
+	unlinkat(s->packfd, fn, 0);
+	snprintf(fn, sizeof(fn), "%s.pack", name);
+	unlinkat(s->packfd, fn, 0);
+}
+
+/* Sweep the packs: a pack whose entries are all live stays; one with none live goes; the
+ * others are rewritten with only their live entries (a new pack made durable first, then
+ * the old one removed: a crash in between leaves duplicates, which the next GC drops).
+ * Then stale temp files and packs without an index go, and the map is rebuilt. */
+static int gc_packs(struct gc_state *g)
+{
+	struct snap_store *s = g->s;
+	size_t np = packs_count(s);
+	struct store_pack *w = NULL;
+	uint8_t *buf = NULL;
+	size_t bufcap = 0;
+	struct dirent *de;
+	DIR *d;
+	int ret = 0, fd;
+
+	for (size_t i = 0; i < np && !ret; i++) {
+		char name[PACK_NAME_LEN];
+		struct pack_idx_hdr hdr;
+		struct pack_ent *ents = NULL;
+		uint64_t live = 0;
+		int pfd = pack_get(s, i, name);
+
+		if (pfd == -ENOENT)
+			continue;
+		if (pfd < 0)
+			return pfd;
+		ret = pack_idx_read(s, name, &hdr, &ents);
+		if (ret) {
+			close(pfd);
+			ret = ret == -ENOMEM ? ret : 0; /* changed under us: leave it */
+			continue;
+		}
+		for (uint64_t k = 0; k < hdr.n; k++)
+			if (idset_find(&g->live, ents[k].id) && pack_canonical(s, i, &ents[k]))
+				live++;
+		if (live < hdr.n && live) {
+			if (!w)
+				ret = store_pack_begin(s, &w);
+			for (uint64_t k = 0; k < hdr.n && !ret; k++) {
+				struct pack_ent *e = &ents[k];
+				if (!idset_find(&g->live, e->id) || !pack_canonical(s, i, e))
+					continue;
+				if (e->len > bufcap) {
+					void *nb = realloc(buf, e->len);
+					if (!nb) {
+						ret = -ENOMEM;
+						break;
+					}
+					buf = nb;
+					bufcap = e->len;
+				}
+				/* copied as is: a corrupt object stays detectably corrupt */
+				ret = read_full(pfd, buf, e->len, e->off);
+				if (!ret)
+					ret = pack_append(w, buf, e->len, e->id);
+			}
+			if (!ret)
+				ret = pack_finish(w);
+		}
+		if (!ret && live < hdr.n) {
+			pack_unlink(s, name);
+			g->freed += hdr.n - live;
+		}
+		close(pfd);
+		free(ents);
+	}
+	store_pack_free(w);
+	free(buf);
+	if (ret)
+		goto out_reload;
+	/* leftovers of crashed writers: temp indexes, packs whose index was never written */
+	fd = openat(s->packfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	d = fd < 0 ? NULL : fdopendir(fd);
+	if (!d) {
+		if (fd >= 0)
+			close(fd);
+		ret = -errno;
+		goto out_reload;
+	}
+	while ((de = readdir(d))) {
+		char idx[PACK_NAME_LEN + 8];
+		struct stat st;
+
+		if (de->d_name[0] == '.' && strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) {
+			unlinkat(s->packfd, de->d_name, 0);
+			g->tmps++;
+		} else if (pack_name_ok(de->d_name, ".pack")) {
+			snprintf(idx, sizeof(idx), "%.*s.idx", PACK_NAME_LEN - 1, de->d_name);
+			if (fstatat(s->packfd, idx, &st, AT_SYMLINK_NOFOLLOW) < 0 &&
+			    errno == ENOENT) {
+				unlinkat(s->packfd, de->d_name, 0);
+				g->tmps++;
+			}
+		}
+	}
+	closedir(d);
+out_reload:
+	pthread_rwlock_wrlock(&s->map_lock);
+	fd = packs_load(s);
+	pthread_rwlock_unlock(&s->map_lock);
+	return ret ? ret : fd;
+}
+
 int store_gc(struct snap_store *s, uint64_t *freed)
 {
 	struct gc_state g = {.s = s};
@@ -703,6 +1369,8 @@ int store_gc(struct snap_store *s, uint64_t *freed)
 	if (ret)
 		goto out_free;
 	ret = obj_walk(s, gc_sweep, &g);
+	if (!ret)
+		ret = gc_packs(&g);
 	if (freed)
 		*freed = g.freed;
 	log_info("gc: %zu objects referenced, %llu removed, %llu stale temp files removed%s",
@@ -830,20 +1498,12 @@ out_close:
 	return ret;
 }
 
-static int chk_object(void *arg, int dfd, const char *name, const uint8_t *id)
+/* Account for one object whose bytes hashed to ret (0, -EBADMSG, -ENOENT, -errno). */
+static int chk_account(struct chk_state *c, const uint8_t *id, uint8_t *slot, int ret)
 {
-	struct chk_state *c = arg;
 	struct check_report *r = c->r;
 	char hex[OBJ_HEX_LEN + 1];
-	uint8_t *slot;
-	int ret;
 
-	if (!id)
-		return 0; /* temp files and strangers are GC's business */
-	slot = idset_find(&c->refs, id);
-	if (slot)
-		chk_ref(slot)->present = 1;
-	ret = chk_hash_file(c, dfd, name, id);
 	if (ret == -ENOENT)
 		return 0; /* removed since readdir saw it */
 	if (ret == -ENOMEM)
@@ -862,6 +1522,63 @@ static int chk_object(void *arg, int dfd, const char *name, const uint8_t *id)
 			r->leaked(r->arg, hex);
 	}
 	return 0;
+}
+
+static int chk_object(void *arg, int dfd, const char *name, const uint8_t *id)
+{
+	struct chk_state *c = arg;
+	uint8_t *slot;
+
+	if (!id)
+		return 0; /* temp files and strangers are GC's business */
+	slot = idset_find(&c->refs, id);
+	if (slot)
+		chk_ref(slot)->present = 1;
+	return chk_account(c, id, slot, chk_hash_file(c, dfd, name, id));
+}
+
+/* Re-hash every entry of every pack. */
+static int chk_packs(struct chk_state *c)
+{
+	size_t np = packs_count(c->s);
+	int ret = 0;
+
+	for (size_t i = 0; i < np && !ret; i++) {
+		char name[PACK_NAME_LEN];
+		struct pack_idx_hdr hdr;
+		struct pack_ent *ents = NULL;
+		int pfd = pack_get(c->s, i, name);
+
+		if (pfd == -ENOENT)
+			continue;
+		if (pfd < 0)
+			return pfd;
+		ret = pack_idx_read(c->s, name, &hdr, &ents);
+		if (ret) {
+			close(pfd);
+			ret = ret == -ENOMEM ? ret : 0;
+			continue;
+		}
+		for (uint64_t k = 0; k < hdr.n && !ret; k++) {
+			struct pack_ent *e = &ents[k];
+			uint8_t *slot = idset_find(&c->refs, e->id);
+			int hr = -EBADMSG;
+
+			if (slot)
+				chk_ref(slot)->present = 1;
+			if (e->len <= CHECK_BUF) {
+				hr = read_full(pfd, c->buf, e->len, e->off);
+				if (!hr && !store_verify(c->buf, e->len, e->id))
+					hr = -EBADMSG;
+				if (hr == -ENOENT)
+					hr = -EIO;
+			}
+			ret = chk_account(c, e->id, slot, hr);
+		}
+		close(pfd);
+		free(ents);
+	}
+	return ret;
 }
 
 static int chk_missing(struct chk_state *c, const char *snap_id)
@@ -911,6 +1628,8 @@ int store_check(struct snap_store *s, struct check_report *r)
 	if (ret)
 		goto out_free;
 	ret = obj_walk(s, chk_object, &c);
+	if (!ret)
+		ret = chk_packs(&c);
 	if (ret)
 		goto out_free;
 	for (size_t i = 0; i < c.nsnaps && !ret; i++)

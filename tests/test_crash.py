@@ -50,6 +50,8 @@ class Summary:
         self.checked = 0
         self.lost = 0
         self.fsck = 0
+        self.checks = 0
+        self.check_corruptions = 0
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +61,8 @@ def summary(request):
     capman = request.config.pluginmanager.getplugin("capturemanager")
     text = (f"\ncrash suite (seed {MASTER}, {'stress' if STRESS else 'test'} scale), honest "
             f"variants: crash points: {s.crash_points}, acknowledged records checked: "
-            f"{s.checked}, lost: {s.lost}, fsck errors: {s.fsck}\n")
+            f"{s.checked}, lost: {s.lost}, fsck errors: {s.fsck}, ebsim check runs: "
+            f"{s.checks}, corruptions: {s.check_corruptions}\n")
     if capman:
         with capman.global_and_fixture_disabled():
             sys.stdout.write(text)
@@ -118,6 +121,8 @@ def ctx(request, tmp_path, capsys, summary):
         summary.checked += tally.records_checked
         summary.lost += tally.lost
         summary.fsck += tally.fsck_errors
+        summary.checks += tally.checks
+        summary.check_corruptions += tally.check_corruptions
 
 
 def guarded(c, daemons, fn, *args, **kw):
@@ -144,8 +149,11 @@ def test_crash_random_kill(crash_daemon, res, ctx):
     rig = H.FsRig(d, res, ctx.workdir, ctx.seed, ctx.tally, ctx.log,
                   epoch_len=25 if STRESS else 7)
     guarded(ctx, crash_daemon, H.random_kill_loop, rig, RANDOM_ITERS, ctx.name, MASTER,
-            ctx.replay)
+            ctx.replay, snapshot_every=2)
+    n, j = H.store_check(d, ctx.tally, "the end")
+    assert n == 0, j
     assert ctx.tally.crash_points == RANDOM_ITERS
+    assert ctx.tally.snapshots > 0 and ctx.tally.check_corruptions == 0
     assert ctx.tally.lost == 0 and ctx.tally.fsck_errors == 0
     assert ctx.tally.records_checked > 0, "the writer never got a batch acknowledged"
     assert_clean_logs(crash_daemon)
@@ -206,3 +214,83 @@ def test_crash_lying_flush_is_caught(crash_daemon, res, ctx):
     assert detections and with_records, (
         f"the lying flush went undetected in {ctx.tally.crash_points} crashes "
         f"({ctx.tally.records_checked} acknowledged records checked)")
+
+
+def _direct_write(dev, off, data):
+    """One O_DIRECT write to a loop device, without any flush."""
+    import mmap
+    buf = mmap.mmap(-1, len(data))
+    buf.write(data)
+    fd = os.open(dev, os.O_WRONLY | os.O_DIRECT)
+    try:
+        assert os.pwrite(fd, buf, off) == len(data)
+    finally:
+        os.close(fd)
+        buf.close()
+
+
+def test_crash_unflushed_write_into_discarded_chunk(crash_daemon, res, ctx):
+    """Known bug (a): an unflushed write into a chunk whose flushed state is ZERO reached
+    the data file; the unclean open punched only ABSENT chunks, so the bytes stayed under a
+    map that says ZERO. The volume read zeros there, until a later partial write made the
+    chunk PRESENT and the never-acknowledged bytes around it came back (in reads and in
+    snapshots). After recovery every chunk that is not PRESENT must be a hole."""
+    from test_snapshots import sha_range, wait_completed
+    chunk = 64 << 10
+    rng = random.Random(ctx.seed)
+    d = crash_daemon("normal")
+    v = d.create_volume(1)
+    path = v["LocalPath"]
+    vdir = os.path.join(d.home, "volumes", v["VolumeId"])
+    dev = res.losetup(path)
+    acked = rng.randbytes(chunk)
+    _direct_write(dev, 16 * chunk, acked)  # chunk 16: written and flushed
+    H.run(["blkdiscard", "-o", "0", "-l", str(8 * chunk), dev])  # chunks 0-7: ZERO
+    fd = os.open(dev, os.O_RDONLY)
+    os.fsync(fd)  # flush: the ZERO states and chunk 16 are durable
+    os.close(fd)
+    with open(os.path.join(vdir, "map"), "rb") as f:
+        m = f.read(17)
+    assert [b & 3 for b in m[:8]] == [2] * 8 and m[16] & 3 == 1, m.hex()
+    lost = {0: rng.randbytes(chunk), 5: rng.randbytes(chunk), 24: rng.randbytes(chunk)}
+    for c, data in lost.items():  # into ZERO (0, 5) and ABSENT (24) chunks, never flushed
+        _direct_write(dev, c * chunk, data)
+    with open(os.path.join(vdir, "data"), "rb") as f:
+        assert any(f.read(chunk)), "the unflushed write did not reach the data file"
+    H.kill9(d)
+    res.detach(dev)
+    assert H.loop_gone(dev)
+    H.start_daemon(d, H.clean_env(), ctx.tally)
+    ctx.tally.crash_points += 1
+    assert "recovering" in d.log()
+
+    with open(os.path.join(vdir, "map"), "rb") as f:
+        m = f.read(25)
+    with open(os.path.join(vdir, "data"), "rb") as f:
+        for c in lost:
+            st = m[c] & 3
+            f.seek(c * chunk)
+            raw = f.read(chunk)
+            assert st != 1, f"chunk {c}: an unflushed write became PRESENT"
+            assert not any(raw), f"chunk {c}: map state {st} but the data file holds bytes"
+    zero = bytes(chunk)
+    with open(path, "r+b", buffering=0) as f:
+        assert f.read(chunk) == zero
+        f.seek(16 * chunk)
+        assert f.read(chunk) == acked, "an acknowledged write was lost"
+        # a partial write makes chunks 0 and 24 PRESENT: the rest of them must stay zeros
+        for c in (0, 24):
+            f.seek(c * chunk)
+            f.write(b"A" * 4096)
+        os.fsync(f.fileno())
+        for c in (0, 24):
+            f.seek(c * chunk)
+            assert f.read(chunk) == b"A" * 4096 + zero[4096:], \
+                f"chunk {c}: never-acknowledged bytes came back after a partial write"
+    sha = sha_range(path, 0, 32 * chunk)
+    s = wait_completed(d, d.ok("create-snapshot", "--volume-id", v["VolumeId"])["SnapshotId"])
+    r = d.ok("create-volume", "--snapshot-id", s["SnapshotId"])
+    assert sha_range(r["LocalPath"], 0, 32 * chunk) == sha, "snapshot differs from reads"
+    n, j = H.store_check(d, ctx.tally, "after the restore")
+    assert n == 0 and j["ObjectsChecked"] > 0, j
+    assert_clean_logs(crash_daemon)

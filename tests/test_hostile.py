@@ -260,7 +260,7 @@ def _mode(p):
     return stat.S_IMODE(os.lstat(p).st_mode)
 
 
-def test_permissions_and_secrets(make_daemon, home):
+def test_permissions_and_secrets(make_daemon, home, capsys):
     d = make_daemon(start=False)
     d.start(extra=("--log-level", "debug"))  # the most the daemon ever logs
     v = d.create_volume(1, "--encrypted")
@@ -277,8 +277,10 @@ def test_permissions_and_secrets(make_daemon, home):
     d.start(extra=("--log-level", "debug"))  # re-reads the master key, reopens the volumes
 
     problems = []
+    checked = []
 
     def want(path, mode):
+        checked.append(path)
         if _mode(path) != mode:
             problems.append(f"{path}: {oct(_mode(path))}, want {oct(mode)}")
 
@@ -321,3 +323,7 @@ def test_permissions_and_secrets(make_daemon, home):
     # no 8-byte window of the key either (a partial dump)
     for i in range(0, len(key) - 8):
         assert key[i:i + 8] not in log and key[i:i + 8].hex().encode() not in log
+    with capsys.disabled():
+        print(f"\npermissions: {len(checked)} paths with the right mode (0700 dirs, 0600 "
+              f"files, socket, key, volume files, store), FUSE default_permissions, master key "
+              f"in none of 5 encodings nor any 8-byte window in the debug log")

@@ -813,24 +813,25 @@ def test_run_instances_failure_rolls_back(daemon, image):
 
 # ---- instance-store-backed images --------------------------------------------------------
 
-@pytest.mark.skip(reason="instance-store-backed AMIs need ebsim-ami (AMI issue)")
-def test_stop_instance_store_backed_is_unsupported(daemon, image, tmp_path):
+def test_stop_instance_store_backed_is_unsupported(daemon, tmp_path):
+    # a real bundle: an ext4 image bundled with ebsim-ami, uploaded, registered
+    from test_bundle_launch import bundle, make_image, register as register_bundle, \
+        upload, user_keys
     d = daemon
-    bundle = tmp_path / "bundle"
-    root = volume(d, d.create_volume(1)["VolumeId"])["LocalPath"]
-    run(["mkfs.ext4", "-q", "-F", root])
-    ebsim_ami = os.path.join(os.path.dirname(d.ebsim), "ebsim-ami")
-    run([ebsim_ami, "bundle-vol", "--home", d.home, "--volume", root, "--prefix", "is-root",
-         "--destination", str(bundle)])
-    run([ebsim_ami, "upload-bundle", "--home", d.home, "--manifest",
-         str(bundle / "is-root.manifest.xml"), "--bucket", "ebsim-test"])
-    ami = d.ok("register-image", "--name", "ebsim-instance-store",
-               "--image-location", "ebsim-test/is-root.manifest.xml")["ImageId"]
+    key, cert = user_keys(tmp_path)
+    img = make_image(tmp_path, 64 * MIB, {"etc/hostname": b"instance-store\n"})
+    dest = bundle(d, tmp_path, img, "is-root", key, cert)
+    ami = register_bundle(d, upload(d, dest, "is-root", cert), "ebsim-instance-store")
     inst = run1(d, ami)
     assert inst["RootDeviceType"] == "instance-store"
+    before = world(d)
     r = d.cli("stop-instances", "--instance-ids", inst["InstanceId"])
     assert_error(r, "UnsupportedOperation")
     assert describe(d, inst["InstanceId"])["State"]["Name"] == "running"
+    assert world(d) == before
+    with open(os.path.join(describe(d, inst["InstanceId"])["RootMount"], "etc/hostname")) as f:
+        assert f.read() == "instance-store\n"
+    d.ok("terminate-instances", "--instance-ids", inst["InstanceId"])
 
 
 # ---- performance: launch time does not follow image size ----------------------------------

@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+import store_layout
 from conftest import STRESS
 
 GIB = 1 << 30
@@ -73,10 +74,7 @@ def sha_range(path, off, size):
 
 
 def store_objects(home, region="us-east-1"):
-    n = 0
-    for root, _, files in os.walk(os.path.join(home, "regions", region, "objects")):
-        n += sum(1 for f in files if not f.startswith("."))
-    return n
+    return store_layout.count(home, region)
 
 
 def vol(d, size=1, *extra):
@@ -248,15 +246,14 @@ def test_lazy_restore_cow_and_initialize(daemon, home):
         assert time.time() < deadline
         time.sleep(0.1)
     # prove it: damage every stored chunk; the hydrated volume still reads correctly
-    objdir = os.path.join(home, "regions", "us-east-1", "objects")
-    for root, _, files in os.walk(objdir):
-        for fn in files:
-            p = os.path.join(root, fn)
-            with open(p, "r+b") as f:
-                f.seek(0)
-                b = f.read(1)
-                f.seek(0)
-                f.write(bytes([b[0] ^ 0xFF]))
+    locs = [loc for copies in store_layout.objects(home).values() for loc in copies]
+    assert locs
+    for p, off, _ in locs:
+        with open(p, "r+b") as f:
+            f.seek(off)
+            b = f.read(1)
+            f.seek(off)
+            f.write(bytes([b[0] ^ 0xFF]))
     assert sha_range(rpath, GIB, 200 * MIB) == sha_range(path, GIB, 200 * MIB)
     d.expect_errors()  # the check below logs the damage
 
@@ -273,11 +270,11 @@ def test_corrupt_chunk_gives_eio_and_check_names_it(daemon, home):
         chunk2 = f.read(CHUNK)
         chunk3 = f.read(CHUNK)
     obj = hashlib.sha256(chunk3).hexdigest()
-    op = os.path.join(home, "regions", "us-east-1", "objects", obj[:2], obj[2:])
+    op, base = store_layout.location(home, obj)
     with open(op, "r+b") as f:
-        f.seek(77)
+        f.seek(base + 77)
         b = f.read(1)
-        f.seek(77)
+        f.seek(base + 77)
         f.write(bytes([b[0] ^ 1]))
     d.expect_errors()
     fd = os.open(r["LocalPath"], os.O_RDONLY)

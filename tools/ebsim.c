@@ -145,6 +145,7 @@ static int cli_finish_bench(const struct cli *c, struct json_object *res);
 static int cli_prepare_register(const struct cli *c, struct json_object *params);
 static int cli_prepare_run(const struct cli *c, struct json_object *params);
 static int cli_prepare_modify(const struct cli *c, struct json_object *params);
+static int cli_prepare_create_image(const struct cli *c, struct json_object *params);
 
 /* Help text: blank lines separate paragraphs, which are wrapped; a line that starts with a
  * space is printed as it is, less that space; a line that starts with "* " is a bullet with
@@ -280,7 +281,11 @@ static int cli_prepare_modify(const struct cli *c, struct json_object *params);
 	    {d, "OwnerId", "string", "The account that owns the image."},                      \
 	    {d, "PlatformDetails", "string", "Linux/UNIX."},                                   \
 	    {d, "UsageOperation", "string", "RunInstances."},                                  \
-	    {d, "State", "string", "available."},                                              \
+	    {d, "State", "string", "pending (its snapshots are being made), available or failed."}, \
+	    {d, "StateReason", "structure", "When failed: {Code, Message}: why."},            \
+	    {d, "ImageOwnerAlias", "string", "amazon, for Amazon's base images."},             \
+	    {d, "SourceInstanceId", "string", "create-image: the instance it was made from."}, \
+	    {d, "SourceImageId", "string", "copy-image: the image it was copied from."},       \
 	    EBS_MAPPING_FIELDS(d),                                                             \
 	    {d + 1, "Ebs", "structure", "An EBS volume, created for each instance."},          \
 	    {d + 2, "SnapshotId", "string", "The snapshot it is restored from, if any."},      \
@@ -1290,8 +1295,8 @@ static const struct cli_verb cli_verbs[] = {
 			"* {\"DeviceName\": \"/dev/sdc\", \"NoDevice\": \"\"}: no device (useful in "
 			"run-instances, to drop a mapping of the image).\n"
 			"\n"
-			"--root-device-name is required, and one mapping must give that device an "
-			"EBS snapshot. Device names are /dev/sd[a-z], /dev/xvd[a-z] or /dev/hd[a-z] "
+			"For an EBS-backed image, --root-device-name is required, and one mapping "
+			"must give that device an EBS snapshot. Device names are /dev/sd[a-z], /dev/xvd[a-z] or /dev/hd[a-z] "
 			"with an optional suffix. Every snapshot must be completed and belong to the "
 			"account; while an image uses a snapshot, the snapshot cannot be deleted.\n"
 			"\n"
@@ -1304,8 +1309,16 @@ static const struct cli_verb cli_verbs[] = {
 			"Image names are 3 to 128 characters of letters, digits and ( ) [ ] space . / "
 			"- ' @ _, unique in the account and region (InvalidAMIName.Duplicate).\n"
 			"\n"
-			"Instance-store-backed images (--image-location, a bundle made with the AMI "
-			"tools) are not supported yet: ebsimd answers UnsupportedOperation. "
+			"An instance-store-backed image is registered from a bundle instead: "
+			"--image-location BUCKET/PREFIX.manifest.xml names a manifest that "
+			"ebsim-ami upload-bundle stored in the region's bucket. ebsimd checks that "
+			"the manifest belongs to the account, that its signature verifies with the "
+			"account's signing certificate, that the region's EC2 key opens its key, and "
+			"every part's SHA-1 (InvalidManifest otherwise); the architecture, kernel "
+			"and mappings come from the manifest, and the root device is /dev/sda1. "
+			"Launching it unbundles the whole image into an instance-store root, which "
+			"is why it is slower than an EBS-backed launch.\n"
+			"\n"
 			"--kernel-id, --ramdisk-id, --ena-support and --sriov-net-support are "
 			"accepted so that awscli scripts run unchanged; they do not change how ebsim "
 			"launches the image.",
@@ -1316,8 +1329,8 @@ static const struct cli_verb cli_verbs[] = {
 			{"description", CLI_STRING, false, NULL,
 			 "A description of the image, up to 255 characters."},
 			{"root-device-name", CLI_STRING, false, NULL,
-			 "The device name of the root volume, e.g. /dev/xvda. Required: "
-			 "--block-device-mappings must map it to an EBS snapshot."},
+			 "The device name of the root volume, e.g. /dev/xvda. Required for an "
+			 "EBS-backed image: --block-device-mappings must map it to an EBS snapshot."},
 			{"block-device-mappings", CLI_JSON, false, NULL,
 			 "The block device mappings, as JSON (see DESCRIPTION), or file://PATH to "
 			 "read them from a file."},
@@ -1326,8 +1339,8 @@ static const struct cli_verb cli_verbs[] = {
 			{"virtualization-type", CLI_STRING, false, NULL,
 			 "hvm (the default) or paravirtual."},
 			{"image-location", CLI_STRING, false, NULL,
-			 "The manifest of an instance-store-backed image in a bundle. Not supported "
-			 "yet: ebsimd answers UnsupportedOperation."},
+			 "BUCKET/PREFIX.manifest.xml: the manifest of an instance-store-backed "
+			 "image, uploaded with ebsim-ami upload-bundle."},
 			{"kernel-id", CLI_STRING, false, NULL,
 			 "The kernel (aki-...) of a paravirtual image. Accepted and not used."},
 			{"ramdisk-id", CLI_STRING, false, NULL,
@@ -1371,34 +1384,50 @@ static const struct cli_verb cli_verbs[] = {
 	{
 		.name = "describe-images",
 		.action = "DescribeImages",
-		.summary = "Describes the images the account can see: its own and public ones.",
+		.summary = "Describes the images the account may launch: its own, shared and public.",
 		.description =
-			"Describes the images of the region of the request that the account can see: "
-			"its own and the public ones. --image-ids names images (if one does not exist "
-			"or cannot be seen, the whole call fails with InvalidAMIID.NotFound); "
-			"--owners keeps the images of the given owners: 12-digit account IDs, or self "
-			"for the account of the request.\n"
+			"Describes the images of the region of the request that the account may "
+			"launch: its own, those shared with it (an explicit launch permission, see "
+			"modify-image-attribute) and the public ones. --image-ids names images (if "
+			"one does not exist or cannot be seen, the whole call fails with "
+			"InvalidAMIID.NotFound); --owners keeps the images of the given owners: "
+			"12-digit account IDs, self for the account of the request, or amazon for "
+			"the base images Amazon publishes (they carry ImageOwnerAlias amazon); "
+			"--executable-users keeps the images that given accounts have an explicit "
+			"launch permission for (self: the account of the request), or, with all, "
+			"the public ones.\n"
 			"\n"
 			"An image is listed when it matches every filter, and it matches a filter "
 			"when it matches any of the filter's values (with * and ? as wildcards). The "
-			"filter names are EC2's:\n"
+			"filter names are EC2's (any other is InvalidParameterValue):\n"
 			"\n"
 			"* architecture, creation-date, description, hypervisor, image-id, image-type, "
-			"is-public (true | false), name, owner-id, platform-details, "
-			"usage-operation\n"
-			"* root-device-name, root-device-type (ebs | instance-store), state, "
-			"virtualization-type (hvm | paravirtual)\n"
+			"is-public (true | false), name, owner-alias (amazon), owner-id, platform "
+			"(windows: Linux images have no Platform, so they never match), "
+			"platform-details, usage-operation, source-image-id, source-instance-id\n"
+			"* root-device-name, root-device-type (ebs | instance-store), state (pending "
+			"| available | failed), state-reason-code, virtualization-type (hvm | "
+			"paravirtual)\n"
+			"* block-device-mapping.device-name, .snapshot-id, .volume-size, "
+			".volume-type, .delete-on-termination, .encrypted: some mapping of the image "
+			"matches\n"
 			"\n"
-			"--executable-users is accepted so that awscli scripts run unchanged; until "
-			"ebsim has launch permissions it is not applied.",
+			"A pending image's state is brought up to date from its snapshots whenever "
+			"it is described. --max-results (5 to 1000) and --next-token page through "
+			"the list; --max-results cannot be combined with --image-ids.",
 		.opts = (const struct cli_opt[]){
 			{"image-ids", CLI_LIST, false, NULL,
 			 "The IDs of the images to describe, separated by spaces."},
 			{"owners", CLI_LIST, false, NULL,
-			 "Only the images owned by these accounts: 12-digit account IDs, or self."},
+			 "Only the images owned by these accounts: 12-digit account IDs, self or "
+			 "amazon."},
 			{"executable-users", CLI_LIST, false, NULL,
-			 "Only the images these accounts (12-digit IDs, self or all) may launch. "
-			 "Accepted; not applied yet."},
+			 "Only the images these accounts (12-digit IDs, or self) have an explicit "
+			 "launch permission for; all: the public images."},
+			{"max-results", CLI_INTEGER, false, NULL,
+			 "At most this many images (5 to 1000); NextToken gives the next page."},
+			{"next-token", CLI_STRING, false, NULL,
+			 "The NextToken of the previous page."},
 			{"filters", CLI_FILTERS, false, NULL,
 			 "Filters, each in awscli's shorthand, Name=string,Values=string,string, "
 			 "or in JSON, [{\"Name\":\"string\",\"Values\":[\"string\",...]},...]. "
@@ -1476,8 +1505,9 @@ static const struct cli_verb cli_verbs[] = {
 			"\n"
 			"The snapshots of the image are kept, unless --delete-associated-snapshots is "
 			"given: then each snapshot the image's mappings name is deleted, except those "
-			"that another image still uses. Only the owner can deregister an image "
-			"(AuthFailure otherwise).",
+			"that another image still uses and those still being made (an image that is "
+			"pending). Only the owner can deregister an image: another account that may "
+			"launch it gets AuthFailure, one that cannot see it InvalidAMIID.NotFound.",
 		.opts = (const struct cli_opt[]){
 			{"image-id", CLI_STRING, true, NULL, "The ID of the image to deregister."},
 			{"delete-associated-snapshots", CLI_BOOLEAN, false, NULL,
@@ -1494,6 +1524,270 @@ static const struct cli_verb cli_verbs[] = {
 			"\n"
 			"    ebsim deregister-image --image-id ami-0123456789abcdef0 \\\n"
 			"        --delete-associated-snapshots\n"
+			"\n"
+			"Output:\n"
+			"\n"
+			"    {\n"
+			"        \"Return\": true\n"
+			"    }\n",
+	},
+	{
+		.name = "create-image",
+		.action = "CreateImage",
+		.summary = "Creates an EBS-backed AMI from an instance's volumes.",
+		.description =
+			"Creates an Amazon Machine Image (AMI) from an EBS-backed instance, running "
+			"or stopped: ebsimd takes a point-in-time snapshot of every EBS volume "
+			"attached to the instance, all at the same moment, and registers an image "
+			"whose block device mappings reproduce the instance's: the root and the data "
+			"volumes with their sizes, volume types and DeleteOnTermination, and the "
+			"instance-store volumes as VirtualName ephemeralN (their contents are not "
+			"captured, as on EC2).\n"
+			"\n"
+			"The call returns the new ImageId at once. The image is pending while its "
+			"snapshots are copied, available when every one of them is completed, and "
+			"failed if one fails (describe-images shows a StateReason). An image cannot "
+			"be launched while it is pending (InvalidAMIID.Unavailable).\n"
+			"\n"
+			"By default the instance is treated as EC2 treats it: it is \"rebooted\". "
+			"Every file system mounted from one of the instance's devices (its root "
+			"mount, and any volume you mounted from a device in LocalDevices) is "
+			"unmounted, the snapshots are started, and the file systems are mounted "
+			"again where they were. With --no-reboot they stay mounted: each is synced "
+			"(syncfs) and frozen (FIFREEZE) while the snapshots start, then thawed, so "
+			"the image is consistent without unmounting. A file system that is busy "
+			"is frozen rather than unmounted.\n"
+			"\n"
+			"--block-device-mappings changes the image's mappings, by device name, in "
+			"the JSON of register-image: an Ebs entry for one of the instance's volumes "
+			"changes its VolumeSize (not below the volume's), VolumeType or "
+			"DeleteOnTermination; {\"DeviceName\": \"/dev/sdf\", \"NoDevice\": \"\"} "
+			"leaves a device out (its volume is not snapshotted); an entry for a device "
+			"the instance does not have adds it. The root device cannot be left out.\n"
+			"\n"
+			"The image name follows register-image's rules (InvalidAMIName.Malformed, "
+			"InvalidAMIName.Duplicate). A terminated or pending instance cannot be "
+			"imaged (IncorrectInstanceState), nor an instance-store-backed one "
+			"(UnsupportedOperation: bundle it with ebsim-ami).",
+		.opts = (const struct cli_opt[]){
+			{"instance-id", CLI_STRING, true, NULL, "The instance to image."},
+			{"name", CLI_STRING, true, NULL,
+			 "The name of the image: 3 to 128 letters, digits and ( ) [ ] space . / - ' "
+			 "@ _, unique in the account and region."},
+			{"description", CLI_STRING, false, NULL,
+			 "A description of the image, up to 255 characters."},
+			{"reboot", CLI_BOOLEAN, false, CLI_LOCAL,
+			 "--reboot (the default) unmounts the instance's file systems while the "
+			 "snapshots start and mounts them again; --no-reboot freezes them (FIFREEZE) "
+			 "instead. Sent as NoReboot."},
+			{"block-device-mappings", CLI_JSON, false, NULL,
+			 "Changes to the image's mappings, as JSON or file://PATH (see DESCRIPTION)."},
+			{"tag-specifications", CLI_JSON, false, NULL,
+			 "Tags for the image: [{\"ResourceType\":\"image\",\"Tags\":[{\"Key\":\"k\","
+			 "\"Value\":\"v\"}]}]."},
+			{"dry-run", CLI_BOOLEAN, false, NULL,
+			 "Check the request and answer DryRunOperation instead of creating the image."},
+			{NULL, 0, false, NULL, NULL},
+		},
+		.output = (const struct cli_field[]){
+			{0, "ImageId", "string", "The ID of the new image (pending until its "
+			 "snapshots are completed)."},
+			{0, NULL, NULL, NULL},
+		},
+		.examples =
+			"To image a running instance without unmounting its file systems\n"
+			"\n"
+			"    ebsim create-image --instance-id i-0123456789abcdef0 \\\n"
+			"        --name my-server-1.1 --no-reboot\n"
+			"\n"
+			"Output:\n"
+			"\n"
+			"    {\n"
+			"        \"ImageId\": \"ami-0123456789abcdef0\"\n"
+			"    }\n"
+			"\n"
+			"To leave a data volume out of the image\n"
+			"\n"
+			"    ebsim create-image --instance-id i-0123456789abcdef0 --name my-server-1.1 \\\n"
+			"        --block-device-mappings '[{\"DeviceName\":\"/dev/sdf\",\"NoDevice\":\"\"}]'\n",
+		.prepare = cli_prepare_create_image,
+	},
+	{
+		.name = "copy-image",
+		.action = "CopyImage",
+		.summary = "Copies an EBS-backed AMI into the region of the request.",
+		.description =
+			"Copies an image from --source-region (which may be the region of the "
+			"request) into the region of the request, as a new image of the account of "
+			"the request: each of the image's snapshots is copied (only the chunks the "
+			"destination region's store lacks are transferred), and the new image "
+			"starts pending and becomes available when all of its snapshots are "
+			"completed (failed if one fails).\n"
+			"\n"
+			"Any image the account may launch can be copied: its own, one shared with it, "
+			"or a public one; the copy belongs to the account. Launch permissions are "
+			"not copied: the copy is private. Another account's private image is "
+			"InvalidAMIID.NotFound. The source must be available (IncorrectState "
+			"otherwise). Instance-store-backed images cannot be copied "
+			"(UnsupportedOperation).\n"
+			"\n"
+			"The new name follows register-image's rules and must be unused in the "
+			"destination region.",
+		.opts = (const struct cli_opt[]){
+			{"source-region", CLI_STRING, true, NULL, "The region of the source image."},
+			{"source-image-id", CLI_STRING, true, NULL, "The ID of the source image."},
+			{"name", CLI_STRING, true, NULL, "The name of the new image."},
+			{"description", CLI_STRING, false, NULL,
+			 "A description of the new image. Default: the source's."},
+			{"dry-run", CLI_BOOLEAN, false, NULL,
+			 "Check the request and answer DryRunOperation instead of copying."},
+			{NULL, 0, false, NULL, NULL},
+		},
+		.output = (const struct cli_field[]){
+			{0, "ImageId", "string", "The ID of the new image, in the region of the "
+			 "request."},
+			{0, NULL, NULL, NULL},
+		},
+		.examples =
+			"To copy an image from us-east-1 to eu-west-1\n"
+			"\n"
+			"    ebsim --region eu-west-1 copy-image --source-region us-east-1 \\\n"
+			"        --source-image-id ami-0123456789abcdef0 --name my-server-1.0\n"
+			"\n"
+			"Output:\n"
+			"\n"
+			"    {\n"
+			"        \"ImageId\": \"ami-0fedcba9876543210\"\n"
+			"    }\n",
+	},
+	{
+		.name = "modify-image-attribute",
+		.action = "ModifyImageAttribute",
+		.summary = "Changes an image's launch permissions or its description.",
+		.description =
+			"Changes who may launch an image of the account (its launch permissions), "
+			"or its description. An image has three kinds of launch permission: the "
+			"owner's (implicit, always), explicit ones for given accounts, and the public "
+			"one (the group all). An account that may launch an image sees it in "
+			"describe-images, can launch it, copy it, and create volumes from the "
+			"snapshots it is made of; to any other account it does not exist.\n"
+			"\n"
+			"Give the change either as --launch-permission JSON, "
+			"{\"Add\": [{\"UserId\": \"111122223333\"}, {\"Group\": \"all\"}], "
+			"\"Remove\": [...]} (the additions are applied first), or awscli's way, "
+			"--operation-type add|remove with --user-ids and/or --user-groups all. "
+			"Or change the description with --description.\n"
+			"\n"
+			"Only the owner may change an image (AuthFailure for another account that can "
+			"see it, InvalidAMIID.NotFound for one that cannot). Account IDs are 12 "
+			"digits (InvalidUserID.Malformed); the only group is all; malformed JSON is "
+			"InvalidParameterValue.",
+		.opts = (const struct cli_opt[]){
+			{"image-id", CLI_STRING, true, NULL, "The image to change."},
+			{"attribute", CLI_STRING, false, NULL,
+			 "launchPermission or description (optional: implied by the other options)."},
+			{"launch-permission", CLI_JSON, false, NULL,
+			 "{\"Add\": [{\"UserId\": \"...\"} | {\"Group\": \"all\"}, ...], \"Remove\": "
+			 "[...]}, as JSON or file://PATH."},
+			{"operation-type", CLI_STRING, false, NULL,
+			 "add or remove: what to do with --user-ids and --user-groups."},
+			{"user-ids", CLI_LIST, false, NULL, "12-digit account IDs, separated by spaces."},
+			{"user-groups", CLI_LIST, false, NULL, "all: every account (public)."},
+			{"description", CLI_VALUE, false, NULL,
+			 "The new description: text, Value=text or {\"Value\":\"text\"}."},
+			{"dry-run", CLI_BOOLEAN, false, NULL,
+			 "Check the request and answer DryRunOperation instead of changing anything."},
+			{NULL, 0, false, NULL, NULL},
+		},
+		.output = NULL,
+		.examples =
+			"To share an image with one account\n"
+			"\n"
+			"    ebsim modify-image-attribute --image-id ami-0123456789abcdef0 \\\n"
+			"        --launch-permission '{\"Add\":[{\"UserId\":\"111122223333\"}]}'\n"
+			"\n"
+			"To make an image public, and private again\n"
+			"\n"
+			"    ebsim modify-image-attribute --image-id ami-0123456789abcdef0 \\\n"
+			"        --operation-type add --user-groups all\n"
+			"    ebsim modify-image-attribute --image-id ami-0123456789abcdef0 \\\n"
+			"        --launch-permission '{\"Remove\":[{\"Group\":\"all\"}]}'\n"
+			"\n"
+			"This command prints nothing.\n",
+	},
+	{
+		.name = "describe-image-attribute",
+		.action = "DescribeImageAttribute",
+		.summary = "Describes one attribute of an image of the account.",
+		.description =
+			"Describes one attribute of an image the account owns: launchPermission (the "
+			"accounts and groups explicitly allowed to launch it; the owner's implicit "
+			"permission is not listed), description, blockDeviceMapping, or kernel, "
+			"ramdisk, productCodes, sriovNetSupport, bootMode, imdsSupport (which ebsim "
+			"keeps empty). Only the owner may read them: AuthFailure for another account "
+			"that can see the image, InvalidAMIID.NotFound for one that cannot.",
+		.opts = (const struct cli_opt[]){
+			{"image-id", CLI_STRING, true, NULL, "The image."},
+			{"attribute", CLI_STRING, true, NULL,
+			 "launchPermission, description, blockDeviceMapping, kernel, ramdisk, "
+			 "productCodes, sriovNetSupport, bootMode or imdsSupport."},
+			{"dry-run", CLI_BOOLEAN, false, NULL,
+			 "Check the request and answer DryRunOperation."},
+			{NULL, 0, false, NULL, NULL},
+		},
+		.output = (const struct cli_field[]){
+			{0, "ImageId", "string", "The image."},
+			{0, "LaunchPermissions", "list",
+			 "launchPermission: {\"Group\": \"all\"} when public, then {\"UserId\": "
+			 "\"...\"} per account, in the order they were added."},
+			{0, "Description", "structure", "description: {\"Value\": \"...\"}."},
+			{0, "BlockDeviceMappings", "list",
+			 "blockDeviceMapping: the mappings, as describe-images shows them."},
+			{0, NULL, NULL, NULL},
+		},
+		.examples =
+			"To list who may launch an image\n"
+			"\n"
+			"    ebsim describe-image-attribute --image-id ami-0123456789abcdef0 \\\n"
+			"        --attribute launchPermission\n"
+			"\n"
+			"Output:\n"
+			"\n"
+			"    {\n"
+			"        \"ImageId\": \"ami-0123456789abcdef0\",\n"
+			"        \"LaunchPermissions\": [\n"
+			"            {\n"
+			"                \"UserId\": \"111122223333\"\n"
+			"            }\n"
+			"        ]\n"
+			"    }\n",
+	},
+	{
+		.name = "reset-image-attribute",
+		.action = "ResetImageAttribute",
+		.summary = "Resets an image's launch permissions: only its owner may launch it.",
+		.description =
+			"Removes every explicit and public launch permission of an image of the "
+			"account, so that only the owner may launch (and see) it. launchPermission "
+			"is the only attribute that can be reset (InvalidParameterValue otherwise). "
+			"Only the owner may reset it (AuthFailure, or InvalidAMIID.NotFound for an "
+			"account that cannot see the image).",
+		.opts = (const struct cli_opt[]){
+			{"image-id", CLI_STRING, true, NULL, "The image."},
+			{"attribute", CLI_STRING, true, NULL, "launchPermission."},
+			{"dry-run", CLI_BOOLEAN, false, NULL,
+			 "Check the request and answer DryRunOperation."},
+			{NULL, 0, false, NULL, NULL},
+		},
+		.output = (const struct cli_field[]){
+			{0, "Return", "boolean", "true when the permissions were reset."},
+			{0, NULL, NULL, NULL},
+		},
+		.examples =
+			"To make an image private again\n"
+			"\n"
+			"    ebsim reset-image-attribute --image-id ami-0123456789abcdef0 \\\n"
+			"        --attribute launchPermission\n"
 			"\n"
 			"Output:\n"
 			"\n"
@@ -1571,6 +1865,10 @@ static const struct cli_verb cli_verbs[] = {
 			 "Where to launch, as JSON (or file://PATH), e.g. "
 			 "{\"AvailabilityZone\":\"us-east-1b\"}. Default: zone a of the region. "
 			 "attach-volume takes volumes of the instance's zone only."},
+			{"dry-run", CLI_BOOLEAN, false, NULL,
+			 "Check the request (the image, its launch permission, the instance type, "
+			 "the mappings) and answer DryRunOperation instead of launching; nothing is "
+			 "created."},
 			{NULL, 0, false, NULL, NULL},
 		},
 		.output = (const struct cli_field[]){
@@ -3967,6 +4265,19 @@ static struct json_object *cli_count_part(const char *s, size_t len)
 }
 
 /* register-image: --block-device-mappings file://PATH. */
+/* create-image: awscli's --reboot | --no-reboot is the API's NoReboot, inverted. */
+static int cli_prepare_create_image(const struct cli *c, struct json_object *params)
+{
+	struct json_object *v = cli_opt_value(c, "reboot"), *b;
+
+	if (!v)
+		return 0;
+	b = json_object_new_boolean(!json_object_get_boolean(v));
+	if (!b || cli_object_add(params, "NoReboot", b) < 0)
+		return cli_nomem();
+	return 0;
+}
+
 static int cli_prepare_register(const struct cli *c, struct json_object *params)
 {
 	(void)c;

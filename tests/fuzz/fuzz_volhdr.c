@@ -8,9 +8,11 @@
  * ------------
  * Input layout:
  *   byte 0      flags: bit 0 re-seal the header's SHA-256 (so mutations get past it);
- *               bit 1 take the map as exactly size/chunk_size bytes (zero-padded) when the
- *               header's geometry is sane, the rest being the I/O script; otherwise the map
- *               is all the remaining bytes; bit 2 give the data file the header's size
+ *               bit 1 take exactly size/chunk_size chunk states (zero-padded) when the
+ *               header's geometry is sane, the rest being the I/O script, and lay them out
+ *               as the map file's sealed 4 KiB pages (4064 states, page number, CRC-32;
+ *               see blockdev/vol.c), so mutated states get past the page checksums;
+ *               otherwise the map file is all the remaining bytes, raw; bit 2 give the data file the header's size
  *               (else half of it: vol_open must refuse); bit 3 pass a base snapshot.
  *   byte 1, 2   base manifest: bit i of byte 1 lists chunk i (i < 8) in the base, bit i of
  *               byte 2 makes its object real (stored) rather than missing.
@@ -30,6 +32,7 @@
 #include "tests/fuzz/fuzz_util.h"
 
 #include <pthread.h>
+#include <zlib.h>
 
 #define HDR_SIZE 4096u
 #define HDR_SUM_OFF (HDR_SIZE - 32)
@@ -37,6 +40,9 @@
 #define OFF_SIZE 16
 #define OFF_CHUNK 24
 #define HDR_F_BASE 8u
+#define MAP_DPAGE 4096u	   /* blockdev/vol.c: on-disk map page */
+#define MAP_PER_PAGE 4064u /* states per page */
+#define MAP_CRC_OFF 4092u
 #define WINDOW (8u << 20) /* the model covers the volume's first 8 MiB */
 #define MAX_STEPS 16
 #define MAX_IO (256u << 10)
@@ -299,6 +305,27 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		return 0;
 	for (size_t i = 0; i < maplen; i++)
 		map[i] = fuzz_u8(&in);
+	if ((flags & 2) && sane && vsize / cs <= (1u << 20)) {
+		/* seal the states into pages the way vol.c writes them */
+		size_t np = (maplen + MAP_PER_PAGE - 1) / MAP_PER_PAGE;
+		uint8_t *pages = calloc(np ? np : 1, MAP_DPAGE);
+		if (!pages) {
+			free(map);
+			return 0;
+		}
+		for (size_t pg = 0; pg < np; pg++) {
+			uint8_t *q = pages + pg * MAP_DPAGE;
+			uint64_t idx = pg;
+			size_t n = MIN((size_t)MAP_PER_PAGE, maplen - pg * MAP_PER_PAGE);
+			memcpy(q, map + pg * MAP_PER_PAGE, n);
+			memcpy(q + MAP_PER_PAGE, &idx, 8);
+			uint32_t crc = (uint32_t)crc32(0, q, MAP_CRC_OFF);
+			memcpy(q + MAP_CRC_OFF, &crc, 4);
+		}
+		free(map);
+		map = pages;
+		maplen = np * MAP_DPAGE;
+	}
 
 	snprintf(name, sizeof(name), "v%lu", seq++);
 	if (mkdirat(root_fd, name, 0700) < 0 ||

@@ -193,6 +193,7 @@ static void test_put_get(void)
 	char path[256];
 	struct stat st;
 	bool existed = true;
+	uint64_t off = 1;
 	int ret, fd;
 
 	fill(buf, CHUNK);
@@ -234,7 +235,7 @@ static void test_put_get(void)
 	CHECK(!store_has(s, missing), "store_has of a missing id");
 	missing[0] ^= 0x80;
 	CHECK(store_get(s, missing, out, CHUNK) == -ENOENT, "missing id in unused dir");
-	CHECK(store_open_object(s, missing) == -ENOENT, "open missing");
+	CHECK(store_open_object(s, missing, &off) == -ENOENT, "open missing");
 	CHECK(store_remove_object(s, missing) == -ENOENT, "remove missing");
 
 	/* wrong length is a mismatch */
@@ -242,8 +243,8 @@ static void test_put_get(void)
 	CHECK(store_get(s, id, out, CHUNK / 2) == -EBADMSG, "half len accepted");
 
 	/* async readers: open + read + verify */
-	fd = store_open_object(s, id);
-	CHECK(fd >= 0, "store_open_object -> %d", fd);
+	fd = store_open_object(s, id, &off);
+	CHECK(fd >= 0 && off == 0, "store_open_object -> %d", fd);
 	if (fd >= 0) {
 		CHECK(pread(fd, out, CHUNK, 0) == (ssize_t)CHUNK && store_verify(out, CHUNK, id),
 		      "read through store_open_object");
@@ -677,6 +678,202 @@ static void test_check(void)
 	free(out);
 }
 
+/* Files in <store>/packs: *.pack, *.idx and anything else. */
+static void count_packs(const char *store, size_t *packs, size_t *idxs, size_t *others)
+{
+	char path[256];
+	struct dirent *de;
+	DIR *d;
+	int fd;
+
+	*packs = *idxs = *others = 0;
+	snprintf(path, sizeof(path), "%s/packs", store);
+	fd = openat(rootfd, path, O_RDONLY | O_DIRECTORY);
+	d = fd < 0 ? NULL : fdopendir(fd);
+	if (!d)
+		return;
+	while ((de = readdir(d))) {
+		size_t n = strlen(de->d_name);
+		if (de->d_name[0] == '.' && (n == 1 || !strcmp(de->d_name, "..")))
+			continue;
+		if (n > 5 && !strcmp(de->d_name + n - 5, ".pack") && de->d_name[0] != '.')
+			(*packs)++;
+		else if (n > 4 && !strcmp(de->d_name + n - 4, ".idx") && de->d_name[0] != '.')
+			(*idxs)++;
+		else
+			(*others)++;
+	}
+	closedir(d);
+}
+
+/* Flip one byte of the only pack file (or its index) at off. */
+static void flip_in_pack(const char *store, const char *suffix, off_t off)
+{
+	char path[256];
+	struct dirent *de;
+	DIR *d;
+	int fd;
+	uint8_t b;
+
+	snprintf(path, sizeof(path), "%s/packs", store);
+	fd = openat(rootfd, path, O_RDONLY | O_DIRECTORY);
+	d = fdopendir(fd);
+	while ((de = readdir(d))) {
+		size_t n = strlen(de->d_name), sl = strlen(suffix);
+		if (de->d_name[0] == '.' || n <= sl || strcmp(de->d_name + n - sl, suffix))
+			continue;
+		int f = openat(dirfd(d), de->d_name, O_RDWR);
+		CHECK(f >= 0 && pread(f, &b, 1, off) == 1, "read %s", de->d_name);
+		b ^= 0x10;
+		CHECK(pwrite(f, &b, 1, off) == 1, "flip %s", de->d_name);
+		close(f);
+	}
+	closedir(d);
+}
+
+static void pack_put_random(struct store_pack *w, size_t n, uint8_t *data, uint8_t (*ids)[32])
+{
+	for (size_t i = 0; i < n; i++) {
+		bool existed = true;
+		fill(data + i * CHUNK, CHUNK);
+		CHECK(store_sha256(data + i * CHUNK, CHUNK, ids[i]) == 0, "hash %zu", i);
+		CHECK(store_pack_put(w, data + i * CHUNK, CHUNK, ids[i], &existed) == 0 && !existed,
+		      "pack put %zu", i);
+	}
+}
+
+/* The pack writer: objects visible and durable only after commit, read back by id (also at
+ * an offset through store_open_object), dedup, check and GC over packs (repacking the live
+ * entries, freeing the rest), an aborted writer and a damaged index. */
+static void test_packs(void)
+{
+	struct snap_store *s = open_store("pk");
+	uint8_t *data = malloc(8 * CHUNK), *out = malloc(CHUNK), ids[8][32];
+	char m1[ID_MAX], m2[ID_MAX], hex[OBJ_HEX_LEN + 1];
+	const uint64_t idx1[] = {0, 1, 2, 3}, idx2[] = {10, 11, 12};
+	const size_t w1[] = {0, 1, 2, 3}, w2[] = {2, 3, 4};
+	struct store_pack *w = NULL;
+	struct check_report r;
+	struct report_log l;
+	size_t np, ni, no;
+	uint64_t freed = 99, off = 0;
+	bool existed = false;
+	int ret, fd;
+
+	CHECK(store_pack_begin(s, &w) == 0, "pack begin");
+	pack_put_random(w, 6, data, ids);
+	CHECK(store_pack_put(w, data + 2 * CHUNK, CHUNK, ids[2], &existed) == 0 && existed,
+	      "duplicate within a writer stored twice");
+	CHECK(!store_has(s, ids[0]), "visible before commit");
+	CHECK(store_pack_commit(w) == 0, "commit");
+	store_pack_free(w);
+	count_packs("pk", &np, &ni, &no);
+	CHECK(np == 1 && ni == 1 && no == 0 && count_objects("pk") == 0,
+	      "one pack + index, no loose objects: %zu %zu %zu", np, ni, no);
+	for (int i = 0; i < 6; i++)
+		CHECK(store_has(s, ids[i]) && store_get(s, ids[i], out, CHUNK) == 0 &&
+			  !memcmp(out, data + (size_t)i * CHUNK, CHUNK),
+		      "packed object %d", i);
+	fd = store_open_object(s, ids[3], &off);
+	CHECK(fd >= 0 && off == 3 * CHUNK && pread(fd, out, CHUNK, (off_t)off) == CHUNK &&
+		      store_verify(out, CHUNK, ids[3]),
+	      "open packed object -> %d at %llu", fd, (unsigned long long)off);
+	if (fd >= 0)
+		close(fd);
+	CHECK(store_get(s, ids[3], out, CHUNK - 1) == -EBADMSG, "packed object, wrong length");
+
+	/* dedup against packs, and loose puts see packed objects */
+	CHECK(store_pack_begin(s, &w) == 0, "pack begin 2");
+	CHECK(store_pack_put(w, data, CHUNK, ids[0], &existed) == 0 && existed, "dedup vs pack");
+	CHECK(store_pack_commit(w) == 0, "empty commit");
+	store_pack_free(w);
+	CHECK(store_put(s, data + CHUNK, CHUNK, ids[6], &existed) == 0 && existed &&
+		  count_objects("pk") == 0,
+	      "loose put of a packed object");
+	count_packs("pk", &np, &ni, &no);
+	CHECK(np == 1 && ni == 1 && no == 0, "an empty commit made a pack");
+
+	/* an aborted writer leaves nothing */
+	CHECK(store_pack_begin(s, &w) == 0, "pack begin 3");
+	pack_put_random(w, 1, data + 6 * CHUNK, ids + 6);
+	store_pack_free(w);
+	count_packs("pk", &np, &ni, &no);
+	CHECK(np == 1 && ni == 1 && no == 0 && !store_has(s, ids[6]), "aborted pack left behind");
+
+	/* reopened: the index is loaded */
+	store_close(s);
+	s = open_store("pk");
+	CHECK(store_get(s, ids[5], out, CHUNK) == 0 && !memcmp(out, data + 5 * CHUNK, CHUNK),
+	      "packed object after reopen");
+
+	/* check: 5 is leaked; a flipped byte in entry 1 is corrupt, named with M1 and idx 1 */
+	id_new("snap", m1);
+	id_new("snap", m2);
+	write_manifest_of(s, m1, 4, idx1, ids, w1);
+	write_manifest_of(s, m2, 3, idx2, ids, w2);
+	ret = run_check(s, &r, &l);
+	obj_id_hex(ids[5], hex);
+	CHECK(ret == 0 && r.objects_checked == 6 && r.leaked_n == 1 && !strcmp(l.leaked_obj, hex) &&
+		  !r.corrupt_n && !r.missing_n,
+	      "pack check -> %d: %llu checked, %llu leaked", ret,
+	      (unsigned long long)r.objects_checked, (unsigned long long)r.leaked_n);
+	flip_in_pack("pk", ".pack", CHUNK + 999);
+	CHECK(store_get(s, ids[1], out, CHUNK) == -EBADMSG, "corrupt packed object read");
+	ret = run_check(s, &r, &l);
+	obj_id_hex(ids[1], hex);
+	CHECK(ret == 0 && r.corrupt_n == 1 && !strcmp(l.corrupt_obj, hex) &&
+		  !strcmp(l.corrupt_snap, m1) && l.corrupt_idx == 1,
+	      "corrupt packed object report -> %d", ret);
+	flip_in_pack("pk", ".pack", CHUNK + 999);
+
+	/* GC: 5 goes (the pack is rewritten with the live five), then M1's own 0 and 1 */
+	ret = store_gc(s, &freed);
+	count_packs("pk", &np, &ni, &no);
+	CHECK(ret == 0 && freed == 1 && np == 1 && ni == 1 && no == 0 && !store_has(s, ids[5]),
+	      "pack gc -> %d freed %llu, %zu/%zu/%zu", ret, (unsigned long long)freed, np, ni, no);
+	for (int i = 0; i < 5; i++)
+		CHECK(store_get(s, ids[i], out, CHUNK) == 0 &&
+			  !memcmp(out, data + (size_t)i * CHUNK, CHUNK),
+		      "object %d after repack", i);
+	CHECK(manifest_remove(s, m1) == 0, "remove M1");
+	ret = store_gc(s, &freed);
+	CHECK(ret == 0 && freed == 2, "gc after M1 -> %d freed %llu", ret, (unsigned long long)freed);
+	for (int i = 0; i < 5; i++)
+		CHECK((store_get(s, ids[i], out, CHUNK) == 0) == (i >= 2), "object %d after gc", i);
+	ret = run_check(s, &r, &l);
+	CHECK(ret == 0 && r.objects_checked == 3 && !r.leaked_n && !r.missing_n && !r.corrupt_n,
+	      "check after pack gc -> %d: %llu checked %llu leaked", ret,
+	      (unsigned long long)r.objects_checked, (unsigned long long)r.leaked_n);
+	/* the same after a reopen (the rebuilt map matches the files) */
+	store_close(s);
+	s = open_store("pk");
+	ret = run_check(s, &r, &l);
+	CHECK(ret == 0 && r.objects_checked == 3 && !r.leaked_n && !r.missing_n && !r.corrupt_n,
+	      "check after reopen -> %d", ret);
+
+	/* a damaged index: its objects read as missing, never as other bytes */
+	flip_in_pack("pk", ".idx", 40);
+	store_close(s);
+	s = open_store("pk");
+	CHECK(store_get(s, ids[2], out, CHUNK) == -ENOENT, "object of a damaged index");
+	ret = run_check(s, &r, &l);
+	CHECK(ret == 0 && r.missing_n == 3, "damaged index -> %d, %llu missing", ret,
+	      (unsigned long long)r.missing_n);
+	flip_in_pack("pk", ".idx", 40);
+	store_close(s);
+	s = open_store("pk");
+
+	/* the last manifest goes: so does the last pack */
+	CHECK(manifest_remove(s, m2) == 0, "remove M2");
+	ret = store_gc(s, &freed);
+	count_packs("pk", &np, &ni, &no);
+	CHECK(ret == 0 && freed == 3 && np == 0 && ni == 0 && no == 0,
+	      "final gc -> %d freed %llu, %zu/%zu/%zu", ret, (unsigned long long)freed, np, ni, no);
+	store_close(s);
+	free(data);
+	free(out);
+}
+
 static void test_gc(void)
 {
 	struct snap_store *s = open_store("gc");
@@ -979,6 +1176,7 @@ int main(void)
 	test_manifest();
 	test_check();
 	test_gc();
+	test_packs();
 	test_copy();
 	test_concurrent();
 	if (!failures)
