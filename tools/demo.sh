@@ -75,9 +75,13 @@ q() {
 }
 
 # jf EXPR: evaluate EXPR over the JSON on stdin (d; inst(d) = the first instance) and print
-# it: a list one item a line, a tuple tab-separated, nothing for None.
+# it: a list one item a line, a tuple tab-separated, nothing for None or for no input (a
+# failed describe).
 JF='import json, sys
-d = json.load(sys.stdin)
+raw = sys.stdin.read()
+if not raw.strip():
+    sys.exit(0)
+d = json.loads(raw)
 def inst(d):
     return (d["Reservations"][0] if "Reservations" in d else d)["Instances"][0]
 def fmt(x):
@@ -236,6 +240,25 @@ cleanup() {
 	for m in "${made_dirs[@]}"; do
 		[ -d "$m" ] && rmdir "$m" 2>/dev/null && printf '   $ rmdir %s\n' "$m"
 	done
+	# check: nothing the demo recorded is left
+	local left=""
+	for e in "${VOLS[@]}"; do
+		read -r acct reg id <<<"$e"
+		"$EBSIM" --account "$acct" --region "$reg" describe-volumes --volume-ids "$id" >/dev/null 2>&1 && left+=" $id"
+	done
+	for e in "${AMIS[@]}"; do
+		read -r acct reg id <<<"$e"
+		[ -n "$(image_state "$acct" "$reg" "$id")" ] && left+=" $id"
+	done
+	for e in "${INSTS[@]}"; do
+		read -r acct reg id <<<"$e"
+		st=$(inst_state "$acct" "$reg" "$id")
+		[ -z "$st" ] || [ "$st" = terminated ] || left+=" $id($st)"
+	done
+	if [ -n "$left" ]; then
+		printf '   %sFAIL%s still there:%s\n' "$R" "$N" "$left" >&2
+		bad
+	fi
 	if [ "$started_daemon" = 1 ]; then
 		printf '   $ ebsimd --home %s --stop\n' "$HOME_DIR"
 		ensure_stopped || { echo "   could not stop ebsimd on $HOME_DIR" >&2; bad; }
