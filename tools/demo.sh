@@ -168,7 +168,7 @@ image_state() {
 }
 
 cleanup() {
-	local rc=$? e acct reg id ids m st snaps s
+	local rc=$? e acct reg id kind m st snaps s
 	trap - EXIT INT TERM
 	set +e
 	[ "$rc" -ne 0 ] && printf '\n%sCleaning up after the failure%s\n' "$B" "$N"
@@ -662,7 +662,7 @@ else
 	# half a minute each way through FUSE; a small image tells the same story
 	used=$(df -m --output=used "$ROOT1" | tail -1 | tr -d ' ')
 	size=$((used * 2 + 16 > 64 ? used * 2 + 16 : 64))
-	printf '   $ mkfs.ext4 -q -b 4096 -L demo-root -d %s %s %sM    # the root files of %s\n' "$ROOT1" "$img" "$size" "$I1"
+	printf '   $ mkfs.ext4 -q -F -b 4096 -L demo-root -d %s %s %sM    # the root files of %s\n' "$ROOT1" "$img" "$size" "$I1"
 	mkfs.ext4 -q -F -b 4096 -L demo-root -d "$ROOT1" "$img" "${size}M" >/dev/null
 	printf '   $ openssl req -x509 -newkey rsa:2048 -nodes -keyout %s/pk.pem -out %s/cert.pem -days 1 -subj /CN=ebsim-demo\n' "$keys" "$keys"
 	openssl req -x509 -newkey rsa:2048 -nodes -keyout "$keys/pk.pem" -out "$keys/cert.pem" \
