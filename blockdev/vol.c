@@ -34,7 +34,9 @@
  * clean close; an unclean open punches holes in the data file under every chunk that is
  * not PRESENT, ABSENT or ZERO (writes that reached the file but never reached a flushed
  * map), so "not PRESENT => hole" holds again, and marks every PRESENT chunk CHANGED, so the
- * next incremental snapshot cannot miss data.
+ * next incremental snapshot cannot miss data. On a volume that is not simple, a PRESENT
+ * chunk that is all hole (an unflushed whole-chunk discard) becomes ZERO: an encrypted one
+ * would otherwise read the decryption of a hole, bytes nobody wrote.
  *
  * A failed flush is sticky (v->flush_err): every later flush fails too.
  *
@@ -696,7 +698,15 @@ static int vol_recover(struct vol *v)
 {
 	for (uint64_t c = 0; c < v->nchunks; c++) {
 		if (map_state(v, c) == MAP_PRESENT) {
-			map_set(v, c, v->map[c] | MAP_CHANGED);
+			/* A PRESENT chunk that is all hole lost its data to an unflushed whole-chunk
+			 * discard (the only way to punch one; every write leaves complete data):
+			 * it is ZERO, or an encrypted one would decrypt the hole into noise. */
+			off_t o = (off_t)(c << v->chunk_shift);
+			off_t d = v->simple ? o : lseek(v->data_fd, o, SEEK_DATA);
+			if (d < 0 && errno != ENXIO)
+				return -errno;
+			bool hole = d < 0 || d >= o + (off_t)v->chunk_size;
+			map_set(v, c, (hole ? MAP_ZERO : v->map[c] & MAP_STATE) | MAP_CHANGED);
 			continue;
 		}
 		uint64_t run = c;

@@ -20,6 +20,9 @@
  * (volumes.changed_base is cleared), because the changed bits the failed snapshot cleared
  * may have been persisted.
  *
+ * CopySnapshot: a job reads (and verifies) only the chunks the destination region's store
+ * lacks, appends them to a pack there, commits it, then writes the manifest.
+ *
  * Lineage: a snapshot's lineage is its parent's (or its own id for a full snapshot of a
  * volume not restored from one); a volume restored from S continues S's lineage. The direct
  * API listings work on 512 KiB blocks (EBS's BlockSize); a block is listed when any of its
@@ -653,14 +656,24 @@ static void *copy_job(void *arg)
 	struct daemon *d = cj->d;
 	struct cat_snapshot s;
 	uint64_t copied_bytes = 0;
-	int ret = 0;
+	size_t cs = cj->m->chunk_size;
+	struct store_pack *pk = NULL;
+	uint8_t *buf = malloc(cs);
+	int ret = buf && !store_pack_begin(cj->dst, &pk) ? 0 : -ENOMEM;
 
+	/* only the chunks the destination lacks are read (and verified: store_get) and
+	 * appended to a pack there; the commit makes them durable */
 	for (size_t i = 0; i < cj->m->nentries && !ret; i++) {
-		bool copied = false;
-		ret = store_copy_object(cj->src, cj->dst, cj->m->e[i].id, cj->m->chunk_size,
-					&copied);
-		if (copied)
-			copied_bytes += cj->m->chunk_size;
+		const uint8_t *id = cj->m->e[i].id;
+		bool existed = true;
+
+		if (!store_has(cj->dst, id)) {
+			ret = store_get(cj->src, id, buf, cs);
+			if (!ret)
+				ret = store_pack_put(pk, buf, cs, id, &existed);
+		}
+		if (!ret && !existed)
+			copied_bytes += cs;
 		j->done++;
 		if (d->stopping)
 			ret = -ECANCELED;
@@ -669,7 +682,9 @@ static void *copy_job(void *arg)
 	cj->m->parent[0] = 0;
 	snprintf(cj->m->lineage, sizeof(cj->m->lineage), "%s", j->id);
 	if (!ret)
-		ret = store_sync(cj->dst);
+		ret = store_pack_commit(pk);
+	store_pack_free(pk);
+	free(buf);
 	if (!ret)
 		ret = manifest_write(cj->dst, j->id, cj->m);
 	pthread_mutex_lock(&d->lock);

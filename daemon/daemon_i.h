@@ -15,6 +15,7 @@
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
+#include <stdatomic.h>
 #include <stdint.h>
 
 #include <json-c/json.h>
@@ -47,7 +48,8 @@ struct job {
 	char id[ID_MAX];     /* the snapshot (SNAPSHOT, COPY) or volume (INIT) */
 	char volume[ID_MAX]; /* SNAPSHOT: the volume being copied */
 	char region[32];
-	uint64_t done, total; /* chunks */
+	/* chunks; the job thread writes them while describe calls read them */
+	_Atomic uint64_t done, total;
 	uint64_t started_ns;
 	bool finished;
 	pthread_t thread;

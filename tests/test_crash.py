@@ -294,3 +294,36 @@ def test_crash_unflushed_write_into_discarded_chunk(crash_daemon, res, ctx):
     n, j = H.store_check(d, ctx.tally, "after the restore")
     assert n == 0 and j["ObjectsChecked"] > 0, j
     assert_clean_logs(crash_daemon)
+
+
+def test_crash_unflushed_discard_of_encrypted_chunk(crash_daemon, res, ctx):
+    """An unflushed whole-chunk discard of a PRESENT chunk of an encrypted volume punched
+    the data file, but the flushed map still says PRESENT: after the crash the chunk must
+    read as its old bytes or as zeros (what the discard may leave), never as the
+    decryption of a hole (pseudo-random bytes nobody wrote)."""
+    chunk = 64 << 10
+    rng = random.Random(ctx.seed)
+    d = crash_daemon("normal")
+    v = d.create_volume(1, "--encrypted")
+    path = v["LocalPath"]
+    dev = res.losetup(path)
+    old = rng.randbytes(4 * chunk)
+    _direct_write(dev, 0, old)  # chunks 0-3, flushed below
+    fd = os.open(dev, os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
+    H.run(["blkdiscard", "-o", str(chunk), "-l", str(2 * chunk), dev])  # chunks 1, 2; no flush
+    H.kill9(d)
+    res.detach(dev)
+    assert H.loop_gone(dev)
+    H.start_daemon(d, H.clean_env(), ctx.tally)
+    ctx.tally.crash_points += 1
+    with open(path, "rb") as f:
+        got = f.read(4 * chunk)
+    assert got[:chunk] == old[:chunk] and got[3 * chunk:] == old[3 * chunk:], \
+        "a flushed chunk next to the discard changed"
+    for c in (1, 2):
+        piece = got[c * chunk:(c + 1) * chunk]
+        assert piece in (old[c * chunk:(c + 1) * chunk], bytes(chunk)), \
+            f"chunk {c}: neither its old bytes nor zeros after an unflushed discard"
+    assert_clean_logs(crash_daemon)

@@ -349,10 +349,12 @@ def test_copy_snapshot_only_missing_chunks(daemon, home):
               s["SnapshotId"], region="us-west-2")
     s1 = wait_completed_region(d, c1["SnapshotId"], "us-west-2")
     assert s1["DataSize"] == 16 * MIB
+    assert store_objects(home, "us-west-2") == 16 * MIB // CHUNK  # each chunk stored once
     c2 = d.ok("copy-snapshot", "--source-region", "us-east-1", "--source-snapshot-id",
               s["SnapshotId"], region="us-west-2")
     s2 = wait_completed_region(d, c2["SnapshotId"], "us-west-2")
     assert s2["DataSize"] == 0  # the destination already had every chunk
+    assert store_objects(home, "us-west-2") == 16 * MIB // CHUNK
     r = d.ok("create-volume", "--snapshot-id", c2["SnapshotId"], region="us-west-2")
     assert sha_range(r["LocalPath"], 0, 16 * MIB) == sha
     # the copy is invisible from the source region, the source from the destination
