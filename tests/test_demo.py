@@ -13,7 +13,8 @@ Design notes
   starts with. SKIPPABLE lists the steps allowed to say "=> skipped: <why>" instead (a
   feature this build lacks); every other step must succeed.
 - What "nothing behind" means: no daemon (the PID in home/ebsimd.pid is gone; if the demo
-  left one, the test kills that PID and fails), no mount under the home or the demo's temp
+  left one, the test kills that PID and fails; the ``demo`` fixture's teardown also kills it,
+  and unmounts and detaches by exact name what a failed demo left), no mount under the home or the demo's temp
   dir, no loop device backed by a file under the home, the temp dir removed; and, asked
   through a fresh daemon on the same home, the demo's accounts own no volume, snapshot,
   image or live instance in either region.
@@ -145,7 +146,25 @@ def assert_nothing_left(home, out, make_daemon):
     assert sorted(i["VirtualizationType"] for i in imgs) == ["hvm", "paravirtual"]
 
 
-def test_demo_tells_the_story_and_cleans_up(home, make_daemon):
+@pytest.fixture
+def demo(home):
+    """The demo's home; teardown removes what a failed demo may have left there, by exact
+    name: mounts under its temp dir and the home, loop devices backed by files under the
+    home, and its ebsimd (by the PID in home/ebsimd.pid). The test's output goes in
+    ["out"] so that teardown can find the temp dir."""
+    ctx = {"home": home, "out": ""}
+    yield ctx
+    wd = workdir_of(ctx["out"])
+    for m in reversed(mounts_under(*([wd] if wd else []), home)):
+        if m != os.path.join(os.path.realpath(home), "mnt"):
+            subprocess.run(["umount", "-l", m], capture_output=True)
+    for dev in home_loops(home):
+        subprocess.run(["losetup", "-d", dev], capture_output=True)
+    kill_leftover_daemon(home)
+
+
+def test_demo_tells_the_story_and_cleans_up(demo, make_daemon):
+    home = demo["home"]
     t0 = time.monotonic()
     p = run_demo(home)
     try:
@@ -155,6 +174,7 @@ def test_demo_tells_the_story_and_cleans_up(home, make_daemon):
             p.kill()
             p.wait()
     took = time.monotonic() - t0
+    demo["out"] = out
     print(out)
     print(f"demo took {took:.1f} s")
     assert p.returncode == 0, out[-3000:]
@@ -182,8 +202,9 @@ INTERRUPT_AT = {
 
 
 @pytest.mark.parametrize("where", sorted(INTERRUPT_AT))
-def test_demo_interrupted_cleans_up(home, make_daemon, where):
+def test_demo_interrupted_cleans_up(demo, make_daemon, where):
     """Ctrl-C (SIGINT to the demo's process group): exit 130, nothing left."""
+    home = demo["home"]
     at, delay = INTERRUPT_AT[where]
     p = run_demo(home, start_new_session=True)
     out = ""
@@ -204,6 +225,7 @@ def test_demo_interrupted_cleans_up(home, make_daemon, where):
         if p.poll() is None:
             p.kill()
             p.wait()
+    demo["out"] = out
     print(out)
     assert at in out, f"the demo never printed {at!r}"
     assert p.returncode == 130, out[-3000:]
