@@ -9,15 +9,17 @@ Design notes
 - The demo runs as `make demo` runs it (bash tools/demo.sh) with EBSIM_HOME set to the
   test's ``home`` and the default cache dir (/var/cache/ebsim, shared by every home on the
   host: the base AMIs' image file is built there once); it starts its own ebsimd there.
-- Each step ends with one "=> ..." line; STEPS lists, per step, the text its success line
-  starts with. SKIPPABLE lists the steps allowed to say "=> skipped: <why>" instead (a
-  feature this build lacks); every other step must succeed.
+- Each step ends with one "=> ..." line (step 3: one per table); STEPS lists, per step,
+  the patterns its result lines match. SKIPPABLE lists the steps allowed to say
+  "=> skipped: <why>" instead (a feature this build lacks; none now); every other step
+  must succeed.
 - What "nothing behind" means: no daemon (the PID in home/ebsimd.pid is gone; if the demo
-  left one, the test kills that PID and fails; the ``demo`` fixture's teardown also kills it,
-  and unmounts and detaches by exact name what a failed demo left), no mount under the home or the demo's temp
-  dir, no loop device backed by a file under the home, the temp dir removed; and, asked
-  through a fresh daemon on the same home, the demo's accounts own no volume, snapshot,
-  image or live instance in either region.
+  left one, the test kills that PID and fails), no mount under the home or the demo's
+  temp dir, no loop device backed by a file under the home, the temp dir removed; and,
+  asked through a fresh daemon on the same home, the demo's accounts own no volume,
+  snapshot, image or live instance in either region, no bucket or signing certificate of
+  the demo is left, and the base AMIs are still there. The ``demo`` fixture's teardown
+  removes by exact name what a failed demo left (mounts, loop devices, its ebsimd).
 """
 import os
 import re
@@ -27,28 +29,31 @@ import time
 
 import pytest
 
-from conftest import ROOT, is_mounted, pid_running
+from conftest import ROOT, pid_running
 
 OWNER, OTHER, THIRD = "111122223333", "444455556666", "777788889999"
 REGIONS = ("us-east-1", "us-west-2")
 DEMO = os.path.join(ROOT, "tools", "demo.sh")
 
-# step number: the start of its success line ("=> " + this)
+# step number: the regular expressions its "=> ..." result lines match, in order
+ID = "[0-9a-f]{17}"
 STEPS = {
-    1: "launched i-",
-    2: "6 files written and their sha256 recorded",
-    3: "stop/start: EBS kept byte for byte, instance store gone as expected",
-    4: "ami-",
-    5: "i-",
-    6: f"{OTHER} launched the shared image; {THIRD} got InvalidAMIID.NotFound",
-    7: "copied to us-west-2 as ami-",
-    8: "ami-",
-    9: "cleaned up: every instance terminated, everything the demo made removed",
+    1: [rf"launched i-{ID} \(m5d\.large\): root \+ data EBS volumes and an instance store"],
+    2: [r"6 files written and their sha256 recorded"],
+    3: [r"reboot: EBS and instance store kept",
+        r"stop/start: EBS kept byte for byte, instance store gone as expected"],
+    4: [rf"ami-{ID} \(ebsim-demo-[0-9-]+\) available in [0-9.]+ s"],
+    5: [rf"i-{ID} from ami-{ID}: root and data files have the same sha256"],
+    6: [rf"{OTHER} launched the shared image; {THIRD} got InvalidAMIID\.NotFound"],
+    7: [rf"copied to us-west-2 as ami-{ID}, available in [0-9.]+ s"],
+    8: [rf"ami-{ID} \(instance-store\) launched as i-{ID} in [0-9.]+ s against [0-9.]+ s "
+        r"EBS-backed"],
+    9: [r"cleaned up: every instance terminated, everything the demo made removed"],
 }
 SKIPPABLE = set()  # every feature the demo uses is in this build
 
 
-def run_demo(home, timeout=300, **kw):
+def run_demo(home, **kw):
     env = dict(os.environ, EBSIM_HOME=home)
     for k in ("EBSIM_ACCOUNT", "EBSIM_REGION"):
         env.pop(k, None)
@@ -57,15 +62,15 @@ def run_demo(home, timeout=300, **kw):
 
 
 def step_results(out):
-    """{step number: its "=> ..." line without the arrow}."""
+    """{step number: [its "=> ..." lines without the arrow and colours]}."""
     res, step = {}, None
     for line in out.splitlines():
         m = re.match(r"^(?:\x1b\[[0-9;]*m)?(\d+)\. ", line)
         if m:
             step = int(m.group(1))
-        m = re.match(r"^\s+(?:\x1b\[[0-9;]*m)?=> (.*?)(?:\x1b\[0m)?$", line)
+        m = re.match(r"^\s+(?:\x1b\[[0-9;]*m)?=> (.*)$", line)
         if m and step is not None:
-            res[step] = m.group(1)
+            res.setdefault(step, []).append(re.sub(r"\x1b\[[0-9;]*m", "", m.group(1)))
     return res
 
 
@@ -179,11 +184,13 @@ def test_demo_tells_the_story_and_cleans_up(demo, make_daemon):
     print(f"demo took {took:.1f} s")
     assert p.returncode == 0, out[-3000:]
     res = step_results(out)
-    for step, marker in STEPS.items():
-        assert step in res, f"step {step} printed no result line"
-        if step in SKIPPABLE and res[step].startswith("skipped: "):
+    assert sorted(res) == sorted(STEPS), res
+    for step, patterns in STEPS.items():
+        if step in SKIPPABLE and res[step] and res[step][0].startswith("skipped: "):
             continue
-        assert res[step].startswith(marker), f"step {step}: {res[step]!r}"
+        assert len(res[step]) == len(patterns), f"step {step}: {res[step]!r}"
+        for line, pat in zip(res[step], patterns):
+            assert re.match(pat, line), f"step {step}: {line!r} does not match {pat!r}"
     assert "FAIL" not in out
     assert "Demo finished in" in out and "every check passed" in out
     assert_nothing_left(home, out, make_daemon)
