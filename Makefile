@@ -3,7 +3,7 @@
 #   make            build ebsimd, ebsim, ebsim-ami into build/
 #   make check      build and run the C unit tests
 #   make test       everything: unit tests (plain + ASan/UBSan) and the pytest integration suite
-#   make demo       build, then show a volume's life on the default home
+#   make demo       build, then tell an instance's storage story (tools/demo.sh) on the default home
 #   make bench      the fio benchmark matrix (QUICK=1 for a short run)
 #   make deps       install missing Debian packages (does nothing when all are present)
 #   make fuzz       build the libFuzzer targets (tests/fuzz/) and fuzz each for FUZZ_SECONDS
@@ -164,7 +164,7 @@ fuzz: fuzz-build
 DEB_PKGS = build-essential pkg-config libfuse3-dev fuse3 liburing-dev libaio-dev libssl-dev \
 	   libsqlite3-dev libjson-c-dev python3-pytest e2fsprogs fio qemu-utils qemu-system-common \
 	   util-linux sqlite3 gnuplot-nox clang fiu-utils \
-	   libxml2-dev libarchive-dev zlib1g-dev busybox-static
+	   libxml2-dev libarchive-dev zlib1g-dev busybox-static openssl
 deps:
 	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
 		| grep -q '^install ok installed' || echo $$p; done); \
