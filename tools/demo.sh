@@ -440,8 +440,10 @@ mount_dev "$EPH_DEV" "$MNT_EPH"
 write_files "$ROOT1/opt/ebsim-demo" "$workdir/sums.root" "root volume" 4 "$ROOT1"
 write_files "$MNT_DATA" "$workdir/sums.data" "data volume" 8
 write_files "$MNT_EPH" "$workdir/sums.eph" "instance store" 8
-printf '   $ sync\n'
-sync
+# syncfs of the demo's own file systems only: a global sync(1) would also wait on every
+# other FUSE mount of the host, and one whose daemon is stopped would hang it
+printf '   $ sync -f %s %s %s\n' "$ROOT1" "$MNT_DATA" "$MNT_EPH"
+sync -f "$ROOT1" "$MNT_DATA" "$MNT_EPH"
 row "where" "file" "" "sha256"
 while read -r s f; do row "root (EBS)" "/opt/ebsim-demo/$f" "" "${s:0:16}…"; done <"$workdir/sums.root"
 while read -r s f; do row "data (EBS)" "$f" "" "${s:0:16}…"; done <"$workdir/sums.data"
