@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -62,6 +63,24 @@ int rand_bytes(void *buf, size_t len)
 		len -= (size_t)n;
 	}
 	return 0;
+}
+
+int run_isolated(int (*fn)(void *arg), void *arg)
+{
+	pid_t pid = fork();
+	int st, ret;
+
+	if (pid < 0)
+		return -errno;
+	if (pid == 0) {
+		close_range(3, ~0U, 0);
+		ret = fn(arg);
+		_exit(ret < 0 ? (-ret) & 0xff : 0);
+	}
+	while (waitpid(pid, &st, 0) < 0)
+		if (errno != EINTR)
+			return -errno;
+	return WIFEXITED(st) ? -WEXITSTATUS(st) : -EIO;
 }
 
 void secure_zero(void *p, size_t len)

@@ -59,6 +59,16 @@ int rand_bytes(void *buf, size_t len);
 /* Overwrite memory that held secrets, in a way the compiler keeps. */
 void secure_zero(void *p, size_t len);
 
+/* --- processes ------------------------------------------------------------------------ */
+/* Run fn(arg) in a child process that keeps none of the caller's files but 0-2, and wait
+ * for it; fn's result (0 or -errno) is returned. For mount(2), umount2, syncfs and FIFREEZE
+ * on file systems that sit on ebsimd's own FUSE files: if ebsimd is killed (SIGKILL) while
+ * such a call waits for a FUSE reply, its threads die and /dev/fuse is closed (the child
+ * never held it), so the kernel aborts the connection and the call fails in the child,
+ * instead of leaving an unkillable daemon that answers nothing. fn may make system calls
+ * only (no locks, no malloc, no logging). */
+int run_isolated(int (*fn)(void *arg), void *arg);
+
 /* --- test-only crash points ------------------------------------------------------------ */
 /*
  * Built only with -DEBSIM_CRASH_POINTS (make CRASH=1): crash_point("name") kills the

@@ -45,11 +45,9 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <linux/fs.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <unistd.h>
 /* EC2's AMI name rule: 3-128 characters of letters, digits and ( ) [ ] space . / - ' @ _ */
@@ -1199,7 +1197,7 @@ int act_reset_image_attribute(struct api_req *r)
 struct quiet_fs {
 	char mnt[4096], type[64], source[64];
 	unsigned long flags;
-	int fd;		/* FIFREEZE: the mount point, frozen until thawed */
+	bool frozen;	/* FIFREEZE'd, to be thawed */
 	bool unmounted; /* reboot semantics: mount it again afterwards */
 };
 
@@ -1267,8 +1265,8 @@ static int quiet_find(json_object *inst, struct quiet_fs *q, int cap)
 			snprintf(q[n].type, sizeof(q[n].type), "%s", type);
 			snprintf(q[n].source, sizeof(q[n].source), "%s", src);
 			q[n].flags = mount_flags(opts);
-			q[n].fd = -1;
 			q[n].unmounted = false;
+			q[n].frozen = false;
 			n++;
 			break;
 		}
@@ -1283,47 +1281,37 @@ static int quiet_find(json_object *inst, struct quiet_fs *q, int cap)
 static void quiet_begin(const char *iid, struct quiet_fs *q, int n, bool no_reboot)
 {
 	for (int i = n - 1; i >= 0; i--) {
-		int fd = open(q[i].mnt, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-		if (fd < 0) {
-			log_warn("%s: cannot open %s: %s", iid, q[i].mnt, strerror(errno));
-			continue;
-		}
-		if (syncfs(fd) < 0)
-			log_warn("%s: syncfs %s: %s", iid, q[i].mnt, strerror(errno));
+		int ret;
 		if (!no_reboot) {
-			close(fd);
-			if (umount2(q[i].mnt, 0) == 0) {
+			ret = fs_op(FS_SYNC_UNMOUNT, q[i].mnt, NULL, NULL, 0);
+			if (!ret) {
 				q[i].unmounted = true;
 				continue;
 			}
 			log_warn("%s: %s is busy (%s): freezing it instead of unmounting it", iid,
-				 q[i].mnt, strerror(errno));
-			fd = open(q[i].mnt, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-			if (fd < 0)
-				continue;
+				 q[i].mnt, strerror(-ret));
 		}
-		if (ioctl(fd, FIFREEZE, 0) < 0) {
-			log_warn("%s: cannot freeze %s: %s", iid, q[i].mnt, strerror(errno));
-			close(fd);
+		ret = fs_op(FS_SYNC_FREEZE, q[i].mnt, NULL, NULL, 0);
+		if (ret) {
+			log_warn("%s: cannot freeze %s: %s", iid, q[i].mnt, strerror(-ret));
 			continue;
 		}
-		q[i].fd = fd;
+		q[i].frozen = true;
 	}
 }
 
 static void quiet_end(const char *iid, struct quiet_fs *q, int n)
 {
+	int ret;
+
 	for (int i = 0; i < n; i++) {
-		if (q[i].fd >= 0) {
-			if (ioctl(q[i].fd, FITHAW, 0) < 0)
-				log_err("%s: cannot thaw %s: %s", iid, q[i].mnt, strerror(errno));
-			close(q[i].fd);
-			q[i].fd = -1;
-		}
+		if (q[i].frozen && (ret = fs_op(FS_THAW, q[i].mnt, NULL, NULL, 0)))
+			log_err("%s: cannot thaw %s: %s", iid, q[i].mnt, strerror(-ret));
+		q[i].frozen = false;
 		if (q[i].unmounted &&
-		    mount(q[i].source, q[i].mnt, q[i].type, q[i].flags, NULL) < 0)
+		    (ret = fs_op(FS_MOUNT, q[i].mnt, q[i].source, q[i].type, q[i].flags)))
 			log_err("%s: cannot mount %s at %s again: %s", iid, q[i].source, q[i].mnt,
-				strerror(errno));
+				strerror(-ret));
 	}
 }
 

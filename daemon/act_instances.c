@@ -47,6 +47,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -161,12 +163,14 @@ static void root_mount(struct daemon *d, json_object *inst)
 	const char *id = jstr(inst, "InstanceId");
 	const char *loop = jstr(jget(inst, "LocalDevices"), jstr(inst, "RootDeviceName"));
 	char root[4200];
+	int ret;
 
 	if (!loop[0] || !holds_ext(loop))
 		return;
 	inst_path(d, id, "root", root, sizeof(root));
-	if (mount(loop, root, "ext4", MS_NODEV | MS_NOSUID, "") < 0) {
-		log_warn("%s: cannot mount its root %s at %s: %s", id, loop, root, strerror(errno));
+	ret = fs_op(FS_MOUNT, root, loop, "ext4", MS_NODEV | MS_NOSUID);
+	if (ret) {
+		log_warn("%s: cannot mount its root %s at %s: %s", id, loop, root, strerror(-ret));
 		return;
 	}
 	json_object_object_add(inst, "RootMount", json_object_new_string(root));
@@ -175,23 +179,59 @@ static void root_mount(struct daemon *d, json_object *inst)
 static void root_unmount(struct daemon *d, const char *id)
 {
 	char root[4200];
-	int fd;
 
 	inst_path(d, id, "root", root, sizeof(root));
 	if (!is_mounted(root))
 		return;
 	/* flush this file system, not the host's (sync() waits for every other writer on
 	 * the host): its data is on the volume even if it must be detached lazily below */
-	fd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd >= 0) {
-		if (syncfs(fd) < 0)
-			log_warn("%s: syncfs %s: %s", id, root, strerror(errno));
-		close(fd);
-	}
-	if (umount2(root, 0) < 0) {
+	if (fs_op(FS_SYNC_UNMOUNT, root, NULL, NULL, 0)) {
 		log_warn("%s: %s is busy; detaching it lazily", id, root);
-		umount2(root, MNT_DETACH);
+		fs_op(FS_DETACH, root, NULL, NULL, 0);
 	}
+}
+
+struct fs_op_args {
+	enum fs_op_kind op;
+	const char *path, *source, *type;
+	unsigned long flags;
+};
+
+/* In the child of run_isolated: system calls only. */
+static int fs_op_child(void *arg)
+{
+	struct fs_op_args *a = arg;
+	int fd, ret = 0;
+
+	switch (a->op) {
+	case FS_MOUNT:
+		return mount(a->source, a->path, a->type, a->flags, NULL) < 0 ? -errno : 0;
+	case FS_DETACH:
+		return umount2(a->path, MNT_DETACH) < 0 ? -errno : 0;
+	default:
+		break;
+	}
+	fd = open(a->path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	if (a->op == FS_SYNC_UNMOUNT || a->op == FS_SYNC_FREEZE)
+		syncfs(fd); /* best effort: the unmount or freeze below writes back too */
+	if (a->op == FS_SYNC_FREEZE && ioctl(fd, FIFREEZE, 0) < 0)
+		ret = -errno;
+	if (a->op == FS_THAW && ioctl(fd, FITHAW, 0) < 0)
+		ret = -errno;
+	close(fd);
+	if (a->op == FS_SYNC_UNMOUNT && umount2(a->path, 0) < 0)
+		ret = -errno;
+	return ret;
+}
+
+int fs_op(enum fs_op_kind op, const char *path, const char *source, const char *type,
+	  unsigned long flags)
+{
+	struct fs_op_args a = {op, path, source, type, flags};
+
+	return run_isolated(fs_op_child, &a);
 }
 
 /* ---- devices --------------------------------------------------------------------------- */
@@ -1011,13 +1051,12 @@ int act_reboot_instances(struct api_req *r)
 }
 
 /* Terminate one instance (any state but terminated). */
-static void inst_terminate(struct daemon *d, json_object *inst, const char *code,
-			   const char *reason)
+/* Let go of a terminated instance's EBS volumes: delete those with DeleteOnTermination,
+ * detach the others. Idempotent: instances_recover repeats it after a crash. */
+static void inst_release(struct daemon *d, json_object *inst)
 {
 	json_object *bdm = jget(inst, "BlockDeviceMappings");
-	char when[32];
 
-	inst_down(d, inst, true);
 	for (size_t i = 0; bdm && i < json_object_array_length(bdm); i++) {
 		json_object *e = jget(json_object_array_get_idx(bdm, i), "Ebs");
 		const char *vol = jstr(e, "VolumeId");
@@ -1027,11 +1066,26 @@ static void inst_terminate(struct daemon *d, json_object *inst, const char *code
 			attach_forget(d, vol);
 	}
 	json_object_object_add(inst, "BlockDeviceMappings", json_object_new_array());
+	json_object_object_del(inst, "_Releasing");
+	inst_save(d, inst);
+	file_remove_tree(d->inst_fd, jstr(inst, "InstanceId"));
+}
+
+/* Crash protocol: the terminated state is committed (with _Releasing and the mappings)
+ * before any volume is deleted, so a kill -9 in between leaves an instance that
+ * instances_recover finishes, never a "stopped" one whose root volume is gone. */
+static void inst_terminate(struct daemon *d, json_object *inst, const char *code,
+			   const char *reason)
+{
+	char when[32];
+
+	inst_down(d, inst, true);
 	set_state(inst, ST_TERMINATED, code, reason);
 	snprintf(when, sizeof(when), "%lld", (long long)time(NULL));
 	json_object_object_add(inst, "_TerminatedAt", json_object_new_string(when));
+	json_object_object_add(inst, "_Releasing", json_object_new_boolean(true));
 	inst_save(d, inst);
-	file_remove_tree(d->inst_fd, jstr(inst, "InstanceId"));
+	inst_release(d, inst);
 	log_info("terminated %s", jstr(inst, "InstanceId"));
 }
 
@@ -1472,7 +1526,10 @@ static int recover_one(void *arg, const char *id, const char *account, json_obje
 
 	(void)id;
 	(void)account;
-	if (st != ST_STOPPED && st != ST_TERMINATED)
+	if (st == ST_TERMINATED && jget(inst, "_Releasing")) {
+		log_warn("%s: terminated while the daemon stopped; releasing its volumes", id);
+		inst_release(d, inst);
+	} else if (st != ST_STOPPED && st != ST_TERMINATED)
 		host_lost(d, inst,
 			  "Server.InternalError: the host (ebsimd) restarted while the instance "
 			  "ran; its instance store was lost");

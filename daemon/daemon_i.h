@@ -256,6 +256,19 @@ int ami_bundle_root_plan(struct api_req *r, json_object *img, const char *inst_i
  * the instance back). */
 int ami_bundle_root_fill(struct api_req *r, json_object *img, json_object *inst);
 
+/* Mount-table operations on file systems that may sit on ebsimd's own FUSE files, each run
+ * in a child process (run_isolated) so that a SIGKILL of ebsimd cannot leave it blocked for
+ * ever on its own FUSE replies (act_instances.c). 0 or -errno. */
+enum fs_op_kind {
+	FS_MOUNT,	  /* mount source (type, flags) at path */
+	FS_SYNC_UNMOUNT,  /* syncfs, then unmount path (-EBUSY while busy) */
+	FS_DETACH,	  /* lazy unmount of path */
+	FS_SYNC_FREEZE,	  /* syncfs, then FIFREEZE */
+	FS_THAW,	  /* FITHAW */
+};
+int fs_op(enum fs_op_kind op, const char *path, const char *source, const char *type,
+	  unsigned long flags);
+
 /* Instances (act_instances.c). */
 int act_run_instances(struct api_req *r);
 int act_describe_instances(struct api_req *r);
