@@ -156,5 +156,6 @@ uint64_t vol_base_reads(const struct vol *v);
 int vol_pread(struct vol *v, void *buf, size_t len, uint64_t off);
 int vol_pwrite(struct vol *v, const void *buf, size_t len, uint64_t off);
 int vol_fsync(struct vol *v);
+int vol_pdiscard(struct vol *v, uint64_t off, uint64_t len);
 
 #endif

@@ -2178,3 +2178,11 @@ int vol_fsync(struct vol *v)
 	vol_flush(v, waiter_cb, &w);
 	return waiter_wait(&w);
 }
+
+int vol_pdiscard(struct vol *v, uint64_t off, uint64_t len)
+{
+	struct waiter w = WAITER_INIT;
+
+	vol_discard(v, off, len, waiter_cb, &w);
+	return waiter_wait(&w);
+}

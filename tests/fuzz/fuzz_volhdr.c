@@ -31,7 +31,6 @@
 #include "snapshot/snapshot.h"
 #include "tests/fuzz/fuzz_util.h"
 
-#include <pthread.h>
 #include <zlib.h>
 
 #define HDR_SIZE 4096u
@@ -161,37 +160,6 @@ static bool all_known(uint64_t off, size_t len)
 	return true;
 }
 
-struct waiter {
-	pthread_mutex_t m;
-	pthread_cond_t c;
-	bool done;
-	int res;
-};
-
-static void waiter_cb(void *arg, int res)
-{
-	struct waiter *w = arg;
-
-	pthread_mutex_lock(&w->m);
-	w->res = res;
-	w->done = true;
-	pthread_cond_signal(&w->c);
-	pthread_mutex_unlock(&w->m);
-}
-
-/* vol_discard has no synchronous wrapper in blockdev.h. */
-static int discard_sync(struct vol *v, uint64_t off, uint64_t len)
-{
-	struct waiter w = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false, 0};
-
-	vol_discard(v, off, len, waiter_cb, &w);
-	pthread_mutex_lock(&w.m);
-	while (!w.done)
-		pthread_cond_wait(&w.c, &w.m);
-	pthread_mutex_unlock(&w.m);
-	return w.res;
-}
-
 struct range {
 	uint64_t off;
 	size_t len;
@@ -243,7 +211,7 @@ static void run_script(struct vol *v, struct fuzz_in *in, struct range *written,
 			}
 			break;
 		case 2:
-			r = discard_sync(v, off, len);
+			r = vol_pdiscard(v, off, len);
 			for (size_t i = 0; i < len && off + i < WINDOW; i++) {
 				model[off + i] = 0;
 				known[off + i] = r >= 0;
