@@ -169,7 +169,9 @@ image_state() {
 
 cleanup() {
 	local rc=$? e acct reg id kind m st snaps s
-	trap - EXIT INT TERM
+	# a second Ctrl-C must not cut the clean-up short: it and its commands ignore INT/TERM
+	trap - EXIT
+	trap '' INT TERM
 	set +e
 	[ "$rc" -ne 0 ] && printf '\n%sCleaning up after the failure%s\n' "$B" "$N"
 	for m in "${MOUNTS[@]}"; do
