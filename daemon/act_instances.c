@@ -279,6 +279,13 @@ static void dev_detach(struct daemon *d, json_object *inst, const char *device)
 		ret = loop_detach(loop, file);
 		if (ret && ret != -ENXIO)
 			log_warn("%s: detaching %s: %s", id, loop, strerror(-ret));
+		/* The kernel drops the loop's reference to the FUSE file only when the last
+		 * opener of the device (udev's blkid probe, a mount being torn down) closes it:
+		 * wait for that, so the volume is free again (attachable, deletable) when the
+		 * detach returns. */
+		const char *base = strrchr(file, '/');
+		if (volfs_wait_closed(d->fs, base ? base + 1 : file, 3000))
+			log_warn("%s: %s is still open 3 s after detaching %s", id, file, loop);
 	}
 	inst_path(d, id, "dev/", link, sizeof(link));
 	strncat(link, device_basename(device), sizeof(link) - strlen(link) - 1);

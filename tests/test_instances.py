@@ -34,6 +34,7 @@ import random
 import re
 import stat
 import statistics
+import threading
 import time
 
 import pytest
@@ -1234,6 +1235,30 @@ def test_detach_volume_checks_device(daemon, image):
     assert out["State"] == "detaching" and out["Device"] == "/dev/sdf"
     assert volume(d, vid)["State"] == "available"
     assert "/dev/sdf" not in describe(d, iid)["LocalDevices"]
+    d.ok("terminate-instances", "--instance-ids", iid)
+
+
+def test_detach_waits_for_the_device_to_let_go(daemon, image):
+    """The kernel drops a loop device's reference to its file only when the last opener of
+    the device closes it (udev's blkid probe after every attach does this under load).
+    Detach waits for that: once it returns the volume is available and attaches again."""
+    d = daemon
+    iid = run1(d, image["ami"])["InstanceId"]
+    vid = d.create_volume(1)["VolumeId"]
+    d.ok("attach-volume", "--volume-id", vid, "--instance-id", iid, "--device", "/dev/sdf")
+    loop = describe(d, iid)["LocalDevices"]["/dev/sdf"]
+    fd = os.open(loop, os.O_RDONLY)  # a late opener of the device, like blkid
+    closer = threading.Timer(1.0, os.close, (fd,))
+    closer.start()
+    try:
+        d.ok("detach-volume", "--volume-id", vid)
+        assert volume(d, vid)["State"] == "available"
+        d.ok("attach-volume", "--volume-id", vid, "--instance-id", iid, "--device", "/dev/sdg")
+    finally:
+        closer.join()
+    assert volume(d, vid)["State"] == "in-use"
+    assert "/dev/sdg" in describe(d, iid)["LocalDevices"]
+    d.ok("detach-volume", "--volume-id", vid)
     d.ok("terminate-instances", "--instance-ids", iid)
 
 
