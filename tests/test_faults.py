@@ -303,28 +303,43 @@ def wait_state(d, snap, want, timeout=120):
 
 # ---- libfiu: EIO and short writes --------------------------------------------------------
 
-FIU_RUN = shutil.which("fiu-run")
 FIU_CTRL = shutil.which("fiu-ctrl")
+FIU_LIBS = ("/usr/lib/fiu/fiu_run_preload.so", "/usr/lib/fiu/fiu_posix_preload.so")
+
+
+def asan_runtime(binary):
+    """The libasan an ASan build (make SAN=1, gcc) is linked with, else None."""
+    with open(binary, "rb") as f:
+        if b"libasan.so" not in f.read():
+            return None
+    out = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True,
+                         text=True).stdout.strip()
+    return out if os.path.isabs(out) else None
 
 
 @pytest.fixture
 def fiu_daemon(home, make_daemon):
-    """ebsimd (psync engine) under fiu-run -x, with its control FIFO in the home.
+    """ebsimd (psync engine) with libfiu's POSIX preload (what `fiu-run -x` sets up), with
+    its control FIFO in the home.
 
     libfiu's preload starts its FIFO thread before ebsimd's main() blocks SIGTERM for its
     signalfd, so that thread would take SIGTERM and the default action would kill the
     daemon without its orderly shutdown; the wrapper blocks the signals before exec, so
-    every thread inherits the mask and `ebsimd --stop` works as without libfiu."""
-    if not (FIU_RUN and FIU_CTRL and os.path.exists("/usr/lib/fiu/fiu_posix_preload.so")):
+    every thread inherits the mask and `ebsimd --stop` works as without libfiu. An ASan
+    build needs its runtime first in LD_PRELOAD (fiu-run cannot put it there; with libfiu
+    first the process crashes at start), so the wrapper sets the variables itself."""
+    if not (FIU_CTRL and all(os.path.exists(p) for p in FIU_LIBS)):
         pytest.skip("libfiu (Debian fiu-utils) is not installed: make deps")
     wrapper = os.path.join(home, "ebsimd-fiu")
     prefix = os.path.join(home, "fiu")
+    preload = " ".join(filter(None, (asan_runtime(EBSIMD),) + FIU_LIBS))
     with open(wrapper, "w") as f:
         f.write("#!/usr/bin/python3\nimport os, signal, sys\n"
                 "signal.pthread_sigmask(signal.SIG_BLOCK, "
                 "{signal.SIGTERM, signal.SIGINT, signal.SIGHUP})\n"
-                f"os.execv({FIU_RUN!r}, ['fiu-run', '-x', '-f', {prefix!r}, {EBSIMD!r}]"
-                " + sys.argv[1:])\n")
+                f"os.environ.update(FIU_ENABLE='', FIU_CTRL_FIFO={prefix!r}, "
+                f"LD_PRELOAD={preload!r})\n"
+                f"os.execv({EBSIMD!r}, [{EBSIMD!r}] + sys.argv[1:])\n")
     os.chmod(wrapper, 0o755)
     d = make_daemon(engine="psync", ebsimd=wrapper, subhome="h")
     fifo = f"{prefix}-{d.pid}.in"
