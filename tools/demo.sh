@@ -204,11 +204,6 @@ cleanup() {
 		st=$(inst_state "$acct" "$reg" "$id")
 		[ -z "$st" ] || wait_state "$id" terminated "$acct" "$reg" || bad
 	done
-	for e in "${VOLS[@]}"; do # the volumes kept at terminate (DeleteOnTermination false)
-		read -r acct reg id <<<"$e"
-		"$EBSIM" --account "$acct" --region "$reg" describe-volumes --volume-ids "$id" >/dev/null 2>&1 || continue
-		ACCT=$acct REG=$reg ec2_soft delete-volume --volume-id "$id"
-	done
 	for e in "${AMIS[@]}"; do
 		read -r acct reg id <<<"$e"
 		for _ in $(seq 300); do # a pending image keeps its snapshots: let it finish
@@ -227,6 +222,12 @@ cleanup() {
 			"$EBSIM" --account "$acct" --region "$reg" describe-snapshots --snapshot-ids "$s" >/dev/null 2>&1 &&
 				ACCT=$acct REG=$reg ec2_soft delete-snapshot --snapshot-id "$s"
 		done
+	done
+	for e in "${VOLS[@]}"; do # the volumes kept at terminate (DeleteOnTermination false), after
+		# the images: a pending image's snapshot of a volume keeps that volume in use
+		read -r acct reg id <<<"$e"
+		"$EBSIM" --account "$acct" --region "$reg" describe-volumes --volume-ids "$id" >/dev/null 2>&1 || continue
+		ACCT=$acct REG=$reg ec2_soft delete-volume --volume-id "$id"
 	done
 	if [ -n "$bucket_dir" ] && [ -d "$bucket_dir" ]; then
 		printf '   $ rm -r %s\n' "$bucket_dir"
