@@ -77,6 +77,12 @@ def store_objects(home, region="us-east-1"):
     return store_layout.count(home, region)
 
 
+def allocated(home, vid):
+    """Bytes allocated on disk to a volume's data file (speed is the benchmarks' business;
+    a lazy restore shows as a data file with nothing in it)."""
+    return os.stat(os.path.join(home, "volumes", vid, "data")).st_blocks * 512
+
+
 def vol(d, size=1, *extra):
     v = d.create_volume(size, *extra)
     return v["VolumeId"], v["LocalPath"]
@@ -214,11 +220,10 @@ def test_lazy_restore_cow_and_initialize(daemon, home):
     vid, path = vol(d, 4)
     sha_a = write_pattern(path, "lazy", 256 * MIB, off=GIB)
     s = snapshot(d, vid)
-    t0 = time.monotonic()
     r = d.ok("create-volume", "--snapshot-id", s["SnapshotId"])
-    elapsed = time.monotonic() - t0
-    assert elapsed < 1.0, f"create-volume from a 4 GiB snapshot took {elapsed:.2f}s"
     assert r["Size"] == 4
+    # restored lazily: nothing was copied into the new volume's data file
+    assert allocated(home, r["VolumeId"]) == 0
     rpath = r["LocalPath"]
     # an untouched region reads the snapshot's bytes
     assert sha_range(rpath, GIB, 256 * MIB) == sha_a
@@ -404,7 +409,7 @@ def test_kill9_during_pending_snapshot(daemon, home):
     d.expect_errors()
 
 
-def test_large_sparse_volume(daemon):
+def test_large_sparse_volume(daemon, home):
     """64 GiB sparse; 1 GiB written under make stress, 256 MiB in make test."""
     d = daemon
     vid, path = vol(d, 64)
@@ -412,10 +417,9 @@ def test_large_sparse_volume(daemon):
     sha = write_pattern(path, "big", size, off=40 * GIB, bs=16 * MIB)
     s = snapshot(d, vid)
     assert s["VolumeSize"] == 64
-    t0 = time.monotonic()
     r = d.ok("create-volume", "--snapshot-id", s["SnapshotId"])
-    assert time.monotonic() - t0 < 1.0
     assert r["Size"] == 64
+    assert allocated(home, r["VolumeId"]) == 0  # lazy: nothing copied at create
     assert sha_range(r["LocalPath"], 40 * GIB, size) == sha
 
 
