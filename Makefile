@@ -97,9 +97,21 @@ variants:
 	$(MAKE) SAN= LYING= CRASH=1 all
 	$(MAKE) SAN= CRASH= LYING=1 all
 
-# The whole suite: pytest drives the C unit tests (plain and sanitized) and the binaries.
+# The whole suite, twice: against build/ and against the ASan+UBSan build (build-asan/).
+# pytest-xdist runs test files in parallel (PYTEST_WORKERS; most tests wait on daemons,
+# mounts and fsyncs, not on the CPU). In the sanitizer pass every process logs its
+# sanitizer reports under SAN_LOGS and a report fails the test that was running
+# (tests/conftest.py); test_unit and test_fuzz are left out of it because the first pass
+# already runs their sanitized programs (every unit test under build-asan/ too; the fuzz
+# targets are ASan+UBSan builds).
+PYTEST_WORKERS ?= 3
+SAN_LOGS = $(CURDIR)/build-asan/sanitizer-reports
 test: all unit asan variants fuzz-build
-	$(PYTEST) -ra tests/ $(PYTEST_ARGS)
+	$(PYTEST) -ra -n $(PYTEST_WORKERS) --dist loadfile tests/ $(PYTEST_ARGS)
+	@echo "==> the same suite against the ASan+UBSan build (build-asan/)"
+	rm -rf $(SAN_LOGS) && mkdir -p $(SAN_LOGS)
+	EBSIM_BUILD=$(CURDIR)/build-asan EBSIM_SAN_LOG_DIR=$(SAN_LOGS) $(PYTEST) -ra -n $(PYTEST_WORKERS) --dist loadfile tests/ \
+		--deselect tests/test_unit.py --deselect tests/test_fuzz.py $(PYTEST_ARGS)
 
 stress: all unit variants fuzz-build
 	EBSIM_STRESS=1 $(PYTEST) -ra tests/ $(PYTEST_ARGS)
@@ -162,7 +174,7 @@ fuzz: fuzz-build
 			$(FUZZ_B)/corpus/$$n tests/fuzz/corpus/$$n || exit 1; done
 
 DEB_PKGS = build-essential pkg-config libfuse3-dev fuse3 liburing-dev libaio-dev libssl-dev \
-	   libsqlite3-dev libjson-c-dev python3-pytest e2fsprogs fio qemu-utils qemu-system-common \
+	   libsqlite3-dev libjson-c-dev python3-pytest python3-pytest-xdist e2fsprogs fio qemu-utils qemu-system-common \
 	   util-linux sqlite3 gnuplot-nox clang fiu-utils \
 	   libxml2-dev libarchive-dev zlib1g-dev busybox-static openssl
 deps:

@@ -13,6 +13,11 @@ Design notes
 - At teardown the daemon log is scanned for unexpected "error:" lines (tests that provoke
   errors on purpose pass ``expect_log_errors=True`` via ``daemon.expect_errors()``).
 - Binaries come from $EBSIM_BUILD (default: build/ at the repository root).
+- Sanitizer reports: `make test`'s second pass runs the suite against the ASan+UBSan
+  build with $EBSIM_SAN_LOG_DIR set; this file then points ASan, UBSan and LSan (with
+  tests/lsan.supp) at log files in one directory per xdist worker, so a report from any
+  process (a daemon's stderr is its log, in a home the test removes) lands there; the
+  autouse ``no_sanitizer_reports`` fixture fails the test during which one appeared.
 - Daemons start with ``--no-base-images`` (no base AMIs: faster); a test that wants them
   asks ``make_daemon(base_images=True)`` (optionally ``cache_dir=`` a private cache).
 """
@@ -224,6 +229,42 @@ class Daemon:
         if self.allow_errors:
             return []
         return [l for l in self.log().splitlines() if " error: " in l]
+
+
+SAN_LOG_DIR = os.environ.get("EBSIM_SAN_LOG_DIR")
+SANITIZED = bool(SAN_LOG_DIR)  # the ASan+UBSan pass: model tests run fewer sequences
+if SANITIZED:
+    # one directory per xdist worker: its tests run one at a time, so a report that appears
+    # there during a test is that test's (every process a test starts inherits this)
+    SAN_LOG_DIR = os.path.join(SAN_LOG_DIR, os.environ.get("PYTEST_XDIST_WORKER", "main"))
+    os.makedirs(SAN_LOG_DIR, exist_ok=True)
+    for var, name, extra in (
+            ("ASAN_OPTIONS", "asan", ""),
+            ("UBSAN_OPTIONS", "ubsan", ":print_stacktrace=1"),
+            ("LSAN_OPTIONS", "lsan",
+             ":print_suppressions=0:suppressions=" +
+             os.path.join(os.path.dirname(__file__), "lsan.supp"))):
+        os.environ[var] = f"log_path={os.path.join(SAN_LOG_DIR, name)}{extra}"
+
+
+@pytest.fixture(autouse=True)
+def no_sanitizer_reports():
+    """Fail the test if an ASan, UBSan or LeakSanitizer report was written while it ran
+    (only in the sanitizer pass: $EBSIM_SAN_LOG_DIR set)."""
+    if not SANITIZED:
+        yield
+        return
+    before = set(os.listdir(SAN_LOG_DIR))
+    yield
+    reports = []
+    for n in sorted(set(os.listdir(SAN_LOG_DIR)) - before):
+        with open(os.path.join(SAN_LOG_DIR, n), errors="replace") as f:
+            text = f.read()
+        # a report says "ERROR: AddressSanitizer/LeakSanitizer" or "runtime error:" (UBSan);
+        # LSan's warnings ("Running thread ... was not suspended") alone are not one
+        if "ERROR: " in text or "runtime error" in text:
+            reports.append(f"--- {n} ---\n{text[:4000]}")
+    assert not reports, f"sanitizer reports in {SAN_LOG_DIR}:\n" + "\n".join(reports)
 
 
 @pytest.fixture
