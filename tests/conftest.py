@@ -321,7 +321,12 @@ def daemon(home, res):
     d = Daemon(home).start()
     yield d
     res.cleanup()
+    stopped_cleanly = d.alive()
     _teardown_daemon(d)
+    # a clean stop detaches every device the daemon made, including those an earlier
+    # daemon on this home left when it was killed (a killed last daemon leaves its own)
+    left = home_loops(home) if stopped_cleanly else {}
+    assert not left, f"loop devices left behind: {left}"
     errors = d.unexpected_log_errors()
     assert not errors, "unexpected errors in ebsimd.log:\n" + "\n".join(errors)
 
