@@ -10,8 +10,19 @@
  * O_DIRECT: the FUSE file is direct-I/O anyway, and loop then issues asynchronous direct
  * I/O, which is what keeps the queue deep (PERF-NOTES). 4 KiB logical blocks match the
  * volume's encryption sector. No autoclear: the daemon detaches explicitly, and at
- * start-up detaches devices a crashed daemon left, checking each is still backed by the
- * file it expects (sysfs backing_file) before touching it.
+ * start-up detaches the devices a crashed daemon recorded, checking each is still backed by
+ * the file it expects (sysfs backing_file) before touching it.
+ *
+ * What sysfs shows for a device left by a crashed daemon: the kernel prints the backing
+ * file's path as seen from our root. While the dead FUSE mount is still attached that is
+ * "<home>/mnt/<name>"; once it is detached (the next daemon clears it with MNT_DETACH
+ * before anything else) the file is unreachable and the kernel prints its path relative to
+ * the detached mount, "/<name>" (volume files sit at the mount's root), possibly followed
+ * by " (deleted)". Both forms mean the device is still ours: backed_by() accepts either,
+ * for the device number the daemon recorded at attach. (LOOP_GET_STATUS64, which would
+ * return lo_file_name, cannot help here: it stats the backing file and fails with ENOTCONN
+ * once the FUSE connection is dead.) A device someone else attached meanwhile, or one the
+ * daemon never recorded, is left alone.
  */
 #include "fuse/loop.h"
 
@@ -60,6 +71,21 @@ out_file:
 	return ret;
 }
 
+/* Does the kernel's backing path buf name path: equal to it, or to "/<basename>" (the
+ * mount holding path was detached), either optionally followed by " (deleted)"? */
+static bool names_file(const char *buf, const char *path)
+{
+	const char *base = strrchr(path, '/');
+	size_t n = strlen(path);
+
+	if (!strncmp(buf, path, n) && (!buf[n] || !strcmp(buf + n, " (deleted)")))
+		return true;
+	if (!base || base == path)
+		return false;
+	n = strlen(base);
+	return !strncmp(buf, base, n) && (!buf[n] || !strcmp(buf + n, " (deleted)"));
+}
+
 static bool backed_by(const char *dev, const char *path)
 {
 	char sys[128], buf[4200];
@@ -78,9 +104,7 @@ static bool backed_by(const char *dev, const char *path)
 	buf[n] = 0;
 	if (buf[n - 1] == '\n')
 		buf[n - 1] = 0;
-	/* a file on a dead FUSE mount shows as "path (deleted)" once the mount is gone */
-	return !strncmp(buf, path, strlen(path)) &&
-	       (buf[strlen(path)] == 0 || buf[strlen(path)] == ' ');
+	return names_file(buf, path);
 }
 
 int loop_detach(const char *dev, const char *path)

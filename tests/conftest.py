@@ -18,6 +18,12 @@ Design notes
   tests/lsan.supp) at log files in one directory per xdist worker, so a report from any
   process (a daemon's stderr is its log, in a home the test removes) lands there; the
   autouse ``no_sanitizer_reports`` fixture fails the test during which one appeared.
+- Loop devices of a home (``home_loops``): those whose kernel backing path (sysfs
+  backing_file) lies under the home, or, once a crashed daemon's FUSE mount has been
+  detached, is "/<name>" for a volume or instance store of that home (the kernel then
+  prints the path relative to the detached mount). The ``home`` fixture detaches, by exact
+  device and after checking its backing again, whatever a test's killed daemon left, before
+  it lazily unmounts the home's dead FUSE mount (after which only the relative form shows).
 - Daemons start with ``--no-base-images`` (no base AMIs: faster); a test that wants them
   asks ``make_daemon(base_images=True)`` (optionally ``cache_dir=`` a private cache).
 """
@@ -80,6 +86,60 @@ def pid_running(pid):
         return not (zombie and os.listdir(f"/proc/{pid}/task") == [str(pid)])
     except (FileNotFoundError, ProcessLookupError):
         return False
+
+
+def _loop_backing(name):
+    """The kernel's backing path of /dev/<name> without " (deleted)", or None."""
+    try:
+        with open(f"/sys/block/{name}/loop/backing_file") as f:
+            backing = f.read().rstrip("\n")
+    except OSError:
+        return None
+    return backing[:-len(" (deleted)")] if backing.endswith(" (deleted)") else backing
+
+
+def _home_names(home):
+    """Names of the files a home's FUSE mount serves: volume ids and instance-store names
+    (i-<id>.ephN, matched by instance id)."""
+    def ls(sub):
+        try:
+            return set(os.listdir(os.path.join(home, sub)))
+        except OSError:
+            return set()
+    return ls("volumes"), ls("instances")
+
+
+def _of_home(backing, prefix, vols, insts):
+    if backing.startswith(prefix):
+        return True
+    name = backing[1:] if backing.startswith("/") and "/" not in backing[1:] else None
+    if not name:
+        return False
+    return name in vols or ".eph" in name and name.split(".eph")[0] in insts
+
+
+def home_loops(home):
+    """Loop devices backed by a file of home, live or left by a crashed daemon:
+    {"/dev/loopN": kernel backing path}."""
+    prefix = os.path.realpath(home) + "/"
+    vols, insts = _home_names(home)
+    out = {}
+    for name in os.listdir("/sys/block"):
+        backing = _loop_backing(name) if name.startswith("loop") else None
+        if backing and _of_home(backing, prefix, vols, insts):
+            out["/dev/" + name] = backing
+    return out
+
+
+def detach_home_loops(home):
+    """Detach the loop devices of home (after its daemons are gone), each by exact device
+    after checking it is still backed by the same file. Returns the devices detached."""
+    done = []
+    for dev, backing in home_loops(home).items():
+        if _loop_backing(os.path.basename(dev)) == backing:
+            if subprocess.run(["losetup", "-d", dev], capture_output=True).returncode == 0:
+                done.append(dev)
+    return done
 
 
 class Resources:
@@ -271,6 +331,8 @@ def no_sanitizer_reports():
 def home():
     d = tempfile.mkdtemp(prefix="ebsim-test-", dir="/tmp")
     yield d
+    # what a test's killed daemon left; while its dead mount is attached the full path shows
+    detach_home_loops(d)
     mnt = os.path.join(d, "mnt")
     if is_mounted(mnt):
         subprocess.run(["umount", "-l", mnt], capture_output=True)
@@ -300,7 +362,12 @@ def daemon(home, res):
     d = Daemon(home).start()
     yield d
     res.cleanup()
+    stopped_cleanly = d.alive()
     _teardown_daemon(d)
+    # a clean stop detaches every device the daemon made, including those an earlier
+    # daemon on this home left when it was killed (a killed last daemon leaves its own)
+    left = home_loops(home) if stopped_cleanly else {}
+    assert not left, f"loop devices left behind: {left}"
     errors = d.unexpected_log_errors()
     assert not errors, "unexpected errors in ebsimd.log:\n" + "\n".join(errors)
 
@@ -321,6 +388,7 @@ def make_daemon(home, res):
     res.cleanup()
     for d in made:
         _teardown_daemon(d)
+        detach_home_loops(d.home)
         mnt = os.path.join(d.home, "mnt")
         if is_mounted(mnt):
             subprocess.run(["umount", "-l", mnt], capture_output=True)
