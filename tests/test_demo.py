@@ -30,7 +30,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, pid_running
+from conftest import ROOT, home_loops, pid_running
 
 OWNER, OTHER, THIRD = "111122223333", "444455556666", "777788889999"
 REGIONS = ("us-east-1", "us-west-2")
@@ -73,19 +73,6 @@ def step_results(out):
         if m and step is not None:
             res.setdefault(step, []).append(re.sub(r"\x1b\[[0-9;]*m", "", m.group(1)))
     return res
-
-
-def home_loops(home):
-    prefix = os.path.realpath(home) + "/"
-    out = []
-    for name in os.listdir("/sys/block"):
-        try:
-            with open(f"/sys/block/{name}/loop/backing_file") as f:
-                if f.read().strip().startswith(prefix):
-                    out.append("/dev/" + name)
-        except OSError:
-            continue
-    return out
 
 
 def mounts_under(*dirs):

@@ -39,7 +39,7 @@ import time
 
 import pytest
 
-from conftest import EBSIM, SANITIZED, STRESS, is_mounted, run, sha256_file
+from conftest import EBSIM, SANITIZED, STRESS, home_loops, is_mounted, run, sha256_file
 from test_snapshots import snapshot
 
 GIB = 1 << 30
@@ -101,23 +101,6 @@ def blockdev_size(dev):
 
 
 # ---- what a home holds -------------------------------------------------------------------
-
-def home_loops(home):
-    """Loop devices whose backing file lies under home: {"/dev/loopN": backing file}."""
-    out = {}
-    prefix = os.path.realpath(home) + "/"
-    for name in os.listdir("/sys/block"):
-        if not name.startswith("loop"):
-            continue
-        try:
-            with open(f"/sys/block/{name}/loop/backing_file") as f:
-                backing = f.read().strip()
-        except (FileNotFoundError, OSError):
-            continue
-        if backing.startswith(prefix):
-            out["/dev/" + name] = backing
-    return out
-
 
 def home_mounts(home):
     """Mount points under home, except home/mnt (ebsimd's FUSE mount)."""
