@@ -6,7 +6,10 @@ incremental snapshot after a 1% change, and its fraction of the full one; create
 from a snapshot at 1 GiB and 64 GiB (median of 5 calls each); first-touch reads of a lazily
 restored volume against the same reads once hydrated.
 
-Usage: bench/snapshot_perf.py [--build DIR] [--repeats N] [--out FILE.json]
+Usage: bench/snapshot_perf.py [--build DIR] [--repeats N] [--full-only] [--out FILE.json]
+--full-only measures only the full snapshot and the disk's bound (a quick A/B of the
+snapshot writer). Each sample also carries the full snapshot's per-phase seconds as the
+daemon logged them ("full_phases": read, zero-test+hash, pack put, pack commit, manifest).
 Runs its own ebsimd on a private home under /var/tmp (or --scratch DIR) and removes
 everything it made. `make bench` runs it too (bench.py: the "snapshots" section of
 bench/results/latest.{json,md}). Each repeat uses fresh volumes; the result gives every
@@ -16,6 +19,7 @@ import argparse
 import json
 import mmap
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -89,7 +93,39 @@ def read_rate(path, off, size, bs=MIB):
     return size / (time.monotonic() - t0) / 1e6
 
 
-def one_repeat(e, home):
+PHASE_RE = re.compile(r"seconds: read ([0-9.]+), zero-test\+hash ([0-9.]+), pack put ([0-9.]+), "
+                      r"pack commit ([0-9.]+), manifest ([0-9.]+)")
+
+
+def phases(home, snap):
+    """The per-phase seconds the daemon logged for snapshot snap, or None. The line is
+    logged just after the state turns 'completed': wait up to a second for it."""
+    for _ in range(100):
+        try:
+            with open(os.path.join(home, "ebsimd.log")) as f:
+                for line in f:
+                    m = PHASE_RE.search(line) if f"snapshot {snap} of" in line else None
+                    if m:
+                        return dict(zip(("read", "hash", "put", "commit", "manifest"),
+                                        map(float, m.groups())))
+        except OSError:
+            return None
+        time.sleep(0.01)
+    return None
+
+
+def disk_copy(res, home, src, t_full):
+    """The disk's bound: a plain durable copy of the same bytes."""
+    c = os.path.join(home, "copy.raw")
+    t0 = time.monotonic()
+    sh("dd", "if=" + src, "of=" + c, "bs=1M", "count=1024", "conv=fdatasync", "status=none")
+    res["disk_copy_1GiB_s"] = round(time.monotonic() - t0, 3)
+    res["disk_copy_GBps"] = round(GIB / res["disk_copy_1GiB_s"] / 1e9, 3)
+    res["full_vs_disk_copy"] = round(res["disk_copy_1GiB_s"] / t_full, 3)
+    os.unlink(c)
+
+
+def one_repeat(e, home, full_only=False):
     """One sample of every figure, on fresh volumes."""
     res = {}
     v = e("create-volume", "--size", 4)
@@ -98,6 +134,12 @@ def one_repeat(e, home):
     s1, t_full = e.snapshot(v["VolumeId"])
     res["full_snapshot_1GiB_s"] = round(t_full, 3)
     res["full_snapshot_GBps"] = round(GIB / t_full / 1e9, 3)
+    res["full_phases"] = phases(home, s1)
+    if full_only:
+        disk_copy(res, home, os.path.join(home, "volumes", v["VolumeId"], "data"), t_full)
+        e("delete-volume", "--volume-id", v["VolumeId"])
+        e("delete-snapshot", "--snapshot-id", s1)
+        return res
     q = os.path.join(home, "convert.qcow2")
     t0 = time.monotonic()
     sh("qemu-img", "convert", "-O", "qcow2",
@@ -106,15 +148,7 @@ def one_repeat(e, home):
     res["qemu_img_convert_s"] = round(time.monotonic() - t0, 3)
     res["full_vs_qemu_img"] = round(res["qemu_img_convert_s"] / t_full, 3)
     os.unlink(q)
-    # the disk's bound: a plain durable copy of the same bytes
-    c = os.path.join(home, "copy.raw")
-    t0 = time.monotonic()
-    sh("dd", "if=" + os.path.join(home, "volumes", v["VolumeId"], "data"), "of=" + c,
-       "bs=1M", "count=1024", "conv=fdatasync", "status=none")
-    res["disk_copy_1GiB_s"] = round(time.monotonic() - t0, 3)
-    res["disk_copy_GBps"] = round(GIB / res["disk_copy_1GiB_s"] / 1e9, 3)
-    res["full_vs_disk_copy"] = round(res["disk_copy_1GiB_s"] / t_full, 3)
-    os.unlink(c)
+    disk_copy(res, home, os.path.join(home, "volumes", v["VolumeId"], "data"), t_full)
     # 1% change: 41 MiB of the 4 GiB volume, in 64 KiB pieces spread over the 1 GiB written
     fd = os.open(v["LocalPath"], os.O_WRONLY)
     for i in range(656):
@@ -169,7 +203,7 @@ def summary(samples):
     return out
 
 
-def measure(build, home, repeats, say=print):
+def measure(build, home, repeats, say=print, full_only=False):
     """Start ebsimd on home (an empty directory), take `repeats` samples, stop it.
     Returns {"samples": [...], "summary": {figure: {median, min, max, n}}, "loadavg": ...}."""
     load0 = [round(x, 1) for x in os.getloadavg()]
@@ -178,10 +212,16 @@ def measure(build, home, repeats, say=print):
     samples = []
     try:
         for rep in range(repeats):
-            s = one_repeat(e, home)
+            s = one_repeat(e, home, full_only)
             s["loadavg"] = [round(x, 1) for x in os.getloadavg()]
             samples.append(s)
+            if full_only:
+                say(f"snapshots rep {rep + 1}/{repeats}: full {s['full_snapshot_1GiB_s']} s "
+                    f"phases {s['full_phases']}, disk copy {s['disk_copy_1GiB_s']} s "
+                    f"(load {s['loadavg'][0]})")
+                continue
             say(f"snapshots rep {rep + 1}/{repeats}: full {s['full_snapshot_1GiB_s']} s "
+                f"phases {s['full_phases']} "
                 f"(qemu-img {s['qemu_img_convert_s']} s), incremental "
                 f"{s['incremental_1pct_s']} s, create-volume 64 GiB "
                 f"{s['create_volume_64GiB_ms']} ms, first touch "
@@ -220,11 +260,13 @@ def main():
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--scratch", default="/var/tmp", help="parent of the private home")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--full-only", action="store_true",
+                    help="only the full snapshot and the disk copy (quick A/B)")
     a = ap.parse_args()
     home = tempfile.mkdtemp(prefix="ebsim-snapperf-", dir=a.scratch)
     try:
         res = measure(os.path.abspath(a.build), home, a.repeats,
-                      say=lambda *x: print(*x, file=sys.stderr))
+                      say=lambda *x: print(*x, file=sys.stderr), full_only=a.full_only)
     finally:
         shutil.rmtree(home, ignore_errors=True)
     text = json.dumps(res, indent=2)

@@ -24,6 +24,12 @@
  * store_open and rebuilt after GC; map_lock (rwlock) guards it and packs[]. A reader takes
  * a dup of the pack fd under the read lock, so GC may unlink a pack under it. An index that
  * fails validation is left alone: its objects read as missing (-ENOENT), which check reports.
+ * Why buffered appends and not O_DIRECT: measured with fio on this host's disk (ext4 on
+ * virtio, 1 GiB into a new file, each ending durable), this pattern (64 KiB writes,
+ * writeback started every 8 MiB, fsync at the end) did 264-429 MB/s against 138-310 MB/s
+ * for 1 MiB O_DIRECT writes at QD8/QD32, into a sparse or a fallocate'd file alike, run
+ * interleaved; a 2, 32 MiB or no writeback step made no clear difference. The full snapshot
+ * is bounded by that disk rate, not by SHA-256 (~1.4 GB/s on one core).
  * Dedup: a put looks in the map, the writer's own pending set, then the loose objects (a hit
  * there may not be durable yet: commit then also runs store_sync). Two writers storing the
  * same new chunk at once both keep it; the map points at one copy (the canonical one) and
