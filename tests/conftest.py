@@ -56,7 +56,9 @@ def sha256_file(path, chunk=1 << 20):
 
 
 def run(cmd, check=True, **kw):
-    """Run a command; on failure raise with its output (so the test log shows why)."""
+    """Run a command; on failure raise with its output (so the test log shows why). A
+    command that hangs fails the test after 10 minutes instead of holding up the run."""
+    kw.setdefault("timeout", 600)
     p = subprocess.run(cmd, capture_output=True, text=True, **kw)
     if check and p.returncode != 0:
         raise AssertionError(f"{cmd} -> {p.returncode}\nstdout: {p.stdout}\nstderr: {p.stderr}")

@@ -26,6 +26,7 @@ import random
 import shutil
 import stat
 import subprocess
+import threading
 import time
 
 import pytest
@@ -317,6 +318,32 @@ def asan_runtime(binary):
     return out if os.path.isabs(out) else None
 
 
+class ForegroundDaemon(Daemon):
+    """ebsimd --foreground, our child, its standard error appended to its ebsimd.log.
+
+    Under libfiu's preload ebsimd must not daemonize: the preload's control thread runs
+    from the first instruction, and a fork() beside it can leave the child blocked forever
+    on a lock that thread held (seen with the ASan build: the daemon never came up)."""
+
+    def start(self, extra=(), env=None):
+        log = open(os.path.join(self.home, "ebsimd.log"), "a")
+        p = subprocess.Popen([self.ebsimd, "--home", self.home, "--io-engine", self.engine,
+                              "--no-base-images", "--foreground", *extra],
+                             stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env)
+        log.close()
+        threading.Thread(target=p.wait, daemon=True).start()  # reaps it when it exits
+        for _ in range(1200):
+            assert p.poll() is None, f"ebsimd exited with {p.returncode}:\n{self.log()}"
+            if is_mounted(os.path.join(self.home, "mnt")) and \
+                    self.cli("describe-volumes").rc == 0:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError(f"ebsimd --foreground not ready after 60 s:\n{self.log()}")
+        self.pid = p.pid
+        return self
+
+
 @pytest.fixture
 def fiu_daemon(home, make_daemon):
     """ebsimd (psync engine) with libfiu's POSIX preload (what `fiu-run -x` sets up), with
@@ -341,7 +368,9 @@ def fiu_daemon(home, make_daemon):
                 f"LD_PRELOAD={preload!r})\n"
                 f"os.execv({EBSIMD!r}, [{EBSIMD!r}] + sys.argv[1:])\n")
     os.chmod(wrapper, 0o755)
-    d = make_daemon(engine="psync", ebsimd=wrapper, subhome="h")
+    d = make_daemon(engine="psync", ebsimd=wrapper, subhome="h", start=False)
+    d.__class__ = ForegroundDaemon
+    d.start()
     fifo = f"{prefix}-{d.pid}.in"
     for _ in range(100):
         if os.path.exists(fifo):
