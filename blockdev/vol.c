@@ -26,6 +26,11 @@
  * Locking: v->lock guards the map, the dirty-page bitmap, the chunk locks, the flush queue
  * and the size. It is never held across I/O submission, except during vol_resize.
  *
+ * Where callbacks run: a data-file segment (seg_go) first tries blk_try_now, which does a
+ * cached read or a small page-aligned write at once on the caller's thread; the caller's
+ * vol_cb may then run before vol_read/vol_write returns. Otherwise it runs on an engine
+ * thread. Chunk-locked (slow) writes, fills and flush steps always go through the engine.
+ *
  * Crash protocol: flush = fdatasync(data) -> write the dirty map pages -> fdatasync(map)
  * -> reply. A map byte only moves to PRESENT after its chunk's data write completed, and
  * the map is persisted only after the data it describes is durable, so a crash loses at
@@ -303,14 +308,14 @@ static int seg_submit(struct vol_io *io, enum blk_op op, int fd, void *buf, size
 	return seg_go(s);
 }
 
-/* Hand a prepared segment to the engine; a read the page cache holds completes here and
- * now (blk_try_now), on the caller's thread. */
+/* Hand a prepared segment to the engine; a read the page cache holds, and a small aligned
+ * write, complete here and now (blk_try_now), on the caller's thread. */
 static int seg_go(struct seg *s)
 {
 	int ret;
 
 	atomic_fetch_add(&s->io->pending, 1);
-	if (s->req.op == BLK_READ) {
+	if (s->req.op == BLK_READ || s->req.op == BLK_WRITE) {
 		ret = blk_try_now(s->io->v->eng, &s->req);
 		if (ret >= 0) {
 			seg_done(&s->req, ret);
