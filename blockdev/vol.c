@@ -1086,18 +1086,13 @@ static int read_base(struct vol_io *io, uint64_t c, const uint8_t *id, uint8_t *
 /*
  * Buffered writes go to the data file in pieces of at most WRITE_PIECE bytes, split at
  * WRITE_PIECE boundaries. ext4 (6.16+) sizes a page-cache folio after the write that
- * creates it, and every later 4 KiB write into a large folio walks all of its buffer heads
- * (ext4_block_write_begin, one cache miss each): after a 1 MiB sequential fill in one piece,
- * 4 KiB random writes ran at half speed, 74% of the time there (perf, fio psync on the host
- * file system). With 256 KiB pieces it was still 27-41% of the daemon's CPU at rw4k QD32
- * via loop; with 32 KiB pieces 11%, and the daemon's CPU per 4 KiB write fell from 19.7 to
- * 12.3 us (A/B in one run, with small writes done at once, blk_try_now). The price: folios
- * below 256 KiB sit in the page cache's xarray leaves, and a cached 4 KiB read costs about
- * 1-2 us more (xas_load), 10-20% of its daemon CPU; 16 KiB pieces saved no more on
- * writes and cost 1 MiB sequential writes 14% more CPU. A 1 MiB write is 32 pieces, each
- * small enough to be done at once on the FUSE thread.
+ * creates it, and every later 4 KiB write into a dirty large folio walks all of its buffer
+ * heads: after a 1 MiB sequential fill, 4 KiB random writes ran at half speed, 74% of the
+ * time in ext4_block_write_begin (perf, fio psync on the host file system). Pieces of 64 KiB
+ * and 256 KiB both restored the 4 KiB write rate (A/B through ebsimd, loop and FUSE file);
+ * 256 KiB costs 1 MiB sequential writes less (4 requests each instead of 16).
  */
-#define WRITE_PIECE (32u << 10)
+#define WRITE_PIECE (256u << 10)
 static int data_write(struct vol_io *io, uint8_t *buf, uint64_t len, uint64_t off)
 {
 	int ret = 0;
