@@ -3,10 +3,10 @@
 
 blockdev/ does a small page-aligned write at once on the FUSE thread (blk_try_now: pwrite
 into the page cache) and hands everything else to the I/O engine; large writes go to the
-data file in 32 KiB pieces (vol.c, WRITE_PIECE). These tests mix the shapes that take each
-route -- 4 KiB, 8 KiB and 64 KiB aligned (at once), 68 KiB (over the limit), 512-byte and
+data file in pieces (vol.c, WRITE_PIECE). These tests mix the shapes that take each route
+-- 4 KiB, 8 KiB and 64 KiB aligned (at once), 68 KiB (over the limit), 512-byte and
 odd-length unaligned writes (engine; on an encrypted volume, a chunk-locked read-modify-
-write), 1 MiB (32 pieces) -- from several threads, on distinct ranges and on one range
+write), 1 MiB (several pieces) -- from several threads, on distinct ranges and on one range
 that every thread overwrites, on plain and encrypted volumes. The expected image is kept
 in memory: each thread owns its stripe, and writes to the shared range are serialised by a
 lock held across pwrite, so the last write acknowledged is the one that must be read back.
