@@ -21,6 +21,11 @@
  * engine hands to blk_req_exec_sync after a partial asynchronous attempt both resume where
  * the last attempt stopped. READ and WRITE lengths are limited to INT_MAX because the result
  * is an int.
+ *
+ * blk_req_try_nowait (the try_now of io_uring and libaio, see blk_engine.h) runs on the
+ * caller's thread and touches nothing of the engine: a READ by preadv2(RWF_NOWAIT), a small
+ * page-aligned WRITE by pwrite. Any shortfall is -EAGAIN and the caller submits the whole
+ * request; a partly done write is simply written again, the same bytes at the same place.
  */
 #include "blockdev/blk_engine.h"
 #include "common/common.h"
@@ -171,8 +176,14 @@ int blk_req_try_nowait(struct blk_engine *e, struct blk_req *req)
 	ssize_t n;
 
 	(void)e;
-	if (req->op != BLK_READ || blk_req_check(req))
+	if (blk_req_check(req))
 		return -EAGAIN;
-	n = preadv2(req->fd, &iov, 1, (off_t)req->off, RWF_NOWAIT);
+	if (req->op == BLK_READ)
+		n = preadv2(req->fd, &iov, 1, (off_t)req->off, RWF_NOWAIT);
+	else if (req->op == BLK_WRITE && req->len <= BLK_WRITE_NOW_MAX &&
+		 !((req->off | req->len) & (BLK_WRITE_NOW_ALIGN - 1)))
+		n = pwrite(req->fd, req->buf, req->len, (off_t)req->off);
+	else
+		return -EAGAIN;
 	return n == (ssize_t)req->len ? (int)n : -EAGAIN;
 }

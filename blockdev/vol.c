@@ -26,6 +26,11 @@
  * Locking: v->lock guards the map, the dirty-page bitmap, the chunk locks, the flush queue
  * and the size. It is never held across I/O submission, except during vol_resize.
  *
+ * Where callbacks run: a data-file segment (seg_go) first tries blk_try_now, which does a
+ * cached read or a small page-aligned write at once on the caller's thread; the caller's
+ * vol_cb may then run before vol_read/vol_write returns. Otherwise it runs on an engine
+ * thread. Chunk-locked (slow) writes, fills and flush steps always go through the engine.
+ *
  * Crash protocol: flush = fdatasync(data) -> write the dirty map pages -> fdatasync(map)
  * -> reply. A map byte only moves to PRESENT after its chunk's data write completed, and
  * the map is persisted only after the data it describes is durable, so a crash loses at
@@ -303,14 +308,14 @@ static int seg_submit(struct vol_io *io, enum blk_op op, int fd, void *buf, size
 	return seg_go(s);
 }
 
-/* Hand a prepared segment to the engine; a read the page cache holds completes here and
- * now (blk_try_now), on the caller's thread. */
+/* Hand a prepared segment to the engine; a read the page cache holds, and a small aligned
+ * write, complete here and now (blk_try_now), on the caller's thread. */
 static int seg_go(struct seg *s)
 {
 	int ret;
 
 	atomic_fetch_add(&s->io->pending, 1);
-	if (s->req.op == BLK_READ) {
+	if (s->req.op == BLK_READ || s->req.op == BLK_WRITE) {
 		ret = blk_try_now(s->io->v->eng, &s->req);
 		if (ret >= 0) {
 			seg_done(&s->req, ret);
@@ -1081,11 +1086,16 @@ static int read_base(struct vol_io *io, uint64_t c, const uint8_t *id, uint8_t *
 /*
  * Buffered writes go to the data file in pieces of at most WRITE_PIECE bytes, split at
  * WRITE_PIECE boundaries. ext4 (6.16+) sizes a page-cache folio after the write that
- * creates it, and every later 4 KiB write into a dirty large folio walks all of its buffer
- * heads: after a 1 MiB sequential fill, 4 KiB random writes ran at half speed, 74% of the
- * time in ext4_block_write_begin (perf, fio psync on the host file system). Pieces of 64 KiB
- * and 256 KiB both restored the 4 KiB write rate (A/B through ebsimd, loop and FUSE file);
+ * creates it, and every later 4 KiB write into a large folio walks all of its buffer heads
+ * (ext4_block_write_begin, a cache miss each): after a 1 MiB sequential fill in one piece,
+ * 4 KiB random writes ran at half speed, 74% of the time there (perf, fio psync on the host
+ * file system). Pieces of 64 KiB and 256 KiB both restored most of the 4 KiB write rate;
  * 256 KiB costs 1 MiB sequential writes less (4 requests each instead of 16).
+ * The walk is still 27-41% of the daemon's CPU at rw4k QD32 via loop after the bench's
+ * fill. 32 KiB pieces cut it to 11% and the daemon's CPU per 4 KiB write from 19.0-19.7 to
+ * 12.3-13.7 us, but folios below 256 KiB live in the page cache's xarray leaves, and cached
+ * 4 KiB reads got dearer (xas_load; rr4k QD32 via loop -10 to -14% IOPS in A/B runs), so
+ * with reads close to their 0.70x-of-raw goal that was measured and not kept (issue 6).
  */
 #define WRITE_PIECE (256u << 10)
 static int data_write(struct vol_io *io, uint8_t *buf, uint64_t len, uint64_t off)

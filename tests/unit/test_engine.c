@@ -960,6 +960,73 @@ out_close:
 	return 0;
 }
 
+/* blk_try_now on one request; done must not run (try_now never calls it). */
+static int try1(struct blk_engine *e, enum blk_op op, int fd, void *buf, size_t len, uint64_t off)
+{
+	struct treq t;
+
+	treq_init(&t, NULL, op, fd, buf, len, off, 0);
+	int ret = blk_try_now(e, &t.req);
+	CHECK(t.calls == 0, "try_now called done");
+	return ret;
+}
+
+/*
+ * blk_try_now: a cached READ and a small page-aligned WRITE are done at once on the caller's
+ * thread (io_uring, libaio); everything else -- unaligned, longer than BLK_WRITE_NOW_MAX,
+ * any error -- returns -EAGAIN and leaves the file untouched, for blk_submit to do. psync
+ * never does anything at once (its I/O stays where fault injection intercepts it).
+ */
+static int check_try_now(struct blk_engine *e)
+{
+	const size_t big = BLK_WRITE_NOW_MAX + 4096;
+	bool now = strcmp(cur, "psync") != 0;
+	uint8_t *buf;
+	int ret, rofd;
+
+	if (reset_file() || file_write(0, 2 * big, 1))
+		return -1;
+	if (posix_memalign((void **)&buf, 4096, big)) {
+		perror("posix_memalign");
+		exit(1);
+	}
+	/* a cached read */
+	ret = try1(e, BLK_READ, tfd, buf, 4096, 4096);
+	CHECK(ret == (now ? 4096 : -EAGAIN), "read: %d", ret);
+	if (now)
+		CHECK(mismatch(buf, 4096, 4096, 1) == -1, "read returned other bytes");
+	/* an aligned 4 KiB write and the longest write done at once */
+	fill(buf, 4096, 8192, 2);
+	ret = try1(e, BLK_WRITE, tfd, buf, 4096, 8192);
+	CHECK(ret == (now ? 4096 : -EAGAIN), "4 KiB write: %d", ret);
+	if (file_check(8192, 4096, now ? 2 : 1))
+		goto fail;
+	fill(buf, BLK_WRITE_NOW_MAX, 65536, 3);
+	ret = try1(e, BLK_WRITE, tfd, buf, BLK_WRITE_NOW_MAX, 65536);
+	CHECK(ret == (now ? (int)BLK_WRITE_NOW_MAX : -EAGAIN), "longest write: %d", ret);
+	if (file_check(65536, BLK_WRITE_NOW_MAX, now ? 3 : 1))
+		goto fail;
+	/* too long, unaligned offset, unaligned length, an error: left for blk_submit */
+	if (reset_file() || file_write(0, 2 * big, 1))
+		goto fail;
+	fill(buf, big, 0, 4);
+	CHECK(try1(e, BLK_WRITE, tfd, buf, big, 0) == -EAGAIN, "a write over the limit");
+	CHECK(try1(e, BLK_WRITE, tfd, buf, 4096, 512) == -EAGAIN, "an unaligned offset");
+	CHECK(try1(e, BLK_WRITE, tfd, buf, 4096 + 512, 4096) == -EAGAIN, "an unaligned length");
+	rofd = open(tpath_proc, O_RDONLY | O_CLOEXEC);
+	CHECK(rofd >= 0, "reopen read-only: %m");
+	ret = try1(e, BLK_WRITE, rofd, buf, 4096, 0);
+	close(rofd);
+	CHECK(ret == -EAGAIN, "a write to a read-only fd: %d", ret);
+	if (file_check(0, 2 * big, 1))
+		goto fail;
+	free(buf);
+	return 0;
+fail:
+	free(buf);
+	return -1;
+}
+
 /* Close with requests in flight, in the backlog and chaining: all complete before it returns. */
 static int check_close_drains(const char *name)
 {
@@ -1029,6 +1096,7 @@ static const struct {
     {.name = "exiting_submitters", .fn = check_exiting_submitters},
     {.name = "chain", .fn = check_chain},
     {.name = "errors", .fn = check_errors},
+    {.name = "try_now", .fn = check_try_now},
 };
 
 static int report(const char *what, int ret)
