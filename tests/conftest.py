@@ -65,6 +65,21 @@ def run(cmd, check=True, **kw):
     return p
 
 
+def wait_stat_fails(path, timeout=5.0):
+    """Wait until stat(path) on a dead FUSE mount fails. The kernel answers stat() from the
+    root inode's cached attributes for ATTR_TIMEOUT (1 s) after the server died, and
+    ebsimd's stale-mount check uses stat(), so a restart inside that second is refused
+    (fixed: test_restart_right_after_kill9). Tests about other things still wait it out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.stat(path)
+        except OSError:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"stat({path}) still succeeds {timeout} s after the daemon died")
+
+
 def is_mounted(path):
     real = os.path.realpath(path)
     with open("/proc/self/mountinfo") as f:

@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from conftest import EBSIMD, ROOT, is_mounted, pid_running, run
+from conftest import EBSIMD, ROOT, is_mounted, pid_running, run, wait_stat_fails
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -210,13 +210,7 @@ def test_restart_after_kill9_serves_all(make_daemon):
     assert is_mounted(mnt)  # stale; ebsimd must clear it itself
     # stat() is answered from cache for 1 s after the crash: see
     # (a restart within that second works too: test_volumes.py::test_restart_right_after_kill9)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        try:
-            os.stat(mnt)
-        except OSError:
-            break
-        time.sleep(0.05)
+    wait_stat_fails(mnt)
     d.start()
     assert "cleared a stale FUSE mount" in d.log()
 

@@ -17,9 +17,10 @@ import hashlib
 import os
 import random
 import threading
-import time
 
 import pytest
+
+from conftest import wait_stat_fails
 
 MIB = 1 << 20
 REGION = 64 * MIB
@@ -45,19 +46,6 @@ def sha256_range(path, length):
     finally:
         os.close(fd)
     return h.hexdigest()
-
-
-def wait_stat_fails(path, timeout=5.0):
-    """A dead FUSE mount answers stat() from cached attributes for a second; ebsimd's stale
-    mount check uses stat(), so wait that out before restarting (see test_volumes.py)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.stat(path)
-        except OSError:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"stat({path}) still succeeds {timeout} s after the daemon died")
 
 
 def writer(fd, image, lock, tid, nops, errors):

@@ -26,7 +26,7 @@ import time
 import pytest
 
 from conftest import run, sha256_file
-from test_instances import (FS_SIZE, ITYPE, assert_error, check_image_files, describe, make_base,
+from test_instances import (ITYPE, assert_error, check_image_files, describe, make_base,
                             register, run1, write_file)
 from test_launch_permissions import call
 

@@ -4,11 +4,9 @@
 Every test checks bytes (sha256 of what a restored volume reads back), states and EC2
 error codes, through the real daemon and the FUSE files."""
 import hashlib
-import json
 import mmap
 import os
 import random
-import subprocess
 import threading
 import time
 

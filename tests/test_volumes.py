@@ -21,11 +21,10 @@ import os
 import re
 import stat
 import subprocess
-import time
 
 import pytest
 
-from conftest import is_mounted, run, sha256_file
+from conftest import is_mounted, run, sha256_file, wait_stat_fails
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -145,21 +144,6 @@ def contains_any_block(path, blocks, probe):
             return True
         tail = b[-(len(probe) - 1):]
     return False
-
-
-def wait_stat_fails(path, timeout=5.0):
-    """Wait until stat(path) on a dead FUSE mount fails. The kernel answers stat() from the
-    root inode's cached attributes for ATTR_TIMEOUT (1 s) after the server died, and
-    ebsimd's stale-mount check uses stat(), so a restart inside that second is refused
-    (fixed: test_restart_right_after_kill9). Tests about other things still wait it out."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.stat(path)
-        except OSError:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"stat({path}) still succeeds {timeout} s after the daemon died")
 
 
 def cap_sys_resource():
