@@ -110,6 +110,7 @@ struct snap_job {
 	struct manifest m;	 /* the new manifest's header */
 	uint64_t total;
 	uint64_t ns_read, ns_hash, ns_put, ns_commit, ns_manifest; /* time per phase (log) */
+	uint64_t cloned;	 /* bytes that entered the pack as clones (log) */
 };
 
 static int entry_cmp(const void *a, const void *b)
@@ -127,6 +128,74 @@ static bool all_zero(const uint8_t *p, size_t n)
 		if (memcmp(p + i, zero, MIN(sizeof(zero), n - i)))
 			return false;
 	return true;
+}
+
+/* Zero-test and hash a chunk as stored (buf; plain is scratch for the decryption of an
+ * encrypted one): 1 when it reads as zeros, else 0 with id set, or -errno. */
+static int chunk_hash(struct vol *v, uint64_t idx, const uint8_t *buf, uint8_t *plain,
+		      size_t cs, uint8_t id[OBJ_ID_LEN])
+{
+	int ret;
+
+	if (vol_encrypted(v)) {
+		memcpy(plain, buf, cs);
+		ret = vol_chunk_plaintext(v, idx, plain);
+		if (ret)
+			return ret;
+	}
+	if (all_zero(vol_encrypted(v) ? plain : buf, cs))
+		return 1;
+	return store_sha256(buf, cs, id);
+}
+
+/* The clone path (reflink file systems): vol_snap_next calls clone_fn under the chunk's
+ * lock, which zero-tests, hashes and clones the chunk's range of the data file into the
+ * pack, so the pack shares the point-in-time extents that were hashed. The first refusal
+ * (-EOPNOTSUPP: ext4, ...) turns the clone path off for the rest of the snapshot; that
+ * chunk and all later ones go through the put thread. While the clone path is on, nothing
+ * is given to the put thread, so the writer is used by one thread at a time. */
+enum { CL_NONE, CL_ZERO, CL_CLONED, CL_EXISTED, CL_PUT };
+
+struct snap_clone {
+	struct vol *v;
+	struct store_pack *pk;
+	uint8_t *plain;
+	size_t cs;
+	bool on;
+	int res; /* CL_* for the chunk just returned */
+	uint8_t id[OBJ_ID_LEN];
+	uint64_t cloned, ns_hash, ns_clone;
+};
+
+static int clone_fn(void *arg, uint64_t idx, void *buf, int fd, uint64_t off)
+{
+	struct snap_clone *c = arg;
+	uint64_t t0 = time_mono_ns(), t1;
+	bool existed = false;
+	int ret = chunk_hash(c->v, idx, buf, c->plain, c->cs, c->id);
+
+	t1 = time_mono_ns();
+	c->ns_hash += t1 - t0;
+	if (ret < 0)
+		return ret;
+	if (ret == 1) {
+		c->res = CL_ZERO;
+		return 0;
+	}
+	ret = store_pack_clone(c->pk, fd, off, c->cs, c->id, &existed);
+	c->ns_clone += time_mono_ns() - t1;
+	if (ret == -EOPNOTSUPP) {
+		log_info("snapshot: the store cannot clone from the volume's data file; copying");
+		c->on = false;
+		c->res = CL_PUT;
+		return 0;
+	}
+	if (ret)
+		return ret;
+	c->res = existed ? CL_EXISTED : CL_CLONED;
+	if (!existed)
+		c->cloned += c->cs;
+	return 0;
 }
 
 /* The put side of the copy pipeline: the job thread reads, tests and hashes chunks into
@@ -197,6 +266,7 @@ static int snap_copy(struct job *j, struct snap_job *sj, uint64_t *data_size)
 		goto out;
 	}
 	r->cs = cs;
+	struct snap_clone cl = {.v = v, .pk = r->pk, .plain = plain, .cs = cs, .on = true};
 	for (unsigned k = 0; k < PUT_RING; k++)
 		r->slot[k].buf = slab + (size_t)k * cs;
 	pthread_mutex_init(&r->lock, NULL);
@@ -221,33 +291,33 @@ static int snap_copy(struct job *j, struct snap_job *sj, uint64_t *data_size)
 			break;
 		uint8_t *buf = r->slot[k].buf;
 
+		uint64_t in_fn = cl.ns_hash + cl.ns_clone;
 		t0 = time_mono_ns();
-		ret = vol_snap_next(sj->vs, &idx, &kind, buf, id);
-		sj->ns_read += time_mono_ns() - t0;
+		cl.res = CL_NONE;
+		ret = vol_snap_next(sj->vs, &idx, &kind, buf, id, cl.on ? clone_fn : NULL, &cl);
+		sj->ns_read += time_mono_ns() - t0 - (cl.ns_hash + cl.ns_clone - in_fn);
 		if (ret <= 0)
 			break;
 		ret = 0;
 		taken[idx / 64] |= 1ull << (idx % 64);
 		j->done++;
-		if (kind == VOL_SNAP_ZERO)
+		if (kind == VOL_SNAP_ZERO || cl.res == CL_ZERO)
 			continue;
-		if (kind == VOL_SNAP_DATA) {
+		if (kind == VOL_SNAP_DATA && cl.res != CL_NONE) {
+			memcpy(id, cl.id, OBJ_ID_LEN);
+		} else if (kind == VOL_SNAP_DATA) {
 			/* all-zero chunks are stored as "zero", never as data */
 			t0 = time_mono_ns();
-			if (vol_encrypted(v)) {
-				memcpy(plain, buf, cs);
-				ret = vol_chunk_plaintext(v, idx, plain);
-				if (ret)
-					break;
-			}
-			if (all_zero(vol_encrypted(v) ? plain : buf, cs)) {
-				sj->ns_hash += time_mono_ns() - t0;
+			ret = chunk_hash(v, idx, buf, plain, cs, id);
+			sj->ns_hash += time_mono_ns() - t0;
+			if (ret < 0)
+				break;
+			if (ret == 1) {
+				ret = 0;
 				continue;
 			}
-			ret = store_sha256(buf, cs, id);
-			sj->ns_hash += time_mono_ns() - t0;
-			if (ret)
-				break;
+		}
+		if (kind == VOL_SNAP_DATA && (cl.res == CL_NONE || cl.res == CL_PUT)) {
 			memcpy(r->slot[k].id, id, OBJ_ID_LEN);
 			pthread_mutex_lock(&r->lock);
 			r->head++;
@@ -277,8 +347,10 @@ static int snap_copy(struct job *j, struct snap_job *sj, uint64_t *data_size)
 	pthread_join(th, NULL);
 	if (!ret)
 		ret = r->err;
-	sj->ns_put = r->ns_put;
-	*data_size = r->new_bytes;
+	sj->ns_put = r->ns_put + cl.ns_clone;
+	sj->ns_hash += cl.ns_hash;
+	sj->cloned = cl.cloned;
+	*data_size = r->new_bytes + cl.cloned;
 	/* the new chunks are durable before any manifest names them */
 	if (!ret) {
 		uint64_t t0 = time_mono_ns();
@@ -359,10 +431,12 @@ static void *snapshot_job(void *arg)
 		crash_point("in-catalog-txn");
 		cat_ret = cat_snapshot_update(d->cat, &s);
 	}
-	log_info("snapshot %s of %s: %s (%llu chunks, %llu bytes new; seconds: read %.3f, "
-		 "zero-test+hash %.3f, pack put %.3f, pack commit %.3f, manifest %.3f)",
+	log_info("snapshot %s of %s: %s (%llu chunks, %llu bytes new, %llu of them cloned; "
+		 "seconds: read %.3f, zero-test+hash %.3f, pack put %.3f, pack commit %.3f, "
+		 "manifest %.3f)",
 		 j->id, sj->dv->id, ret ? strerror(-ret) : "completed",
-		 (unsigned long long)j->total, (unsigned long long)data_size, sj->ns_read / 1e9,
+		 (unsigned long long)j->total, (unsigned long long)data_size,
+		 (unsigned long long)sj->cloned, sj->ns_read / 1e9,
 		 sj->ns_hash / 1e9, sj->ns_put / 1e9, sj->ns_commit / 1e9, sj->ns_manifest / 1e9);
 	sj->dv->jobs--;
 	j->finished = true;
