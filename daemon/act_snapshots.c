@@ -12,7 +12,12 @@
  * parent's entries. The copy is a two-stage pipeline: the job thread reads, zero-tests and
  * hashes each chunk into a ring of PUT_RING chunk buffers; a put thread appends them to the
  * pack (so the disk writes overlap the reads and SHA-256). A put error stops the reader;
- * the job joins the put thread before it commits. The phases' times go to the log. Then store_pack_commit (the packs and their indexes durable: only what
+ * the job joins the put thread before it commits. On a reflink file system (XFS, btrfs)
+ * the job instead zero-tests, hashes and clones each chunk (store_pack_clone) from
+ * vol_snap_next's callback, under the chunk's lock, so no data is copied and the pack holds
+ * exactly the hashed point-in-time bytes; the first refusal (ext4) switches the rest of the
+ * snapshot to the put thread (see clone_fn). The phases' times (and the bytes cloned) go to
+ * the log. Then store_pack_commit (the packs and their indexes durable: only what
  * this snapshot wrote is synced, never the whole file system) -> manifest_write -> catalog
  * 'completed'. So a 'completed' snapshot always has
  * every chunk and its manifest on disk. A crash mid-copy leaves the row 'pending';
