@@ -164,3 +164,27 @@ def test_kill9_during_pending_snapshot(xfs, make_daemon):
     assert sha_range(r["LocalPath"], 0, 2 * GIB) == sha
     check_clean(d)
     d.expect_errors()
+
+
+def test_duplicate_and_zero_chunks_not_kept(xfs, make_daemon):
+    """Chunks already stored (here: 255 repeats of one chunk) and all-zero chunks are cloned
+    before their hash is known, then punched out of the pack: it keeps only new objects."""
+    d = xfs_daemon(make_daemon, xfs)
+    v = d.create_volume(1)
+    vid, path = v["VolumeId"], v["LocalPath"]
+    block = os.urandom(64 << 10)
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, block * 256, 0)
+        os.pwrite(fd, bytes(16 * MIB), 16 * MIB)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    sha = sha_range(path, 0, 32 * MIB)
+    s = snapshot(d, vid)
+    assert cloned_bytes(d, s["SnapshotId"]) == (64 << 10, 64 << 10)
+    total = sum(shared_and_total(p)[1] for p in packs(d.home))
+    assert total * 4096 == 64 << 10, total
+    r = d.ok("create-volume", "--snapshot-id", s["SnapshotId"])
+    assert sha_range(r["LocalPath"], 0, 32 * MIB) == sha
+    check_clean(d)
