@@ -173,7 +173,7 @@ fuzz: fuzz-build
 			-dict=tests/fuzz/$$n.dict -artifact_prefix=$(FUZZ_B)/artifacts/$$n- \
 			$(FUZZ_B)/corpus/$$n tests/fuzz/corpus/$$n || exit 1; done
 
-DEB_PKGS = build-essential pkg-config libfuse3-dev fuse3 liburing-dev libaio-dev libssl-dev \
+DEB_PKGS = build-essential pkg-config libfuse3-dev fuse3 liburing-dev libaio-dev libssl-dev xfsprogs \
 	   libsqlite3-dev libjson-c-dev python3-pytest python3-pytest-xdist e2fsprogs fio qemu-utils qemu-system-common \
 	   util-linux sqlite3 gnuplot-nox clang fiu-utils \
 	   libxml2-dev libarchive-dev zlib1g-dev busybox-static openssl

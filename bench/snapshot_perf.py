@@ -6,7 +6,13 @@ incremental snapshot after a 1% change, and its fraction of the full one; create
 from a snapshot at 1 GiB and 64 GiB (median of 5 calls each); first-touch reads of a lazily
 restored volume against the same reads once hydrated.
 
-Usage: bench/snapshot_perf.py [--build DIR] [--repeats N] [--full-only] [--out FILE.json]
+Usage: bench/snapshot_perf.py [--build DIR] [--repeats N] [--full-only] [--fs xfs]
+                              [--out FILE.json]
+--fs xfs runs everything (the daemon's home, the qemu-img and dd comparisons) on an XFS
+with reflink=1 made for the run: a sparse 12 GiB image under --scratch on a loop device,
+mounted on a private directory; unmounted, detached (by its name) and removed at the end.
+There a snapshot clones new chunks into its packs instead of copying them; the phases then
+also give "cloned" (bytes that entered the packs as clones).
 --full-only measures only the full snapshot and the disk's bound (a quick A/B of the
 snapshot writer). Each sample also carries the full snapshot's per-phase seconds as the
 daemon logged them ("full_phases": read, zero-test+hash, pack put, pack commit, manifest).
@@ -93,6 +99,7 @@ def read_rate(path, off, size, bs=MIB):
     return size / (time.monotonic() - t0) / 1e6
 
 
+CLONED_RE = re.compile(r"bytes new, (\d+) of them cloned")
 PHASE_RE = re.compile(r"seconds: read ([0-9.]+), zero-test\+hash ([0-9.]+), pack put ([0-9.]+), "
                       r"pack commit ([0-9.]+), manifest ([0-9.]+)")
 
@@ -106,8 +113,12 @@ def phases(home, snap):
                 for line in f:
                     m = PHASE_RE.search(line) if f"snapshot {snap} of" in line else None
                     if m:
-                        return dict(zip(("read", "hash", "put", "commit", "manifest"),
-                                        map(float, m.groups())))
+                        ph = dict(zip(("read", "hash", "put", "commit", "manifest"),
+                                      map(float, m.groups())))
+                        c = CLONED_RE.search(line)
+                        if c:
+                            ph["cloned"] = int(c.group(1))
+                        return ph
         except OSError:
             return None
         time.sleep(0.01)
@@ -262,13 +273,37 @@ def main():
     ap.add_argument("--out", default=None)
     ap.add_argument("--full-only", action="store_true",
                     help="only the full snapshot and the disk copy (quick A/B)")
+    ap.add_argument("--fs", choices=("scratch", "xfs"), default="scratch",
+                    help="xfs: run on a reflink XFS loop image made for the run")
     a = ap.parse_args()
-    home = tempfile.mkdtemp(prefix="ebsim-snapperf-", dir=a.scratch)
+    img = dev = mnt = None
     try:
-        res = measure(os.path.abspath(a.build), home, a.repeats,
-                      say=lambda *x: print(*x, file=sys.stderr), full_only=a.full_only)
+        parent = a.scratch
+        if a.fs == "xfs":
+            fd, img = tempfile.mkstemp(prefix="ebsim-snapperf-", suffix=".img", dir=a.scratch)
+            os.ftruncate(fd, 12 * GIB)
+            os.close(fd)
+            dev = sh("losetup", "-f", "--show", img).strip()
+            sh("mkfs.xfs", "-q", "-m", "reflink=1", dev)
+            mnt = tempfile.mkdtemp(prefix="ebsim-snapperf-mnt-", dir=a.scratch)
+            sh("mount", dev, mnt)
+            parent = mnt
+        home = tempfile.mkdtemp(prefix="ebsim-snapperf-", dir=parent)
+        try:
+            res = measure(os.path.abspath(a.build), home, a.repeats,
+                          say=lambda *x: print(*x, file=sys.stderr), full_only=a.full_only)
+            res["fs"] = a.fs
+        finally:
+            shutil.rmtree(home, ignore_errors=True)
     finally:
-        shutil.rmtree(home, ignore_errors=True)
+        if mnt:
+            subprocess.run(["umount", mnt], capture_output=True)
+            if subprocess.run(["mountpoint", "-q", mnt]).returncode != 0:
+                os.rmdir(mnt)
+        if dev:
+            subprocess.run(["losetup", "-d", dev], capture_output=True)
+        if img:
+            os.unlink(img)
     text = json.dumps(res, indent=2)
     print(text)
     if a.out:

@@ -45,6 +45,12 @@
  *
  * A failed flush is sticky (v->flush_err): every later flush fails too.
  *
+ * Snapshot iterator (vol_snap_*): vol_snap_next returns each pending chunk in its
+ * point-in-time state while holding that chunk's lock (a writer to it waits: copy before
+ * write). For a PRESENT chunk it reads the bytes into the caller's buffer and, still under
+ * the lock, calls the caller's optional callback with the data fd and the chunk's offset,
+ * so the snapshot may clone (FICLONERANGE) exactly the bytes it hashed.
+ *
  * Map file format (header version 2): a sequence of 4 KiB pages; page p holds the map
  * bytes of chunks [p * MAP_PER_PAGE, (p + 1) * MAP_PER_PAGE) at offsets [0, 4064), then a
  * trailer: le64 page number at 4064, 20 zero bytes, le32 CRC-32 (zlib) of bytes [0, 4092)
@@ -1925,7 +1931,7 @@ static int read_full(int fd, void *buf, size_t len, uint64_t off)
 }
 
 int vol_snap_next(struct vol_snap *s, uint64_t *idx, enum vol_snap_kind *kind, void *buf,
-		  uint8_t base_id[OBJ_ID_LEN])
+		  uint8_t base_id[OBJ_ID_LEN], vol_snap_fn fn, void *arg)
 {
 	struct vol *v = s->v;
 	struct slow *owner = NULL;
@@ -1980,6 +1986,9 @@ int vol_snap_next(struct vol_snap *s, uint64_t *idx, enum vol_snap_kind *kind, v
 	if (st == MAP_PRESENT) {
 		*kind = VOL_SNAP_DATA;
 		ret = read_full(v->data_fd, buf, v->chunk_size, c << v->chunk_shift);
+		/* still under the chunk lock: fn sees the bytes in buf also at (data_fd, off) */
+		if (!ret && fn)
+			ret = fn(arg, c, buf, v->data_fd, c << v->chunk_shift);
 	} else if (id) {
 		*kind = VOL_SNAP_BASE;
 		memcpy(base_id, id, OBJ_ID_LEN);

@@ -12,7 +12,12 @@
  * parent's entries. The copy is a two-stage pipeline: the job thread reads, zero-tests and
  * hashes each chunk into a ring of PUT_RING chunk buffers; a put thread appends them to the
  * pack (so the disk writes overlap the reads and SHA-256). A put error stops the reader;
- * the job joins the put thread before it commits. The phases' times go to the log. Then store_pack_commit (the packs and their indexes durable: only what
+ * the job joins the put thread before it commits. On a reflink file system (XFS, btrfs)
+ * the job instead zero-tests, hashes and clones each chunk (store_pack_clone) from
+ * vol_snap_next's callback, under the chunk's lock, so no data is copied and the pack holds
+ * exactly the hashed point-in-time bytes; the first refusal (ext4) switches the rest of the
+ * snapshot to the put thread (see clone_fn). The phases' times (and the bytes cloned) go to
+ * the log. Then store_pack_commit (the packs and their indexes durable: only what
  * this snapshot wrote is synced, never the whole file system) -> manifest_write -> catalog
  * 'completed'. So a 'completed' snapshot always has
  * every chunk and its manifest on disk. A crash mid-copy leaves the row 'pending';
@@ -110,6 +115,7 @@ struct snap_job {
 	struct manifest m;	 /* the new manifest's header */
 	uint64_t total;
 	uint64_t ns_read, ns_hash, ns_put, ns_commit, ns_manifest; /* time per phase (log) */
+	uint64_t cloned;	 /* bytes that entered the pack as clones (log) */
 };
 
 static int entry_cmp(const void *a, const void *b)
@@ -129,9 +135,71 @@ static bool all_zero(const uint8_t *p, size_t n)
 	return true;
 }
 
+/* Zero-test and hash a chunk as stored (buf; plain is scratch for the decryption of an
+ * encrypted one): 1 when it reads as zeros, else 0 with id set, or -errno. */
+static int chunk_hash(struct vol *v, uint64_t idx, const uint8_t *buf, uint8_t *plain,
+		      size_t cs, uint8_t id[OBJ_ID_LEN])
+{
+	int ret;
+
+	if (vol_encrypted(v)) {
+		memcpy(plain, buf, cs);
+		ret = vol_chunk_plaintext(v, idx, plain);
+		if (ret)
+			return ret;
+	}
+	if (all_zero(vol_encrypted(v) ? plain : buf, cs))
+		return 1;
+	return store_sha256(buf, cs, id);
+}
+
+/* The clone path (reflink file systems): vol_snap_next calls clone_fn under the chunk's
+ * lock, which clones the chunk's range of the data file to the end of the pack
+ * (store_pack_clone_raw), so the pack shares the point-in-time extents that buf holds. The
+ * put thread then zero-tests and hashes buf, and the job thread, in chunk order, names each
+ * clone by its id (store_pack_clone_finish: kept, or punched out when zero or already
+ * stored). So the SHA-256 of one chunk overlaps the read and clone of the next, on the two
+ * threads. The first refusal (-EOPNOTSUPP: ext4, ...) turns the clone path off for the rest
+ * of the snapshot: that chunk and all later ones are put (copied) by the put thread. Only the
+ * job thread uses the writer while the clone path is on. */
+enum { CL_NONE, CL_RAW, CL_PUT };
+
+struct snap_clone {
+	struct store_pack *pk;
+	size_t cs;
+	bool on, any, full;
+	int res;     /* CL_* for the chunk just returned */
+	uint64_t at; /* where it was cloned to */
+	uint64_t cloned, ns_clone;
+};
+
+static int clone_fn(void *arg, uint64_t idx, void *buf, int fd, uint64_t off)
+{
+	struct snap_clone *c = arg;
+	uint64_t t0 = time_mono_ns();
+	int ret = store_pack_clone_raw(c->pk, fd, off, c->cs, &c->at);
+
+	(void)idx;
+	(void)buf;
+	c->ns_clone += time_mono_ns() - t0;
+	if (ret == -EOPNOTSUPP && !c->any) {
+		log_info("snapshot: the store cannot clone from the volume's data file; copying");
+		c->on = false;
+		c->res = CL_PUT;
+		return 0;
+	}
+	if (ret < 0)
+		return ret;
+	c->any = true;
+	c->full = ret == 1;
+	c->res = CL_RAW;
+	return 0;
+}
+
 /* The put side of the copy pipeline: the job thread reads, tests and hashes chunks into
  * ring slots; a second thread appends them to the pack, so the disk writes overlap the
- * reads and SHA-256 (the two halves take about as long each). */
+ * reads and SHA-256 (the two halves take about as long each). On the clone path the put
+ * thread only zero-tests and hashes (slot.raw). */
 #define PUT_RING 64
 
 struct put_ring {
@@ -140,13 +208,18 @@ struct put_ring {
 	struct {
 		uint8_t *buf;
 		uint8_t id[OBJ_ID_LEN];
+		bool raw;  /* clone path: only hash (zero: it is all zero) */
+		bool zero;
+		uint64_t idx, at;
 	} slot[PUT_RING];
 	uint64_t head, tail; /* slots filled / slots put (head - tail <= PUT_RING) */
 	bool done;	     /* no more slots will be filled */
 	int err;	     /* the first put error */
 	struct store_pack *pk;
+	struct vol *v;
+	uint8_t *plain;	     /* the put thread's decryption scratch */
 	size_t cs;
-	uint64_t new_bytes, ns_put;
+	uint64_t new_bytes, ns_put, ns_hash;
 };
 
 static void *put_thread(void *arg)
@@ -163,9 +236,22 @@ static void *put_thread(void *arg)
 		pthread_mutex_unlock(&r->lock);
 		bool existed = false;
 		uint64_t t0 = time_mono_ns();
-		int ret = r->err ? 0 : store_pack_put(r->pk, r->slot[k].buf, r->cs, r->slot[k].id,
-						      &existed);
-		r->ns_put += time_mono_ns() - t0;
+		int ret = 0;
+		if (r->err) {
+			/* stopping: skip */
+		} else if (r->slot[k].raw) {
+			ret = chunk_hash(r->v, r->slot[k].idx, r->slot[k].buf, r->plain, r->cs,
+					 r->slot[k].id);
+			r->slot[k].zero = ret == 1;
+			if (ret == 1)
+				ret = 0;
+			r->ns_hash += time_mono_ns() - t0;
+			existed = true; /* counted when finished */
+		} else {
+			ret = store_pack_put(r->pk, r->slot[k].buf, r->cs, r->slot[k].id,
+					     &existed);
+			r->ns_put += time_mono_ns() - t0;
+		}
 		pthread_mutex_lock(&r->lock);
 		if (ret && !r->err)
 			r->err = ret;
@@ -178,6 +264,47 @@ static void *put_thread(void *arg)
 	return NULL;
 }
 
+static int entry_add(struct manifest_entry **e, size_t *n, size_t *cap, uint64_t idx,
+		     const uint8_t id[OBJ_ID_LEN])
+{
+	if (*n == *cap) {
+		struct manifest_entry *ne = realloc(*e, 2 * *cap * sizeof(**e));
+		if (!ne)
+			return -ENOMEM;
+		*e = ne;
+		*cap *= 2;
+	}
+	(*e)[*n].idx = idx;
+	memcpy((*e)[(*n)++].id, id, OBJ_ID_LEN);
+	return 0;
+}
+
+/* Clone path: finish the slots hashed so far (*fin up to tail), in order. */
+static int clone_drain(struct put_ring *r, struct snap_clone *cl, uint64_t *fin, uint64_t tail,
+		       struct manifest_entry **e, size_t *n, size_t *cap)
+{
+	for (; *fin < tail; (*fin)++) {
+		unsigned k = (unsigned)(*fin % PUT_RING);
+		bool existed;
+		uint64_t t0;
+		int ret;
+
+		if (!r->slot[k].raw)
+			continue;
+		t0 = time_mono_ns();
+		ret = store_pack_clone_finish(r->pk, r->slot[k].at, r->cs,
+					      r->slot[k].zero ? NULL : r->slot[k].id, &existed);
+		cl->ns_clone += time_mono_ns() - t0;
+		if (ret)
+			return ret;
+		if (!existed)
+			cl->cloned += r->cs;
+		if (!r->slot[k].zero && (ret = entry_add(e, n, cap, r->slot[k].idx, r->slot[k].id)))
+			return ret;
+	}
+	return 0;
+}
+
 /* Copy the captured chunks, then merge with the parent's entries. 0 or -errno. */
 static int snap_copy(struct job *j, struct snap_job *sj, uint64_t *data_size)
 {
@@ -185,18 +312,23 @@ static int snap_copy(struct job *j, struct snap_job *sj, uint64_t *data_size)
 	size_t cs = vol_chunk_size(v), n = 0, cap = 1024;
 	struct manifest_entry *e = malloc(cap * sizeof(*e));
 	uint64_t *taken = calloc((sj->m.volume_size / cs + 63) / 64, 8);
-	uint8_t *plain = NULL, *slab = NULL;
+	uint8_t *plain = NULL, *plain2 = NULL, *slab = NULL;
 	struct put_ring *r = calloc(1, sizeof(*r));
+	uint64_t fin = 0; /* clone path: slots finished */
 	pthread_t th;
 	int ret = 0;
 
 	if (!e || !taken || !r || store_pack_begin(sj->store, &r->pk) ||
 	    posix_memalign((void **)&slab, 4096, PUT_RING * cs) ||
-	    posix_memalign((void **)&plain, 4096, cs)) {
+	    posix_memalign((void **)&plain, 4096, cs) ||
+	    posix_memalign((void **)&plain2, 4096, cs)) {
 		ret = -ENOMEM;
 		goto out;
 	}
 	r->cs = cs;
+	r->v = v;
+	r->plain = plain2;
+	struct snap_clone cl = {.pk = r->pk, .cs = cs, .on = true};
 	for (unsigned k = 0; k < PUT_RING; k++)
 		r->slot[k].buf = slab + (size_t)k * cs;
 	pthread_mutex_init(&r->lock, NULL);
@@ -210,20 +342,29 @@ static int snap_copy(struct job *j, struct snap_job *sj, uint64_t *data_size)
 		uint64_t idx, t0;
 		unsigned k;
 
-		/* a free slot to read into */
+		/* a free slot to read into (on the clone path: all slots hashed and finished
+		 * once the pack is full, so that it can be closed) */
+		uint64_t tail;
 		pthread_mutex_lock(&r->lock);
-		while (r->head - r->tail == PUT_RING && !r->err)
+		while ((r->head - r->tail == PUT_RING || (cl.full && r->tail != r->head)) &&
+		       !r->err)
 			pthread_cond_wait(&r->cond, &r->lock);
 		ret = r->err;
 		k = (unsigned)(r->head % PUT_RING);
+		tail = r->tail;
 		pthread_mutex_unlock(&r->lock);
+		if (!ret)
+			ret = clone_drain(r, &cl, &fin, tail, &e, &n, &cap);
 		if (ret)
 			break;
+		cl.full = false;
 		uint8_t *buf = r->slot[k].buf;
 
+		uint64_t in_fn = cl.ns_clone;
 		t0 = time_mono_ns();
-		ret = vol_snap_next(sj->vs, &idx, &kind, buf, id);
-		sj->ns_read += time_mono_ns() - t0;
+		cl.res = CL_NONE;
+		ret = vol_snap_next(sj->vs, &idx, &kind, buf, id, cl.on ? clone_fn : NULL, &cl);
+		sj->ns_read += time_mono_ns() - t0 - (cl.ns_clone - in_fn);
 		if (ret <= 0)
 			break;
 		ret = 0;
@@ -231,40 +372,43 @@ static int snap_copy(struct job *j, struct snap_job *sj, uint64_t *data_size)
 		j->done++;
 		if (kind == VOL_SNAP_ZERO)
 			continue;
+		r->slot[k].raw = cl.res == CL_RAW;
+		if (cl.res == CL_RAW) {
+			/* hashed by the put thread, finished (named) by clone_drain */
+			r->slot[k].idx = idx;
+			r->slot[k].at = cl.at;
+			pthread_mutex_lock(&r->lock);
+			r->head++;
+			pthread_cond_broadcast(&r->cond);
+			pthread_mutex_unlock(&r->lock);
+			if (sj->d->stopping) {
+				ret = -ECANCELED;
+				break;
+			}
+			continue;
+		}
 		if (kind == VOL_SNAP_DATA) {
 			/* all-zero chunks are stored as "zero", never as data */
 			t0 = time_mono_ns();
-			if (vol_encrypted(v)) {
-				memcpy(plain, buf, cs);
-				ret = vol_chunk_plaintext(v, idx, plain);
-				if (ret)
-					break;
-			}
-			if (all_zero(vol_encrypted(v) ? plain : buf, cs)) {
-				sj->ns_hash += time_mono_ns() - t0;
+			ret = chunk_hash(v, idx, buf, plain, cs, id);
+			sj->ns_hash += time_mono_ns() - t0;
+			if (ret < 0)
+				break;
+			if (ret == 1) {
+				ret = 0;
 				continue;
 			}
-			ret = store_sha256(buf, cs, id);
-			sj->ns_hash += time_mono_ns() - t0;
-			if (ret)
-				break;
+		}
+		if (kind == VOL_SNAP_DATA) {
 			memcpy(r->slot[k].id, id, OBJ_ID_LEN);
 			pthread_mutex_lock(&r->lock);
 			r->head++;
 			pthread_cond_broadcast(&r->cond);
 			pthread_mutex_unlock(&r->lock);
 		}
-		if (n == cap) {
-			struct manifest_entry *ne = realloc(e, 2 * cap * sizeof(*e));
-			if (!ne) {
-				ret = -ENOMEM;
-				break;
-			}
-			e = ne;
-			cap *= 2;
-		}
-		e[n].idx = idx;
-		memcpy(e[n++].id, id, OBJ_ID_LEN);
+		ret = entry_add(&e, &n, &cap, idx, id);
+		if (ret)
+			break;
 		if (sj->d->stopping) {
 			ret = -ECANCELED;
 			break;
@@ -277,8 +421,12 @@ static int snap_copy(struct job *j, struct snap_job *sj, uint64_t *data_size)
 	pthread_join(th, NULL);
 	if (!ret)
 		ret = r->err;
-	sj->ns_put = r->ns_put;
-	*data_size = r->new_bytes;
+	if (!ret)
+		ret = clone_drain(r, &cl, &fin, r->head, &e, &n, &cap);
+	sj->ns_put = r->ns_put + cl.ns_clone;
+	sj->ns_hash += r->ns_hash;
+	sj->cloned = cl.cloned;
+	*data_size = r->new_bytes + cl.cloned;
 	/* the new chunks are durable before any manifest names them */
 	if (!ret) {
 		uint64_t t0 = time_mono_ns();
@@ -319,6 +467,7 @@ out:
 	free(taken);
 	free(slab);
 	free(plain);
+	free(plain2);
 	return ret;
 }
 
@@ -359,10 +508,12 @@ static void *snapshot_job(void *arg)
 		crash_point("in-catalog-txn");
 		cat_ret = cat_snapshot_update(d->cat, &s);
 	}
-	log_info("snapshot %s of %s: %s (%llu chunks, %llu bytes new; seconds: read %.3f, "
-		 "zero-test+hash %.3f, pack put %.3f, pack commit %.3f, manifest %.3f)",
+	log_info("snapshot %s of %s: %s (%llu chunks, %llu bytes new, %llu of them cloned; "
+		 "seconds: read %.3f, zero-test+hash %.3f, pack put %.3f, pack commit %.3f, "
+		 "manifest %.3f)",
 		 j->id, sj->dv->id, ret ? strerror(-ret) : "completed",
-		 (unsigned long long)j->total, (unsigned long long)data_size, sj->ns_read / 1e9,
+		 (unsigned long long)j->total, (unsigned long long)data_size,
+		 (unsigned long long)sj->cloned, sj->ns_read / 1e9,
 		 sj->ns_hash / 1e9, sj->ns_put / 1e9, sj->ns_commit / 1e9, sj->ns_manifest / 1e9);
 	sj->dv->jobs--;
 	j->finished = true;

@@ -79,6 +79,19 @@ int store_pack_begin(struct snap_store *s, struct store_pack **out);
  * by other threads in the same store are safe. */
 int store_pack_put(struct store_pack *w, const void *buf, size_t len,
 		   const uint8_t id[OBJ_ID_LEN], bool *existed);
+/* Like store_pack_put, but the object's bytes (len at off of fd; off and len multiples of
+ * the file system block size) enter the pack as a clone of that range (FICLONERANGE: shared
+ * extents, no data copied), in two steps so that the hash can be computed elsewhere in the
+ * meantime. The range must not change until clone_raw returns. clone_raw clones it to the
+ * pack's end (*at) with no id yet: 0, 1 when the pack is full (finish every outstanding
+ * clone before the next clone_raw), -EOPNOTSUPP (nothing stored) when the file systems
+ * cannot share extents (put the bytes instead), or -errno. clone_finish, called for each
+ * clone_raw in order, names it id (NULL: the chunk
+ * is not to be stored, e.g. all zero): kept unless the store has id already (*existed);
+ * otherwise its range is punched out of the pack. Commit only once all are finished. */
+int store_pack_clone_raw(struct store_pack *w, int fd, uint64_t off, size_t len, uint64_t *at);
+int store_pack_clone_finish(struct store_pack *w, uint64_t at, size_t len,
+			    const uint8_t id[OBJ_ID_LEN], bool *existed);
 /* Make every object put through w durable (pack data, then its index, then packs/) and
  * visible to store_get. Only then may a manifest reference them. */
 int store_pack_commit(struct store_pack *w);

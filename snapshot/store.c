@@ -30,6 +30,21 @@
  * for 1 MiB O_DIRECT writes at QD8/QD32, into a sparse or a fallocate'd file alike, run
  * interleaved; a 2, 32 MiB or no writeback step made no clear difference. The full snapshot
  * is bounded by that disk rate, not by SHA-256 (~1.4 GB/s on one core).
+ * Reflink (store_pack_clone_raw/_finish): on a file system with shared extents (XFS
+ * reflink=1, btrfs) an object can enter the pack as a clone of a range of another file (the
+ * volume's data file) instead of written bytes: one FICLONERANGE at the pack's end (offset
+ * == size, so chunk-sized objects keep pack offsets block-aligned, as the ioctl requires).
+ * The clone is made first (while the caller keeps the source range still) and named later,
+ * in order, once its hash is known: an entry is added then, unless it is a duplicate (or
+ * the caller says zero), whose range is punched out of the pack, so the pack may have holes
+ * no entry names. A pack is closed (PACK_MAX, commit) only with no clone unnamed. The kernel
+ * writes back the source range before sharing it, and the clone is metadata, made durable
+ * by the pack's fsync at commit (fsync rather than fdatasync once a clone went in, so the
+ * inode's extent changes are surely logged); the crash protocol above is unchanged. When
+ * the ioctl is refused (EOPNOTSUPP, EXDEV, EINVAL, ENOTTY, EBADF...: ext4, another file
+ * system, misalignment), store_pack_clone_raw returns -EOPNOTSUPP and stores nothing; the
+ * caller then puts the bytes (store_pack_put). Packs with cloned and written objects read,
+ * check and GC alike (GC rewrites partly-live packs by copying).
  * Dedup: a put looks in the map, the writer's own pending set, then the loose objects (a hit
  * there may not be durable yet: commit then also runs store_sync). Two writers storing the
  * same new chunk at once both keep it; the map points at one copy (the canonical one) and
@@ -88,6 +103,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/falloc.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -722,6 +740,8 @@ struct store_pack {
 	size_t n, cap;
 	struct idset pend;	  /* ids in the current pack */
 	bool loose_hits; /* an object was found loose: commit must store_sync */
+	bool cloned;	  /* the current pack holds a clone: fsync, not fdatasync */
+	size_t raw;	  /* clones in the current pack not yet finished (clone_raw) */
 };
 
 int store_pack_begin(struct snap_store *s, struct store_pack **out)
@@ -785,12 +805,15 @@ static int pack_finish(struct store_pack *w)
 
 	if (w->fd < 0)
 		return 0;
+	if (w->raw)
+		return -EINVAL; /* a clone_raw not finished */
 	if (!w->n) {
 		pack_drop(w);
 		return 0;
 	}
-	if (fdatasync(w->fd) < 0)
+	if ((w->cloned ? fsync(w->fd) : fdatasync(w->fd)) < 0)
 		return -errno;
+	w->cloned = false;
 	memcpy(hdr.magic, PACK_MAGIC, 8);
 	buf = malloc(len);
 	if (!buf)
@@ -819,36 +842,102 @@ static int pack_finish(struct store_pack *w)
 static int pack_append(struct store_pack *w, const void *buf, size_t len,
 		       const uint8_t id[OBJ_ID_LEN]);
 
-int store_pack_put(struct store_pack *w, const void *buf, size_t len,
-		   const uint8_t id[OBJ_ID_LEN], bool *existed)
+/* The dedup lookup of a put: true when the store or this writer has id already. */
+static bool pack_dedup(struct store_pack *w, const uint8_t id[OBJ_ID_LEN])
 {
 	struct snap_store *s = w->s;
 
-	*existed = false;
-	if (len > UINT32_MAX)
-		return -EINVAL;
-	if (pack_has(s, id) || idset_find(&w->pend, id)) {
-		*existed = true;
-		return 0;
-	}
+	if (pack_has(s, id) || idset_find(&w->pend, id))
+		return true;
 	if (store_has(s, id)) {
 		/* a loose object may not be durable yet (put by a copy in progress) */
 		w->loose_hits = true;
+		return true;
+	}
+	return false;
+}
+
+static int pack_clone(struct store_pack *w, int src_fd, uint64_t src_off, size_t len);
+
+int store_pack_clone_raw(struct store_pack *w, int fd, uint64_t off, size_t len, uint64_t *at)
+{
+	int ret;
+
+	if (len > UINT32_MAX)
+		return -EINVAL;
+	if (w->fd < 0 && (ret = pack_new(w)))
+		return ret;
+	ret = pack_clone(w, fd, off, len);
+	if (ret)
+		return ret;
+	*at = w->size;
+	w->size += len;
+	w->raw++;
+	return w->size >= PACK_MAX;
+}
+
+static int pack_entry_add(struct store_pack *w, const uint8_t id[OBJ_ID_LEN], uint64_t off,
+			  size_t len);
+
+int store_pack_clone_finish(struct store_pack *w, uint64_t at, size_t len,
+			    const uint8_t id[OBJ_ID_LEN], bool *existed)
+{
+	int ret = 0;
+
+	*existed = true;
+	if (!w->raw || w->fd < 0)
+		return -EINVAL;
+	w->raw--;
+	if (id && !pack_dedup(w, id)) {
+		*existed = false;
+		ret = pack_entry_add(w, id, at, len);
+	} else if (fallocate(w->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)at,
+			     (off_t)len) < 0) {
+		ret = -errno; /* unreferenced: a dedup'd or zero chunk keeps no blocks */
+	}
+	if (!ret && !w->raw && w->size >= PACK_MAX)
+		ret = pack_finish(w);
+	return ret;
+}
+
+int store_pack_put(struct store_pack *w, const void *buf, size_t len,
+		   const uint8_t id[OBJ_ID_LEN], bool *existed)
+{
+	*existed = false;
+	if (len > UINT32_MAX)
+		return -EINVAL;
+	if (pack_dedup(w, id)) {
 		*existed = true;
 		return 0;
 	}
 	return pack_append(w, buf, len, id);
 }
 
-/* Append one object to the writer's current pack (opening one if needed). */
-static int pack_append(struct store_pack *w, const void *buf, size_t len,
-		       const uint8_t id[OBJ_ID_LEN])
+/* Clone len bytes of src_fd at src_off to the end of the current pack. */
+static int pack_clone(struct store_pack *w, int src_fd, uint64_t src_off, size_t len)
+{
+	struct file_clone_range fcr = {
+		.src_fd = src_fd, .src_offset = src_off, .src_length = len,
+		.dest_offset = w->size,
+	};
+
+	if (ioctl(w->fd, FICLONERANGE, &fcr) < 0) {
+		int e = errno;
+		if (e == EOPNOTSUPP || e == EXDEV || e == EINVAL || e == ENOTTY || e == EBADF ||
+		    e == ENOSYS || e == EPERM)
+			return -EOPNOTSUPP;
+		return -e;
+	}
+	w->cloned = true;
+	return 0;
+}
+
+/* Record object id at off in the current pack. */
+static int pack_entry_add(struct store_pack *w, const uint8_t id[OBJ_ID_LEN], uint64_t off,
+			  size_t len)
 {
 	bool added;
-	int ret;
 
-	if (w->fd < 0 && (ret = pack_new(w)))
-		return ret;
 	if (w->n == w->cap) {
 		size_t cap = w->cap ? w->cap * 2 : 1024;
 		void *p = reallocarray(w->e, cap, sizeof(*w->e));
@@ -857,16 +946,29 @@ static int pack_append(struct store_pack *w, const void *buf, size_t len,
 		w->e = p;
 		w->cap = cap;
 	}
-	ret = file_write_full(w->fd, buf, len); /* sequential: offset == size */
-	if (ret)
-		return ret;
 	if (!idset_add(&w->pend, id, &added))
 		return -ENOMEM;
 	memcpy(w->e[w->n].id, id, OBJ_ID_LEN);
-	w->e[w->n].off = w->size;
+	w->e[w->n].off = off;
 	w->e[w->n].len = (uint32_t)len;
 	w->e[w->n].pad = 0;
 	w->n++;
+	return 0;
+}
+
+/* Append one object to the writer's current pack (opening one if needed). */
+static int pack_append(struct store_pack *w, const void *buf, size_t len,
+		       const uint8_t id[OBJ_ID_LEN])
+{
+	int ret;
+
+	if (w->fd < 0 && (ret = pack_new(w)))
+		return ret;
+	ret = file_write_full(w->fd, buf, len); /* sequential: offset == size */
+	if (!ret)
+		ret = pack_entry_add(w, id, w->size, len);
+	if (ret)
+		return ret;
 	w->size += len;
 	/* start writeback early, so the final fdatasync has little left to do */
 	if (w->size - w->synced >= PACK_WB_STEP) {
