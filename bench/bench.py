@@ -799,6 +799,12 @@ def write_md(res, path):
         L += ["", snapshot_perf.md_section(snaps)]
     elif snaps:
         L += ["", "## Snapshots", "", f"The snapshot figures failed: {snaps.get('error')}"]
+    xfs = (snaps or {}).get("xfs")
+    if xfs and xfs.get("samples"):
+        L += ["", snapshot_perf.md_section(
+            xfs, "Snapshots on a reflink XFS home (chunks cloned, not copied)")]
+    elif xfs:
+        L += ["", "## Snapshots on XFS", "", f"The figures failed: {xfs.get('error')}"]
     with open(path, "w") as f:
         f.write("\n".join(L) + "\n")
 
@@ -978,6 +984,20 @@ def bench(args):
         except (RuntimeError, subprocess.SubprocessError, OSError) as e:
             say(f"error: snapshot figures: {e}")
             snaps = dict(error=str(e))
+        # the same on a reflink XFS home: snapshots clone their chunks instead of copying
+        if shutil.which("mkfs.xfs"):
+            say(f"snapshot figures on a reflink XFS home: {reps} repeat(s)")
+
+            def ledger_home(h):
+                ctx.ledger.add("ebsimd", home=h, ebsimd=ebsimd)
+
+            try:
+                snaps_xfs = snapshot_perf.measure_on_xfs(BUILD, ctx.scratch, reps, say=say,
+                                                         home_cb=ledger_home)
+            except (RuntimeError, subprocess.SubprocessError, OSError) as e:
+                say(f"error: snapshot figures on XFS: {e}")
+                snaps_xfs = dict(error=str(e))
+            snaps = dict(snaps or {}, xfs=snaps_xfs)
     load_end = dict(loadavg_end=[round(x, 1) for x in os.getloadavg()], psi_end=psi())
     for t in targets:
         if t["via"] == "loop":

@@ -250,9 +250,41 @@ def fmt(v):
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
-def md_section(snap):
+def measure_on_xfs(build, scratch, repeats, say=print, full_only=False, home_cb=None):
+    """measure() with the home on a reflink XFS file system made for the run: a sparse
+    12 GiB image in scratch, on a loop device, mounted under scratch; all of it removed by
+    exact name afterwards. home_cb(home), if given, is told the home before the daemon
+    starts (bench.py's cleanup ledger)."""
+    img = dev = mnt = None
+    try:
+        fd, img = tempfile.mkstemp(prefix="ebsim-snapperf-", suffix=".img", dir=scratch)
+        os.ftruncate(fd, 12 * GIB)
+        os.close(fd)
+        dev = sh("losetup", "-f", "--show", img).strip()
+        sh("mkfs.xfs", "-q", "-m", "reflink=1", dev)
+        mnt = tempfile.mkdtemp(prefix="ebsim-snapperf-mnt-", dir=scratch)
+        sh("mount", dev, mnt)
+        home = tempfile.mkdtemp(prefix="ebsim-snapperf-", dir=mnt)
+        if home_cb:
+            home_cb(home)
+        try:
+            return measure(build, home, repeats, say=say, full_only=full_only)
+        finally:
+            shutil.rmtree(home, ignore_errors=True)
+    finally:
+        if mnt:
+            subprocess.run(["umount", mnt], capture_output=True)
+            if subprocess.run(["mountpoint", "-q", mnt]).returncode != 0:
+                os.rmdir(mnt)
+        if dev:
+            subprocess.run(["losetup", "-d", dev], capture_output=True)
+        if img:
+            os.unlink(img)
+
+
+def md_section(snap, title="Snapshots (bench/snapshot_perf.py)"):
     """The markdown section bench.py puts in latest.md."""
-    L = ["## Snapshots (bench/snapshot_perf.py)", "",
+    L = [f"## {title}", "",
          f"{len(snap['samples'])} repeat(s) on fresh volumes; load average "
          f"{snap['loadavg_start'][0]} at the start, {snap['loadavg_end'][0]} at the end.", "",
          "| figure | median (min–max) | unit | what |", "|---|---|---|---|"]
@@ -276,34 +308,18 @@ def main():
     ap.add_argument("--fs", choices=("scratch", "xfs"), default="scratch",
                     help="xfs: run on a reflink XFS loop image made for the run")
     a = ap.parse_args()
-    img = dev = mnt = None
-    try:
-        parent = a.scratch
-        if a.fs == "xfs":
-            fd, img = tempfile.mkstemp(prefix="ebsim-snapperf-", suffix=".img", dir=a.scratch)
-            os.ftruncate(fd, 12 * GIB)
-            os.close(fd)
-            dev = sh("losetup", "-f", "--show", img).strip()
-            sh("mkfs.xfs", "-q", "-m", "reflink=1", dev)
-            mnt = tempfile.mkdtemp(prefix="ebsim-snapperf-mnt-", dir=a.scratch)
-            sh("mount", dev, mnt)
-            parent = mnt
-        home = tempfile.mkdtemp(prefix="ebsim-snapperf-", dir=parent)
+    say = lambda *x: print(*x, file=sys.stderr)  # noqa: E731
+    if a.fs == "xfs":
+        res = measure_on_xfs(os.path.abspath(a.build), a.scratch, a.repeats, say=say,
+                             full_only=a.full_only)
+    else:
+        home = tempfile.mkdtemp(prefix="ebsim-snapperf-", dir=a.scratch)
         try:
-            res = measure(os.path.abspath(a.build), home, a.repeats,
-                          say=lambda *x: print(*x, file=sys.stderr), full_only=a.full_only)
-            res["fs"] = a.fs
+            res = measure(os.path.abspath(a.build), home, a.repeats, say=say,
+                          full_only=a.full_only)
         finally:
             shutil.rmtree(home, ignore_errors=True)
-    finally:
-        if mnt:
-            subprocess.run(["umount", mnt], capture_output=True)
-            if subprocess.run(["mountpoint", "-q", mnt]).returncode != 0:
-                os.rmdir(mnt)
-        if dev:
-            subprocess.run(["losetup", "-d", dev], capture_output=True)
-        if img:
-            os.unlink(img)
+    res["fs"] = a.fs
     text = json.dumps(res, indent=2)
     print(text)
     if a.out:
