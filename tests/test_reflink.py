@@ -10,15 +10,13 @@ bytes are copied)."""
 import os
 import re
 import shutil
-import subprocess
 import tempfile
-import time
 
 import pytest
 
 import store_layout
 from conftest import Resources, is_mounted, run
-from test_snapshots import sha_range, snapshot, wait_completed, write_pattern
+from test_snapshots import kill9_at_progress, sha_range, snapshot, wait_completed, write_pattern
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -147,15 +145,7 @@ def test_kill9_during_pending_snapshot(xfs, make_daemon):
     vid, path = v["VolumeId"], v["LocalPath"]
     sha = write_pattern(path, "k", 2 * GIB, bs=16 * MIB)
     s = snapshot(d, vid, wait=False)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        st = d.ok("describe-snapshots", "--snapshot-ids", s["SnapshotId"])["Snapshots"][0]
-        if st["State"] != "pending" or int(st["Progress"].rstrip("%")) >= 40:
-            break
-        time.sleep(0.005)
-    d.kill9()
-    d.start()
-    st = d.ok("describe-snapshots", "--snapshot-ids", s["SnapshotId"])["Snapshots"][0]
+    st = kill9_at_progress(d, s["SnapshotId"], 40, poll=0.005)
     assert st["State"] in ("error", "completed"), st
     check_clean(d)
     assert sha_range(path, 0, 2 * GIB) == sha

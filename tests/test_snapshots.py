@@ -32,6 +32,20 @@ def wait_completed(d, snap, timeout=120):
     raise AssertionError(f"{snap} still pending after {timeout}s")
 
 
+def kill9_at_progress(d, snap_id, pct, poll):
+    """kill -9 the daemon once snapshot snap_id is pct% copied (or no longer pending; at
+    most 30 s), restart it, and return the snapshot as the restarted daemon describes it."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        st = d.ok("describe-snapshots", "--snapshot-ids", snap_id)["Snapshots"][0]
+        if st["State"] != "pending" or int(st["Progress"].rstrip("%")) >= pct:
+            break
+        time.sleep(poll)
+    d.kill9()
+    d.start()
+    return d.ok("describe-snapshots", "--snapshot-ids", snap_id)["Snapshots"][0]
+
+
 def snapshot(d, vol, wait=True):
     s = d.ok("create-snapshot", "--volume-id", vol)
     assert s["SnapshotId"].startswith("snap-") and len(s["SnapshotId"]) == 22
@@ -382,15 +396,7 @@ def test_kill9_during_pending_snapshot(daemon, home):
     sha = write_pattern(path, "k", GIB // 2, bs=16 * MIB)
     s = snapshot(d, vid, wait=False)
     # kill it well into the copy, once some chunks are stored (a pack is committed)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        st = d.ok("describe-snapshots", "--snapshot-ids", s["SnapshotId"])["Snapshots"][0]
-        if st["State"] != "pending" or int(st["Progress"].rstrip("%")) >= 60:
-            break
-        time.sleep(0.02)
-    d.kill9()
-    d.start()
-    st = d.ok("describe-snapshots", "--snapshot-ids", s["SnapshotId"])["Snapshots"][0]
+    st = kill9_at_progress(d, s["SnapshotId"], 60, poll=0.02)
     assert st["State"] in ("error", "completed"), st
     # what the interrupted snapshot had stored belongs to no manifest: collected at start
     c = d.cli("check")
