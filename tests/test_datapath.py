@@ -13,7 +13,9 @@ lock held across pwrite, so the last write acknowledged is the one that must be 
 Then: sha256 through the FUSE file and through a loop device, fsync, kill -9, restart, and
 the same sha256 again.
 """
+import ctypes
 import hashlib
+import mmap
 import os
 import random
 import threading
@@ -107,4 +109,91 @@ def test_concurrent_writers_every_shape_survive_kill9(daemon, res, encrypted):
     daemon.start()
     res.assert_mounted(fuse_mnt)
     assert sha256_range(path, REGION) == want
+    assert not daemon.unexpected_log_errors()
+
+
+# ---- chunk fills and the page cache ------------------------------------------------------
+
+KPF_COMPOUND_HEAD, KPF_COMPOUND_TAIL = 1 << 15, 1 << 16
+
+
+def folio_pages(path, off, length):
+    """Sizes, in 4 KiB pages, of the page-cache folios over [off, off+length) of path, in
+    order (a private read-only-used mapping, /proc/self/pagemap, /proc/kpageflags). A page
+    that is not resident counts as a folio of 0 pages."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        m = mmap.mmap(fd, length, access=mmap.ACCESS_COPY, offset=off)
+    finally:
+        os.close(fd)
+    anchor = ctypes.c_char.from_buffer(m)
+    start = ctypes.addressof(anchor)
+    sizes, in_folio = [], False
+    try:
+        with open("/proc/self/pagemap", "rb") as pm, open("/proc/kpageflags", "rb") as kf:
+            for i in range(length // 4096):
+                m[i * 4096]  # map the page (read: it stays the page-cache page)
+                pm.seek((start // 4096 + i) * 8)
+                e = int.from_bytes(pm.read(8), "little")
+                if not e >> 63:
+                    sizes.append(0)
+                    in_folio = False
+                    continue
+                kf.seek((e & ((1 << 55) - 1)) * 8)
+                flags = int.from_bytes(kf.read(8), "little")
+                if flags & KPF_COMPOUND_TAIL and in_folio:
+                    sizes[-1] += 1
+                    continue
+                sizes.append(1)
+                in_folio = bool(flags & KPF_COMPOUND_HEAD)
+        return sizes
+    finally:
+        del anchor
+        m.close()
+
+
+def test_encrypted_chunk_fill_keeps_folios_small(daemon, res, tmp_path):
+    """A first 4 KiB write into an encrypted volume's chunk fills the whole chunk (vol.c,
+    FILL_PIECE): it reaches the data file in 16 KiB pieces, so ext4 keeps no folio larger
+    than that there (a 64 KiB one made every later 4 KiB write into the chunk walk 16 buffer
+    heads). The bytes read back, after a restart too, and the data file holds ciphertext."""
+    probe = os.path.join(daemon.home, "folio-probe")  # the data files' file system
+    with open(probe, "wb") as f:
+        f.write(os.urandom(65536))
+    big = max(folio_pages(probe, 0, 65536))
+    os.unlink(probe)
+    if big < 16:
+        pytest.skip(f"this file system made a {big}-page folio of a 64 KiB write")
+
+    v = daemon.create_volume(1, "--encrypted")
+    path, raw = v["LocalPath"], os.path.join(daemon.home, "volumes", v["VolumeId"], "data")
+    res.assert_mounted(os.path.join(daemon.home, "mnt"))
+    chunk, nchunks = 65536, 64
+    rng = random.Random(11)
+    image = bytearray(nchunks * chunk)
+    blocks = set()
+    fd = os.open(path, os.O_RDWR)
+    try:
+        for c in range(nchunks):
+            off = c * chunk + rng.randrange(16) * 4096
+            data = rng.randbytes(4096)
+            assert os.pwrite(fd, data, off) == 4096
+            image[off:off + 4096] = data
+            blocks.add(data)
+        assert max(folio_pages(raw, 0, nchunks * chunk)) <= 4
+        want = hashlib.sha256(image).hexdigest()
+        assert sha256_range(path, len(image)) == want
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+    daemon.stop()
+    with open(raw, "rb") as f:
+        stored = f.read(len(image))
+    assert not any(stored[i:i + 4096] in blocks for i in range(0, len(stored), 4096)), \
+        "plaintext in the data file"
+    assert stored.count(bytes(4096)) == 0, "a filled sector holds zeros, not ciphertext"
+    daemon.start()
+    res.assert_mounted(os.path.join(daemon.home, "mnt"))
+    assert sha256_range(path, len(image)) == want
     assert not daemon.unexpected_log_errors()
