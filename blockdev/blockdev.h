@@ -124,16 +124,20 @@ struct vol_snap;
  * chunks to copy.
  */
 int vol_snap_begin(struct vol *v, bool full, struct vol_snap **out, uint64_t *total);
-/* Called by vol_snap_next for a VOL_SNAP_DATA chunk once buf holds it, before the chunk's
- * lock is released: the same point-in-time bytes are at (fd, off) of the volume's data file
- * until fn returns (so fn may clone that range). 0, or -errno to fail vol_snap_next. */
-typedef int (*vol_snap_fn)(void *arg, uint64_t idx, void *buf, int fd, uint64_t off);
-/* The next chunk in its point-in-time state: 1 with *idx, *kind and buf (chunk-sized,
- * for VOL_SNAP_DATA) or base_id (VOL_SNAP_BASE) filled; 0 when every chunk was returned;
- * -errno on failure. fn (may be NULL) is called as described above. Blocking: call it from
- * a worker thread. */
-int vol_snap_next(struct vol_snap *s, uint64_t *idx, enum vol_snap_kind *kind, void *buf,
-		  uint8_t base_id[OBJ_ID_LEN], vol_snap_fn fn, void *arg);
+/* Called by vol_snap_next for a run of n VOL_SNAP_DATA chunks (idx .. idx + n - 1) once buf
+ * holds them, before their locks are released: the same point-in-time bytes are at
+ * (fd, off), n chunks long, of the volume's data file until fn returns (so fn may clone
+ * that range, in one piece). 0, or -errno to fail vol_snap_next. */
+typedef int (*vol_snap_fn)(void *arg, uint64_t idx, uint64_t n, void *buf, int fd,
+			   uint64_t off);
+/* The next chunks in their point-in-time state: 1 with *idx, *n, *kind and buf or base_id
+ * filled; 0 when every chunk was returned; -errno on failure. VOL_SNAP_DATA: a run of
+ * 1 <= *n <= max consecutive chunks, read into buf (*n chunks long, so max chunks of room);
+ * otherwise *n = 1 and base_id is filled (VOL_SNAP_BASE). fn (may be NULL) is called as
+ * described above. Blocking: call it from a worker thread. */
+int vol_snap_next(struct vol_snap *s, uint64_t max, uint64_t *idx, uint64_t *n,
+		  enum vol_snap_kind *kind, void *buf, uint8_t base_id[OBJ_ID_LEN], vol_snap_fn fn,
+		  void *arg);
 /* Finish. ok = false puts the changed bits of the chunks back, so that a later incremental
  * snapshot still includes them. */
 void vol_snap_end(struct vol_snap *s, bool ok);

@@ -51,7 +51,13 @@
  * point-in-time state while holding that chunk's lock (a writer to it waits: copy before
  * write). For a PRESENT chunk it reads the bytes into the caller's buffer and, still under
  * the lock, calls the caller's optional callback with the data fd and the chunk's offset,
- * so the snapshot may clone (FICLONERANGE) exactly the bytes it hashed.
+ * so the snapshot may clone (FICLONERANGE) exactly the bytes it hashed. It returns a run of
+ * up to max chunks at once when the chunks after the first are pending, PRESENT and
+ * unlocked: it takes all their locks before reading (one pread of the run) and releases
+ * them, in order, only after the callback returned, so one clone of the whole run still
+ * shares exactly the bytes read. A writer to a chunk of the run waits for that, as for a
+ * single chunk (at most one run's read and clone: 32 chunks, 2 MiB, in the daemon). A
+ * chunk a parked writer waits for is returned alone (that writer holds its lock).
  *
  * Map file format (header version 2): a sequence of 4 KiB pages; page p holds the map
  * bytes of chunks [p * MAP_PER_PAGE, (p + 1) * MAP_PER_PAGE) at offsets [0, 4064), then a
@@ -1991,13 +1997,14 @@ static int read_full(int fd, void *buf, size_t len, uint64_t off)
 	return 0;
 }
 
-int vol_snap_next(struct vol_snap *s, uint64_t *idx, enum vol_snap_kind *kind, void *buf,
-		  uint8_t base_id[OBJ_ID_LEN], vol_snap_fn fn, void *arg)
+int vol_snap_next(struct vol_snap *s, uint64_t max, uint64_t *idx, uint64_t *n,
+		  enum vol_snap_kind *kind, void *buf, uint8_t base_id[OBJ_ID_LEN], vol_snap_fn fn,
+		  void *arg)
 {
 	struct vol *v = s->v;
 	struct slow *owner = NULL;
 	const uint8_t *id = NULL;
-	uint64_t c;
+	uint64_t c, run = 1;
 	uint8_t st;
 	int ret = 0;
 
@@ -2041,15 +2048,27 @@ int vol_snap_next(struct vol_snap *s, uint64_t *idx, enum vol_snap_kind *kind, v
 		id = base_entry(v, c);
 	s->pending[c / 64] &= ~(1ull << (c % 64));
 	s->left--;
+	/* a run: the following pending PRESENT chunks whose locks are free, all held until
+	 * fn returns (a parked writer's chunk stands alone: the writer holds its lock) */
+	while (!owner && st == MAP_PRESENT && run < max && c + run < s->nchunks &&
+	       c + run < v->nchunks && ((s->pending[(c + run) / 64] >> ((c + run) % 64)) & 1) &&
+	       map_state(v, c + run) == MAP_PRESENT && lock_try(v, c + run)) {
+		s->pending[(c + run) / 64] &= ~(1ull << ((c + run) % 64));
+		s->left--;
+		run++;
+	}
+	if (!owner)
+		s->scan = c + run;
 	pthread_mutex_unlock(&v->lock);
 
 	*idx = c;
+	*n = run;
 	if (st == MAP_PRESENT) {
 		*kind = VOL_SNAP_DATA;
-		ret = read_full(v->data_fd, buf, v->chunk_size, c << v->chunk_shift);
-		/* still under the chunk lock: fn sees the bytes in buf also at (data_fd, off) */
+		ret = read_full(v->data_fd, buf, run << v->chunk_shift, c << v->chunk_shift);
+		/* still under the chunks' locks: fn sees the bytes in buf also at (data_fd, off) */
 		if (!ret && fn)
-			ret = fn(arg, c, buf, v->data_fd, c << v->chunk_shift);
+			ret = fn(arg, c, run, buf, v->data_fd, c << v->chunk_shift);
 	} else if (id) {
 		*kind = VOL_SNAP_BASE;
 		memcpy(base_id, id, OBJ_ID_LEN);
@@ -2058,9 +2077,11 @@ int vol_snap_next(struct vol_snap *s, uint64_t *idx, enum vol_snap_kind *kind, v
 	}
 	if (owner) {
 		slow_run(owner); /* the parked write goes on; it keeps the chunk lock */
-	} else {
+		return ret < 0 ? ret : 1;
+	}
+	for (uint64_t i = 0; i < run; i++) {
 		pthread_mutex_lock(&v->lock);
-		struct slow *next = lock_release(v, c);
+		struct slow *next = lock_release(v, c + i);
 		pthread_mutex_unlock(&v->lock);
 		if (next)
 			slow_run(next);

@@ -85,10 +85,12 @@ int store_pack_put(struct store_pack *w, const void *buf, size_t len,
  * meantime. The range must not change until clone_raw returns. clone_raw clones it to the
  * pack's end (*at) with no id yet: 0, 1 when the pack is full (finish every outstanding
  * clone before the next clone_raw), -EOPNOTSUPP (nothing stored) when the file systems
- * cannot share extents (put the bytes instead), or -errno. clone_finish, called for each
- * clone_raw in order, names it id (NULL: the chunk
- * is not to be stored, e.g. all zero): kept unless the store has id already (*existed);
- * otherwise its range is punched out of the pack. Commit only once all are finished. */
+ * cannot share extents (put the bytes instead), or -errno. The range may hold several
+ * objects back to back (a run of chunks: one ioctl). clone_finish, called in order for each
+ * object of each clone_raw (at, len: that object's place in the pack), names it id (NULL:
+ * the chunk is not to be stored, e.g. all zero): kept unless the store has id already
+ * (*existed); otherwise its range is punched out of the pack. Commit only once all are
+ * finished. */
 int store_pack_clone_raw(struct store_pack *w, int fd, uint64_t off, size_t len, uint64_t *at);
 int store_pack_clone_finish(struct store_pack *w, uint64_t at, size_t len,
 			    const uint8_t id[OBJ_ID_LEN], bool *existed);

@@ -37,7 +37,12 @@
  * The clone is made first (while the caller keeps the source range still) and named later,
  * in order, once its hash is known: an entry is added then, unless it is a duplicate (or
  * the caller says zero), whose range is punched out of the pack, so the pack may have holes
- * no entry names. A pack is closed (PACK_MAX, commit) only with no clone unnamed. The kernel
+ * no entry names. One clone may carry a run of objects that lie back to back in the source
+ * (a snapshot clones up to 32 consecutive chunks with one ioctl: measured on XFS, one
+ * FICLONERANGE per 64 KiB chunk cost ~0.45 s per GiB, most of a full snapshot); each is
+ * then named by its own clone_finish (w->raw counts the bytes not named yet). A pack is
+ * closed (PACK_MAX, commit) only with no clone unnamed, so it may end up to one run
+ * past PACK_MAX. The kernel
  * writes back the source range before sharing it, and the clone is metadata, made durable
  * by the pack's fsync at commit (fsync rather than fdatasync once a clone went in, so the
  * inode's extent changes are surely logged); the crash protocol above is unchanged. When
@@ -741,7 +746,7 @@ struct store_pack {
 	struct idset pend;	  /* ids in the current pack */
 	bool loose_hits; /* an object was found loose: commit must store_sync */
 	bool cloned;	  /* the current pack holds a clone: fsync, not fdatasync */
-	size_t raw;	  /* clones in the current pack not yet finished (clone_raw) */
+	uint64_t raw;	  /* bytes cloned into the current pack not yet finished (named) */
 };
 
 int store_pack_begin(struct snap_store *s, struct store_pack **out)
@@ -872,7 +877,7 @@ int store_pack_clone_raw(struct store_pack *w, int fd, uint64_t off, size_t len,
 		return ret;
 	*at = w->size;
 	w->size += len;
-	w->raw++;
+	w->raw += len;
 	return w->size >= PACK_MAX;
 }
 
@@ -885,9 +890,9 @@ int store_pack_clone_finish(struct store_pack *w, uint64_t at, size_t len,
 	int ret = 0;
 
 	*existed = true;
-	if (!w->raw || w->fd < 0)
+	if (w->raw < len || w->fd < 0)
 		return -EINVAL;
-	w->raw--;
+	w->raw -= len;
 	if (id && !pack_dedup(w, id)) {
 		*existed = false;
 		ret = pack_entry_add(w, id, at, len);

@@ -7,7 +7,9 @@ a snapshot holds is the point-in-time bytes (sha256 of a restored volume), and t
 store stays consistent (`ebsim check`) through delete + GC and a kill -9 mid-snapshot.
 The same tests on ext4 are tests/test_snapshots.py (there the clone is refused and the
 bytes are copied)."""
+import hashlib
 import os
+import random
 import re
 import shutil
 import tempfile
@@ -134,6 +136,62 @@ def test_point_in_time_overwrite_while_pending(xfs, make_daemon):
     wait_completed(d, s["SnapshotId"])
     assert sha_range(path, 0, GIB) == sha_b
     assert cloned_bytes(d, s["SnapshotId"])[1] == GIB
+    r = d.ok("create-volume", "--snapshot-id", s["SnapshotId"])
+    assert sha_range(r["LocalPath"], 0, GIB) == sha_a
+    check_clean(d)
+
+
+def clone_calls(d, snap_id):
+    m = re.search(re.escape(snap_id) + r" of \S+: completed \(\d+ chunks, \d+ bytes new, "
+                  r"\d+ of them cloned, in (\d+) clone calls", d.log())
+    assert m, f"no completion line for {snap_id} in the log"
+    return int(m.group(1))
+
+
+def test_runs_cloned_whole_point_in_time_under_small_writes(xfs, make_daemon):
+    """New chunks are cloned in runs (one FICLONERANGE for many consecutive chunks), each
+    run's chunk locks held until its clone is made: 4 KiB writes at random places inside
+    the chunks of the runs, made while the snapshot is pending, never show in it."""
+    d = xfs_daemon(make_daemon, xfs)
+    v = d.create_volume(1)
+    vid, path = v["VolumeId"], v["LocalPath"]
+    rnd = random.Random("runs")
+    data = bytearray(b"".join(rnd.randbytes(16 * MIB) for _ in range(GIB // (16 * MIB))))
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        for off in range(0, GIB, 16 * MIB):
+            os.pwrite(fd, data[off:off + 16 * MIB], off)
+        os.fsync(fd)
+        sha_a = hashlib.sha256(data).hexdigest()
+        s = snapshot(d, vid, wait=False)
+        during = 0
+        pending = True
+        for i in range(4000):
+            off = rnd.randrange(GIB // 4096) * 4096
+            b = rnd.randbytes(4096)
+            os.pwrite(fd, b, off)
+            data[off:off + 4096] = b
+            if pending and i % 50 == 49:
+                st = d.ok("describe-snapshots", "--snapshot-ids", s["SnapshotId"])
+                pending = st["Snapshots"][0]["State"] == "pending"
+            during += pending
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    assert during >= 50, "the snapshot ended before the writes"
+    wait_completed(d, s["SnapshotId"])
+    new, cloned = cloned_bytes(d, s["SnapshotId"])
+    assert new == cloned == GIB, (new, cloned)
+    # 16384 chunks in runs: far fewer clone calls than chunks
+    calls = clone_calls(d, s["SnapshotId"])
+    assert 0 < calls <= GIB // (64 << 10) // 8, calls
+    shared = total = 0
+    for p in packs(d.home):
+        a, b = shared_and_total(p)
+        shared += a
+        total += b
+    assert total * 4096 >= GIB and shared > 0, (shared, total)
+    assert sha_range(path, 0, GIB) == hashlib.sha256(data).hexdigest()
     r = d.ok("create-volume", "--snapshot-id", s["SnapshotId"])
     assert sha_range(r["LocalPath"], 0, GIB) == sha_a
     check_clean(d)
