@@ -46,10 +46,12 @@
  */
 #include "fuse/volfs.h"
 #include "blockdev/blockdev.h"
+#include "fuse/furing_i.h"
 #include "common/common.h"
 
 #define FUSE_USE_VERSION 35
 #include <fuse_lowlevel.h>
+#include <linux/fuse.h>
 
 #include <errno.h>
 #include <fcntl.h>
@@ -70,6 +72,7 @@
 #define ATTR_TIMEOUT 1.0
 #define POOL_MAX 512		    /* requests kept for reuse */
 #define POOL_BUF_MAX (128u << 10) /* larger buffers are not kept */
+#define RING_DEPTH 16		    /* io_uring transport: entries per CPU queue */
 
 struct vfile {
 	char name[ID_MAX];
@@ -81,6 +84,7 @@ struct vfile {
 
 struct ioreq {
 	fuse_req_t req;
+	void *data; /* the I/O's bytes: buf, or a FUSE ring entry's payload */
 	void *buf;
 	size_t cap; /* bytes at buf (0: no buffer) */
 	struct ioreq *next;
@@ -99,19 +103,30 @@ struct volfs {
 	struct ioreq *pool;		   /* FUSE thread only */
 	_Atomic(struct ioreq *) pool_ret;  /* pushed by any thread */
 	atomic_int pool_n;		   /* requests in pool + pool_ret (approximate bound) */
+	pthread_mutex_t pool_lock;	   /* io_uring transport: two threads may take */
+	bool uring;			   /* io_uring transport asked for */
+	uint64_t init_unique;		   /* its FUSE_INIT request (0: not seen/offered) */
+	_Atomic(struct furing *) ring;	   /* set once the kernel took the ring */
 };
 
-/* A request with a 4 KiB-aligned buffer of at least size bytes (FUSE thread only). */
+/* A request with a 4 KiB-aligned buffer of at least size bytes (the thread serving
+ * requests; with the io_uring transport two threads may, hence fs->pool_lock). */
 static struct ioreq *ioreq_get(struct volfs *fs, size_t size)
 {
-	struct ioreq *r = fs->pool;
+	struct ioreq *r;
 
+	if (fs->uring)
+		pthread_mutex_lock(&fs->pool_lock);
+	r = fs->pool;
 	if (!r) {
 		r = atomic_exchange(&fs->pool_ret, NULL);
 		fs->pool = r;
 	}
-	if (r) {
+	if (r)
 		fs->pool = r->next;
+	if (fs->uring)
+		pthread_mutex_unlock(&fs->pool_lock);
+	if (r) {
 		atomic_fetch_sub(&fs->pool_n, 1);
 	} else {
 		r = calloc(1, sizeof(*r));
@@ -386,7 +401,7 @@ static void read_done(void *arg, int res)
 	if (res < 0)
 		fuse_reply_err(r->req, edge_errno(res));
 	else
-		fuse_reply_buf(r->req, r->buf, (size_t)res);
+		fuse_reply_buf(r->req, r->data, (size_t)res);
 	ioreq_put(fs, r);
 	pending_put(fs);
 }
@@ -408,12 +423,14 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	if ((uint64_t)off >= vsize || !size)
 		return (void)fuse_reply_buf(req, NULL, 0);
 	size = (size_t)MIN((uint64_t)size, vsize - (uint64_t)off);
-	r = ioreq_get(fs, size);
+	void *p = furing_payload(size);
+	r = ioreq_get(fs, p ? 0 : size);
 	if (!r)
 		return (void)fuse_reply_err(req, ENOMEM);
+	r->data = p ? p : r->buf;
 	r->req = req;
 	pending_get(req);
-	vol_read(v, r->buf, size, (uint64_t)off, read_done, r);
+	vol_read(v, r->data, size, (uint64_t)off, read_done, r);
 }
 
 static void write_done(void *arg, int res)
@@ -443,13 +460,16 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 		return (void)fuse_reply_err(req, EINVAL);
 	if ((uint64_t)off + size > vol_size(v))
 		return (void)fuse_reply_err(req, ENOSPC); /* a block device does not grow */
-	r = ioreq_get(fs, size ? size : 1);
+	bool inplace = furing_owns(buf); /* a ring payload: aligned, ours until the reply */
+	r = ioreq_get(fs, inplace ? 0 : (size ? size : 1));
 	if (!r)
 		return (void)fuse_reply_err(req, ENOMEM);
-	memcpy(r->buf, buf, size);
+	r->data = inplace ? (void *)buf : r->buf;
+	if (!inplace)
+		memcpy(r->buf, buf, size);
 	r->req = req;
 	pending_get(req);
-	vol_write(v, r->buf, size, (uint64_t)off, write_done, r);
+	vol_write(v, r->data, size, (uint64_t)off, write_done, r);
 }
 
 static void status_done(void *arg, int res)
@@ -540,6 +560,69 @@ static const struct fuse_lowlevel_ops volfs_ops = {
 	.statfs = op_statfs,
 };
 
+/* Custom io of the io_uring transport: plain read/writev of /dev/fuse, except that the
+ * FUSE_INIT reply asks for io_uring (when the kernel offered it) and replies to requests
+ * that came from the ring go back through it. */
+static ssize_t io_read(int fd, void *buf, size_t len, void *userdata)
+{
+	struct volfs *fs = userdata;
+	ssize_t n = read(fd, buf, len);
+	const struct fuse_in_header *in = buf;
+
+	if (n >= (ssize_t)(sizeof(*in) + sizeof(struct fuse_init_in)) && in->opcode == FUSE_INIT &&
+	    !fs->init_unique) {
+		const struct fuse_init_in *ii = (const struct fuse_init_in *)(in + 1);
+		int saved = errno;
+		if ((ii->flags & FUSE_INIT_EXT) && (ii->flags2 & FURING_INIT_FLAGS2_BIT))
+			fs->init_unique = in->unique;
+		else
+			log_warn("the kernel does not offer FUSE over io_uring: using /dev/fuse");
+		errno = saved;
+	}
+	return n;
+}
+
+static ssize_t init_reply(struct volfs *fs, int fd, struct iovec *iov, int count)
+{
+	const struct fuse_out_header *oh = iov[0].iov_base;
+	struct fuse_init_out io;
+	struct furing *ring;
+	ssize_t n;
+	int ret;
+
+	if (count != 2 || oh->error || iov[1].iov_len > sizeof(io) ||
+	    iov[1].iov_len < offsetof(struct fuse_init_out, flags2) + sizeof(io.flags2))
+		return writev(fd, iov, count);
+	memcpy(&io, iov[1].iov_base, iov[1].iov_len);
+	io.flags |= FUSE_INIT_EXT;
+	io.flags2 |= FURING_INIT_FLAGS2_BIT;
+	struct iovec v[2] = {iov[0], {&io, iov[1].iov_len}};
+	n = writev(fd, v, 2);
+	if (n < 0)
+		return n;
+	ret = furing_start(fs->se, fd, MAX_IO, RING_DEPTH, &ring);
+	if (ret)
+		log_warn("FUSE over io_uring failed to start (%s): using /dev/fuse", strerror(-ret));
+	else
+		atomic_store(&fs->ring, ring);
+	return n;
+}
+
+static ssize_t io_writev(int fd, struct iovec *iov, int count, void *userdata)
+{
+	struct volfs *fs = userdata;
+	const struct fuse_out_header *oh = iov[0].iov_base;
+	ssize_t n;
+
+	if (furing_reply(atomic_load(&fs->ring), iov, count, &n))
+		return n;
+	if (fs->init_unique && oh->unique == fs->init_unique)
+		return init_reply(fs, fd, iov, count);
+	return writev(fd, iov, count);
+}
+
+static const struct fuse_custom_io uring_io = {.read = io_read, .writev = io_writev};
+
 static void *loop_thread(void *arg)
 {
 	struct volfs *fs = arg;
@@ -548,7 +631,7 @@ static void *loop_thread(void *arg)
 	return NULL;
 }
 
-int volfs_mount(const char *mountpoint, struct volfs **out)
+int volfs_mount(const char *mountpoint, enum volfs_transport transport, struct volfs **out)
 {
 	char maxread[64];
 	snprintf(maxread, sizeof(maxread), "-omax_read=%u", MAX_IO);
@@ -561,6 +644,12 @@ int volfs_mount(const char *mountpoint, struct volfs **out)
 	if (!fs)
 		return -ENOMEM;
 	pthread_mutex_init(&fs->lock, NULL);
+	pthread_mutex_init(&fs->pool_lock, NULL);
+	fs->uring = transport == VOLFS_IO_URING;
+	if (fs->uring && !furing_kernel_enabled(true)) {
+		log_warn("the kernel has no FUSE over io_uring (fuse enable_uring): using /dev/fuse");
+		fs->uring = false;
+	}
 	fs->next_ino = FUSE_ROOT_ID + 1;
 	snprintf(fs->mountpoint, sizeof(fs->mountpoint), "%s", mountpoint);
 	fs->se = fuse_session_new(&args, &volfs_ops, sizeof(volfs_ops), fs);
@@ -572,6 +661,10 @@ int volfs_mount(const char *mountpoint, struct volfs **out)
 	if (fuse_session_mount(fs->se, mountpoint) != 0) {
 		ret = -EIO;
 		goto out_destroy;
+	}
+	if (fs->uring && fuse_session_custom_io(fs->se, &uring_io, fuse_session_fd(fs->se))) {
+		ret = -EIO;
+		goto out_unmount;
 	}
 	ret = -pthread_create(&fs->thread, NULL, loop_thread, fs);
 	if (ret)
@@ -588,6 +681,7 @@ out_destroy:
 	fuse_session_destroy(fs->se);
 out_free:
 	pthread_mutex_destroy(&fs->lock);
+	pthread_mutex_destroy(&fs->pool_lock);
 	free(fs);
 	return ret;
 }
@@ -638,6 +732,11 @@ void volfs_unmount(struct volfs *fs)
 				 atomic_load(&fs->pending));
 		usleep(1000);
 	}
+	struct furing *ring = atomic_load(&fs->ring);
+	if (ring) {
+		log_info("FUSE over io_uring served %lu requests", furing_served(ring));
+		furing_stop(ring); /* before /dev/fuse closes: the ring holds commands on it */
+	}
 	fuse_session_unmount(fs->se); /* closes /dev/fuse; the mount is gone already */
 	fuse_session_destroy(fs->se);
 	pool_free(fs->pool);
@@ -648,6 +747,7 @@ void volfs_unmount(struct volfs *fs)
 		free(f);
 	}
 	pthread_mutex_destroy(&fs->lock);
+	pthread_mutex_destroy(&fs->pool_lock);
 	free(fs);
 }
 

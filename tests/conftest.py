@@ -43,6 +43,7 @@ BUILD = os.environ.get("EBSIM_BUILD", os.path.join(ROOT, "build"))
 EBSIMD = os.path.join(BUILD, "ebsimd")
 EBSIM = os.path.join(BUILD, "ebsim")
 STRESS = os.environ.get("EBSIM_STRESS") == "1"
+FUSE_TRANSPORT = os.environ.get("EBSIM_FUSE_TRANSPORT", "dev")  # ebsimd --fuse-transport
 
 
 def sha256_file(path, chunk=1 << 20):
@@ -228,7 +229,7 @@ class Daemon:
 
     def __init__(self, home, engine="io_uring", ebsimd=EBSIMD, ebsim=EBSIM,
                  account="123456789012", region="us-east-1", base_images=False,
-                 cache_dir=None):
+                 cache_dir=None, transport=None):
         # base_images: offer the base AMIs (ebsimd builds or imports them at start);
         # off by default so that tests which do not need them do not pay for them.
         # cache_dir: ebsimd --cache-dir (None: its default, /var/cache/ebsim).
@@ -236,6 +237,9 @@ class Daemon:
         self.base_images = base_images
         self.cache_dir = cache_dir
         self.engine = engine
+        # ebsimd --fuse-transport: dev or io_uring; the suite's default comes from
+        # EBSIM_FUSE_TRANSPORT (make test runs its second pass with io_uring)
+        self.transport = transport or FUSE_TRANSPORT
         self.ebsimd = ebsimd
         self.ebsim = ebsim
         self.account = account
@@ -248,8 +252,8 @@ class Daemon:
         opts = [] if self.base_images else ["--no-base-images"]
         if self.cache_dir:
             opts += ["--cache-dir", self.cache_dir]
-        p = run([self.ebsimd, "--home", self.home, "--io-engine", self.engine, *opts, *extra],
-                check=False, env=env)
+        p = run([self.ebsimd, "--home", self.home, "--io-engine", self.engine,
+                 "--fuse-transport", self.transport, *opts, *extra], check=False, env=env)
         if p.returncode != 0:
             raise AssertionError(f"ebsimd failed to start: {p.stderr}\n{self.log()}")
         with open(os.path.join(self.home, "ebsimd.pid")) as f:
