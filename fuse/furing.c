@@ -119,7 +119,7 @@ struct furing {
 	atomic_bool stop;
 	atomic_ulong served;
 	uint64_t efd_val;
-	sem_t started;
+	sem_t started, go;
 	int start_err;
 };
 
@@ -348,6 +348,9 @@ static void *ring_thread(void *arg)
 	sem_post(&fr->started);
 	if (fr->start_err)
 		return NULL;
+	/* The kernel may have handed us a request already; serve it only once furing_start
+	 * has published the ring, or its reply would not find its entry. */
+	sem_wait(&fr->go);
 	while (!atomic_load(&fr->stop)) {
 		struct io_uring_cqe *cqe;
 		unsigned head, seen = 0;
@@ -392,11 +395,12 @@ static void furing_free(struct furing *fr)
 	if (fr->efd >= 0)
 		close(fr->efd);
 	sem_destroy(&fr->started);
+	sem_destroy(&fr->go);
 	free(fr);
 }
 
 int furing_start(struct fuse_session *se, int devfd, size_t max_payload, unsigned depth,
-		 struct furing **out)
+		 _Atomic(struct furing *) *out)
 {
 	struct furing *fr = calloc(1, sizeof(*fr));
 	int ret = -ENOMEM;
@@ -410,6 +414,7 @@ int furing_start(struct fuse_session *se, int devfd, size_t max_payload, unsigne
 	fr->depth = depth;
 	fr->n = fr->nq * depth;
 	sem_init(&fr->started, 0, 0);
+	sem_init(&fr->go, 0, 0);
 	fr->efd = eventfd(0, EFD_CLOEXEC);
 	fr->ents = calloc(fr->n, sizeof(*fr->ents));
 	if (fr->efd < 0 || !fr->ents)
@@ -435,7 +440,8 @@ int furing_start(struct fuse_session *se, int devfd, size_t max_payload, unsigne
 		pthread_join(fr->thread, NULL);
 		goto fail;
 	}
-	*out = fr;
+	atomic_store(out, fr);
+	sem_post(&fr->go);
 	return 0;
 fail:
 	furing_free(fr);
@@ -453,7 +459,7 @@ void furing_stop(struct furing *fr)
 	furing_free(fr);
 }
 
-unsigned long furing_served(const struct furing *fr)
+unsigned long furing_served(struct furing *fr)
 {
-	return fr ? atomic_load(&((struct furing *)fr)->served) : 0;
+	return fr ? atomic_load(&fr->served) : 0;
 }

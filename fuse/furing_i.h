@@ -32,10 +32,12 @@ struct furing;
 bool furing_kernel_enabled(bool enable);
 
 /* After the FUSE_INIT reply that asked for io_uring: start the ring thread, register
- * depth entries for each CPU queue and wait until the kernel took them. 0, or -errno
- * (then nothing is left running and requests keep coming through /dev/fuse). */
+ * depth entries for each CPU queue and wait until the kernel took them; *out is set
+ * before the first request is served (replies look the ring up there). 0, or -errno:
+ * nothing is left running, and the kernel, told to use io_uring, holds every request
+ * until the connection is aborted. */
 int furing_start(struct fuse_session *se, int devfd, size_t max_payload, unsigned depth,
-		 struct furing **out);
+		 _Atomic(struct furing *) *out);
 /* If iov is the reply to a request that came from the ring, send it there and return
  * true with *ret = bytes taken (or -errno); false: not ours, write it to /dev/fuse.
  * Any thread. */
@@ -50,6 +52,6 @@ bool furing_owns(const void *p);
  * is pending). NULL is fine. */
 void furing_stop(struct furing *fr);
 /* Requests served through the ring so far (for tests and logs). */
-unsigned long furing_served(const struct furing *fr);
+unsigned long furing_served(struct furing *fr);
 
 #endif

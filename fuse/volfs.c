@@ -560,6 +560,53 @@ static const struct fuse_lowlevel_ops volfs_ops = {
 	.statfs = op_statfs,
 };
 
+/* The file-system type mounted at path ("" if none) and its device number (the last
+ * mount there: the one on top). path must be canonical (no symlinks, no ..): a dead mount
+ * cannot be resolved, and a live FUSE mount cannot be asked before it answers FUSE_INIT. */
+static void mount_info(const char *real, char type[64], dev_t *dev)
+{
+	char line[8192];
+	FILE *f;
+
+	type[0] = 0;
+	f = fopen("/proc/self/mountinfo", "re");
+	if (!f)
+		return;
+	while (fgets(line, sizeof(line), f)) {
+		/* id parent major:minor root mountpoint options [optional...] - fstype ... */
+		char mnt[4096], *dash;
+		unsigned maj, min;
+		if (sscanf(line, "%*s %*s %u:%u %*s %4095s", &maj, &min, mnt) != 3 ||
+		    strcmp(mnt, real))
+			continue;
+		if (dev)
+			*dev = makedev(maj, min);
+		dash = strstr(line, " - ");
+		if (dash && sscanf(dash + 3, "%63s", type) != 1)
+			type[0] = 0;
+	}
+	fclose(f);
+}
+
+/* Abort the kernel connection (fusectl), failing whatever the kernel still sends. */
+static void conn_abort(dev_t dev)
+{
+	const char *dir = "/sys/fs/fuse/connections";
+	char path[128];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/%u/abort", dir, minor(dev));
+	if (access(path, W_OK) < 0)
+		mount("fusectl", dir, "fusectl", 0, NULL);
+	f = fopen(path, "we");
+	if (!f) {
+		log_warn("cannot abort FUSE connection %u: %s", minor(dev), strerror(errno));
+		return;
+	}
+	fputs("1", f);
+	fclose(f);
+}
+
 /* Custom io of the io_uring transport: plain read/writev of /dev/fuse, except that the
  * FUSE_INIT reply asks for io_uring (when the kernel offered it) and replies to requests
  * that came from the ring go back through it. */
@@ -586,7 +633,6 @@ static ssize_t init_reply(struct volfs *fs, int fd, struct iovec *iov, int count
 {
 	const struct fuse_out_header *oh = iov[0].iov_base;
 	struct fuse_init_out io;
-	struct furing *ring;
 	ssize_t n;
 	int ret;
 
@@ -600,11 +646,12 @@ static ssize_t init_reply(struct volfs *fs, int fd, struct iovec *iov, int count
 	n = writev(fd, v, 2);
 	if (n < 0)
 		return n;
-	ret = furing_start(fs->se, fd, MAX_IO, RING_DEPTH, &ring);
-	if (ret)
-		log_warn("FUSE over io_uring failed to start (%s): using /dev/fuse", strerror(-ret));
-	else
-		atomic_store(&fs->ring, ring);
+	ret = furing_start(fs->se, fd, MAX_IO, RING_DEPTH, &fs->ring);
+	if (ret) {
+		/* the kernel now waits for the ring: fail the mount rather than hang it */
+		log_err("FUSE over io_uring failed to start: %s", strerror(-ret));
+		conn_abort(fs->dev);
+	}
 	return n;
 }
 
@@ -666,13 +713,20 @@ int volfs_mount(const char *mountpoint, enum volfs_transport transport, struct v
 		ret = -EIO;
 		goto out_unmount;
 	}
+	char type[64];
+	mount_info(mountpoint, type, &fs->dev); /* its minor names the connection in fusectl */
 	ret = -pthread_create(&fs->thread, NULL, loop_thread, fs);
 	if (ret)
 		goto out_unmount;
-	struct stat st;
-	if (stat(mountpoint, &st) == 0)
-		fs->dev = st.st_dev;
 	fs->running = true;
+	/* The first request: it waits for FUSE_INIT (and, with io_uring, for the ring). */
+	struct stat st;
+	if (stat(mountpoint, &st) < 0) {
+		ret = -errno;
+		log_err("the FUSE mount at %s does not answer: %s", mountpoint, strerror(-ret));
+		volfs_unmount(fs);
+		return ret;
+	}
 	*out = fs;
 	return 0;
 out_unmount:
@@ -684,25 +738,6 @@ out_free:
 	pthread_mutex_destroy(&fs->pool_lock);
 	free(fs);
 	return ret;
-}
-
-/* Abort the kernel connection (fusectl), failing whatever the kernel still sends. */
-static void conn_abort(dev_t dev)
-{
-	const char *dir = "/sys/fs/fuse/connections";
-	char path[128];
-	FILE *f;
-
-	snprintf(path, sizeof(path), "%s/%u/abort", dir, minor(dev));
-	if (access(path, W_OK) < 0)
-		mount("fusectl", dir, "fusectl", 0, NULL);
-	f = fopen(path, "we");
-	if (!f) {
-		log_warn("cannot abort FUSE connection %u: %s", minor(dev), strerror(errno));
-		return;
-	}
-	fputs("1", f);
-	fclose(f);
 }
 
 void volfs_unmount(struct volfs *fs)
@@ -845,34 +880,11 @@ void volfs_resized(struct volfs *fs, const char *name)
 	stat(path, &st);
 }
 
-/* The file-system type mounted at path ("" if none). path must be canonical (no symlinks,
- * no ..): a dead mount cannot be resolved. */
-static void mount_type(const char *real, char type[64])
-{
-	char line[8192];
-	FILE *f;
-
-	type[0] = 0;
-	f = fopen("/proc/self/mountinfo", "re");
-	if (!f)
-		return;
-	while (fgets(line, sizeof(line), f)) {
-		/* id parent major:minor root mountpoint options [optional...] - fstype ... */
-		char mnt[4096], *dash;
-		if (sscanf(line, "%*s %*s %*s %*s %4095s", mnt) != 1 || strcmp(mnt, real))
-			continue;
-		dash = strstr(line, " - ");
-		if (dash && sscanf(dash + 3, "%63s", type) != 1)
-			type[0] = 0;
-	}
-	fclose(f);
-}
-
 int volfs_clear_stale(const char *path)
 {
 	char type[64];
 
-	mount_type(path, type);
+	mount_info(path, type, NULL);
 	if (!type[0])
 		return 0;
 	/* The caller holds the home's lock, so an ebsim mount here belongs to a daemon that
