@@ -97,9 +97,7 @@ variants:
 	$(MAKE) SAN= LYING= CRASH=1 all
 	$(MAKE) SAN= CRASH= LYING=1 all
 
-# The whole suite, twice: against build/ and against the ASan+UBSan build (build-asan/);
-# the second pass serves FUSE over io_uring (ebsimd --fuse-transport io_uring), the first
-# through /dev/fuse, so both transports run every test.
+# The whole suite, twice: against build/ and against the ASan+UBSan build (build-asan/).
 # pytest-xdist runs test files in parallel (PYTEST_WORKERS; most tests wait on daemons,
 # mounts and fsyncs, not on the CPU). In the sanitizer pass every process logs its
 # sanitizer reports under SAN_LOGS and a report fails the test that was running
@@ -110,9 +108,9 @@ PYTEST_WORKERS ?= 3
 SAN_LOGS = $(CURDIR)/build-asan/sanitizer-reports
 test: all unit asan variants fuzz-build
 	$(PYTEST) -ra -n $(PYTEST_WORKERS) --dist loadfile tests/ $(PYTEST_ARGS)
-	@echo "==> the same suite against the ASan+UBSan build (build-asan/), FUSE over io_uring"
+	@echo "==> the same suite against the ASan+UBSan build (build-asan/)"
 	rm -rf $(SAN_LOGS) && mkdir -p $(SAN_LOGS)
-	EBSIM_BUILD=$(CURDIR)/build-asan EBSIM_SAN_LOG_DIR=$(SAN_LOGS) EBSIM_FUSE_TRANSPORT=io_uring $(PYTEST) -ra -n $(PYTEST_WORKERS) --dist loadfile tests/ \
+	EBSIM_BUILD=$(CURDIR)/build-asan EBSIM_SAN_LOG_DIR=$(SAN_LOGS) $(PYTEST) -ra -n $(PYTEST_WORKERS) --dist loadfile tests/ \
 		--deselect tests/test_unit.py --deselect tests/test_fuzz.py $(PYTEST_ARGS)
 
 stress: all unit variants fuzz-build

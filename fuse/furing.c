@@ -244,6 +244,8 @@ static void serve(struct furing *fr, struct fent *e)
 	atomic_store(&e->unique, in->unique);
 	atomic_fetch_add_explicit(&fr->served, 1, memory_order_relaxed);
 	struct fuse_buf fb = {.size = hsz + opsz + psz, .mem = start};
+	log_debug("fuse ring: entry %td: opcode %u unique %llu", e - fr->ents, in->opcode,
+		  (unsigned long long)in->unique);
 	ring_cur = e;
 	fuse_session_process_buf(fr->se, &fb);
 	ring_cur = NULL;
@@ -275,8 +277,12 @@ bool furing_reply(struct furing *fr, const struct iovec *iov, int count, ssize_t
 			break;
 		}
 	}
-	if (!e)
+	if (!e) {
+		log_debug("fuse ring: reply %llu is not the ring's", (unsigned long long)out->unique);
 		return false;
+	}
+	log_debug("fuse ring: reply %llu to entry %td (%s)", (unsigned long long)out->unique,
+		  e - fr->ents, ring_self == fr ? "inline" : "pushed");
 	struct fuse_out_header *oh = (struct fuse_out_header *)e->hdr->in_out;
 	oh->error = out->error;
 	for (int i = 1; i < count; i++) {
@@ -373,8 +379,10 @@ static void *ring_thread(void *arg)
 				serve(fr, e);
 			else if (cqe->res == -EINTR || cqe->res == -EAGAIN)
 				prep_cmd(fr, e, e->last_cmd);
-			else
+			else {
+				log_debug("fuse ring: entry %td ended: %d", e - fr->ents, cqe->res);
 				e->dead = true; /* -ENOTCONN: the connection is gone */
+			}
 		}
 		io_uring_cq_advance(&fr->ring, seen);
 		if (kicked)

@@ -43,7 +43,6 @@ BUILD = os.environ.get("EBSIM_BUILD", os.path.join(ROOT, "build"))
 EBSIMD = os.path.join(BUILD, "ebsimd")
 EBSIM = os.path.join(BUILD, "ebsim")
 STRESS = os.environ.get("EBSIM_STRESS") == "1"
-FUSE_TRANSPORT = os.environ.get("EBSIM_FUSE_TRANSPORT", "dev")  # ebsimd --fuse-transport
 
 
 def sha256_file(path, chunk=1 << 20):
@@ -237,9 +236,9 @@ class Daemon:
         self.base_images = base_images
         self.cache_dir = cache_dir
         self.engine = engine
-        # ebsimd --fuse-transport: dev or io_uring; the suite's default comes from
-        # EBSIM_FUSE_TRANSPORT (make test runs its second pass with io_uring)
-        self.transport = transport or FUSE_TRANSPORT
+        # ebsimd --fuse-transport: dev (the default) or io_uring (tests/test_fuse_transport.py;
+        # never killed with requests in flight: see the README's "FUSE transports")
+        self.transport = transport or "dev"
         self.ebsimd = ebsimd
         self.ebsim = ebsim
         self.account = account

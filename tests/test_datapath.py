@@ -11,9 +11,7 @@ that every thread overwrites, on plain and encrypted volumes. The expected image
 in memory: each thread owns its stripe, and writes to the shared range are serialised by a
 lock held across pwrite, so the last write acknowledged is the one that must be read back.
 Then: sha256 through the FUSE file and through a loop device, fsync, kill -9, restart, and
-the same sha256 again. Both FUSE transports (ebsimd --fuse-transport dev / io_uring) run it:
-with io_uring, a write's data is used in place in the ring entry and a read is read
-straight into it (fuse/furing.c).
+the same sha256 again. (FUSE over io_uring has the same shapes in test_fuse_transport.py.)
 """
 import hashlib
 import os
@@ -71,10 +69,8 @@ def writer(fd, image, lock, tid, nops, errors):
         errors.append(e)
 
 
-@pytest.mark.parametrize("transport", ["dev", "io_uring"])
 @pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
-def test_concurrent_writers_every_shape_survive_kill9(make_daemon, res, encrypted, transport):
-    daemon = make_daemon(transport=transport)
+def test_concurrent_writers_every_shape_survive_kill9(daemon, res, encrypted):
     v = daemon.create_volume(1, *(["--encrypted"] if encrypted else []))
     path = v["LocalPath"]
     res.assert_mounted(os.path.join(daemon.home, "mnt"))
