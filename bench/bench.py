@@ -76,6 +76,9 @@ BACKINGS = {
     "raw-cached": dict(kind="raw", desc="a second raw file, used only through a loop device "
                        "without direct I/O, i.e. through the host page cache"),
     "ebsim-uring": dict(kind="ebsim", engine="io_uring", desc="ebsim volume, io_uring engine"),
+    "ebsim-furing": dict(kind="ebsim", engine="io_uring", transport="io_uring",
+                         desc="ebsim volume, io_uring engine, FUSE over io_uring "
+                         "(ebsimd --fuse-transport io_uring)"),
     "ebsim-libaio": dict(kind="ebsim", engine="libaio", desc="ebsim volume, libaio engine"),
     "ebsim-psync": dict(kind="ebsim", engine="psync", desc="ebsim volume, psync engine"),
     "ebsim-enc": dict(kind="ebsim", engine="io_uring", encrypted=True,
@@ -101,6 +104,8 @@ TARGETS = [
     dict(name="raw-loop-cached", backing="raw-cached", via="loop", loop_dio=False),
     dict(name="ebsim-uring", backing="ebsim-uring", via="file", quick=True),
     dict(name="ebsim-uring-loop", backing="ebsim-uring", via="loop", quick=True),
+    dict(name="ebsim-furing", backing="ebsim-furing", via="file"),
+    dict(name="ebsim-furing-loop", backing="ebsim-furing", via="loop", quick=True),
     dict(name="ebsim-libaio", backing="ebsim-libaio", via="file"),
     dict(name="ebsim-libaio-loop", backing="ebsim-libaio", via="loop"),
     dict(name="ebsim-psync", backing="ebsim-psync", via="file"),
@@ -454,22 +459,24 @@ def setup_raw(ctx, name, b):
     return path
 
 
-def ebsim_home(ctx, engine):
-    if engine in ctx.homes:
-        return ctx.homes[engine]
-    home = os.path.join(ctx.scratch, "home-" + engine)
+def ebsim_home(ctx, engine, transport="dev"):
+    key = engine if transport == "dev" else f"{engine}-fuse-{transport}"
+    if key in ctx.homes:
+        return ctx.homes[key]
+    home = os.path.join(ctx.scratch, "home-" + key)
     os.makedirs(home)
     ebsimd = os.path.join(BUILD, "ebsimd")
     ctx.ledger.add("ebsimd", home=home, ebsimd=ebsimd)  # before it exists: --stop finds it
-    run([ebsimd, "--home", home, "--io-engine", engine], timeout=60)
+    run([ebsimd, "--home", home, "--io-engine", engine, "--fuse-transport", transport],
+        timeout=60)
     if not is_mounted(os.path.join(home, "mnt")):
         raise RuntimeError(f"ebsimd on {home} is not mounted")
-    ctx.homes[engine] = home
+    ctx.homes[key] = home
     return home
 
 
 def setup_ebsim(ctx, name, b):
-    home = ebsim_home(ctx, b["engine"])
+    home = ebsim_home(ctx, b["engine"], b.get("transport", "dev"))
     gib = max(1, math.ceil(ctx.size / GIB))
     cmd = [os.path.join(BUILD, "ebsim"), "--home", home, "create-volume", "--size", str(gib)]
     if b.get("encrypted"):

@@ -85,7 +85,7 @@ def main():
                 ok("terminate-instances", "--instance-ids", i["InstanceId"])
                 insts.remove(i["InstanceId"])
             copy = os.path.join(scratch, "copy.img")
-            sh("sync")
+            sh("sync", "-f", scratch)
             t0 = time.monotonic()
             sh("cp", "--sparse=never", v["LocalPath"], copy)
             sh("sync", copy)

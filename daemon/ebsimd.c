@@ -44,7 +44,7 @@ static void usage(FILE *f)
 		"    ebsimd - the ebsim daemon: EC2-like EBS volumes as real block devices\n\n"
 		"SYNOPSIS\n"
 		"    ebsimd [--home DIR] [--io-engine io_uring|libaio|psync] [--foreground]\n"
-		"           [--log-level error|warning|info|debug]\n"
+		"           [--fuse-transport dev|io_uring] [--log-level error|warning|info|debug]\n"
 		"    ebsimd [--home DIR] --stop\n\n"
 		"DESCRIPTION\n"
 		"    Serves the volumes of one ebsim home. Each volume appears as a file of its\n"
@@ -56,6 +56,14 @@ static void usage(FILE *f)
 		"OPTIONS\n"
 		"    --home DIR        the home directory (default: $EBSIM_HOME, else %s)\n"
 		"    --io-engine NAME  io_uring (default), libaio or psync\n"
+		"    --fuse-transport T\n"
+		"                      how the kernel hands FUSE requests to the daemon: dev\n"
+		"                      (default: read and write /dev/fuse) or io_uring (FUSE over\n"
+		"                      io_uring, Linux 6.14+: requests and replies travel as\n"
+		"                      io_uring commands, a batch per system call). io_uring turns\n"
+		"                      on the fuse module's enable_uring parameter if it is off,\n"
+		"                      and falls back to dev, with a warning in the log, when the\n"
+		"                      kernel cannot do it\n"
 		"    --foreground      stay attached; log to standard error\n"
 		"    --stop            stop the daemon serving DIR: every volume is flushed and\n"
 		"                      the FUSE mount is removed\n"
@@ -191,7 +199,8 @@ static void shutdown_daemon(struct daemon *d)
 }
 
 /* Everything between the fork and "ready". Returns 0 or -errno with a message logged. */
-static int start(struct daemon *d, const char *engine, int *lfd)
+static int start(struct daemon *d, const char *engine, enum volfs_transport transport,
+		 int *lfd)
 {
 	char path[4200];
 	int ret;
@@ -249,7 +258,7 @@ static int start(struct daemon *d, const char *engine, int *lfd)
 		return ret;
 	}
 	snprintf(path, sizeof(path), "%s/mnt", d->home);
-	ret = volfs_mount(path, &d->fs);
+	ret = volfs_mount(path, transport, &d->fs);
 	if (ret) {
 		log_err("cannot mount FUSE at %s: %s", path, strerror(-ret));
 		return ret;
@@ -285,6 +294,7 @@ int main(int argc, char **argv)
 	static const struct option opts[] = {
 		{"home", required_argument, NULL, 'h'},
 		{"io-engine", required_argument, NULL, 'e'},
+		{"fuse-transport", required_argument, NULL, 'T'},
 		{"foreground", no_argument, NULL, 'f'},
 		{"stop", no_argument, NULL, 's'},
 		{"log-level", required_argument, NULL, 'l'},
@@ -296,6 +306,7 @@ int main(int argc, char **argv)
 		{0},
 	};
 	const char *home = getenv("EBSIM_HOME"), *engine = "io_uring";
+	enum volfs_transport transport = VOLFS_DEV_FUSE;
 	bool foreground = false, stop = false;
 	struct daemon d = {.home_fd = -1, .vols_fd = -1, .regions_fd = -1, .eph_fd = -1,
 			   .inst_fd = -1, .store_scale = 1.0, .lock = PTHREAD_MUTEX_INITIALIZER};
@@ -308,6 +319,17 @@ int main(int argc, char **argv)
 		switch (c) {
 		case 'h': home = optarg; break;
 		case 'e': engine = optarg; break;
+		case 'T':
+			if (!strcmp(optarg, "dev")) {
+				transport = VOLFS_DEV_FUSE;
+			} else if (!strcmp(optarg, "io_uring")) {
+				transport = VOLFS_IO_URING;
+			} else {
+				fprintf(stderr, "ebsimd: unknown FUSE transport '%s' (dev or io_uring)\n",
+					optarg);
+				return 1;
+			}
+			break;
 		case 'f': foreground = true; break;
 		case 's': stop = true; break;
 		case 'l':
@@ -435,8 +457,9 @@ int main(int argc, char **argv)
 	 * instead of an mmap/munmap (and page faults) per request. */
 	mallopt(M_MMAP_THRESHOLD, 64 << 20);
 	mallopt(M_TRIM_THRESHOLD, 512 << 20);
-	log_info("starting on %s with the %s engine", d.home, engine);
-	ret = start(&d, engine, &lfd);
+	log_info("starting on %s with the %s engine, FUSE transport %s", d.home, engine,
+		 transport == VOLFS_IO_URING ? "io_uring" : "dev");
+	ret = start(&d, engine, transport, &lfd);
 	if (ret || sfd < 0) {
 		shutdown_daemon(&d);
 		return 1;

@@ -46,10 +46,12 @@
  */
 #include "fuse/volfs.h"
 #include "blockdev/blockdev.h"
+#include "fuse/furing_i.h"
 #include "common/common.h"
 
 #define FUSE_USE_VERSION 35
 #include <fuse_lowlevel.h>
+#include <linux/fuse.h>
 
 #include <errno.h>
 #include <fcntl.h>
@@ -70,6 +72,7 @@
 #define ATTR_TIMEOUT 1.0
 #define POOL_MAX 512		    /* requests kept for reuse */
 #define POOL_BUF_MAX (128u << 10) /* larger buffers are not kept */
+#define RING_DEPTH 16		    /* io_uring transport: entries per CPU queue */
 
 struct vfile {
 	char name[ID_MAX];
@@ -81,6 +84,7 @@ struct vfile {
 
 struct ioreq {
 	fuse_req_t req;
+	void *data; /* the I/O's bytes: buf, or a FUSE ring entry's payload */
 	void *buf;
 	size_t cap; /* bytes at buf (0: no buffer) */
 	struct ioreq *next;
@@ -99,19 +103,30 @@ struct volfs {
 	struct ioreq *pool;		   /* FUSE thread only */
 	_Atomic(struct ioreq *) pool_ret;  /* pushed by any thread */
 	atomic_int pool_n;		   /* requests in pool + pool_ret (approximate bound) */
+	pthread_mutex_t pool_lock;	   /* io_uring transport: two threads may take */
+	bool uring;			   /* io_uring transport asked for */
+	uint64_t init_unique;		   /* its FUSE_INIT request (0: not seen/offered) */
+	_Atomic(struct furing *) ring;	   /* set once the kernel took the ring */
 };
 
-/* A request with a 4 KiB-aligned buffer of at least size bytes (FUSE thread only). */
+/* A request with a 4 KiB-aligned buffer of at least size bytes (the thread serving
+ * requests; with the io_uring transport two threads may, hence fs->pool_lock). */
 static struct ioreq *ioreq_get(struct volfs *fs, size_t size)
 {
-	struct ioreq *r = fs->pool;
+	struct ioreq *r;
 
+	if (fs->uring)
+		pthread_mutex_lock(&fs->pool_lock);
+	r = fs->pool;
 	if (!r) {
 		r = atomic_exchange(&fs->pool_ret, NULL);
 		fs->pool = r;
 	}
-	if (r) {
+	if (r)
 		fs->pool = r->next;
+	if (fs->uring)
+		pthread_mutex_unlock(&fs->pool_lock);
+	if (r) {
 		atomic_fetch_sub(&fs->pool_n, 1);
 	} else {
 		r = calloc(1, sizeof(*r));
@@ -386,7 +401,7 @@ static void read_done(void *arg, int res)
 	if (res < 0)
 		fuse_reply_err(r->req, edge_errno(res));
 	else
-		fuse_reply_buf(r->req, r->buf, (size_t)res);
+		fuse_reply_buf(r->req, r->data, (size_t)res);
 	ioreq_put(fs, r);
 	pending_put(fs);
 }
@@ -408,12 +423,14 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	if ((uint64_t)off >= vsize || !size)
 		return (void)fuse_reply_buf(req, NULL, 0);
 	size = (size_t)MIN((uint64_t)size, vsize - (uint64_t)off);
-	r = ioreq_get(fs, size);
+	void *p = furing_payload(size);
+	r = ioreq_get(fs, p ? 0 : size);
 	if (!r)
 		return (void)fuse_reply_err(req, ENOMEM);
+	r->data = p ? p : r->buf;
 	r->req = req;
 	pending_get(req);
-	vol_read(v, r->buf, size, (uint64_t)off, read_done, r);
+	vol_read(v, r->data, size, (uint64_t)off, read_done, r);
 }
 
 static void write_done(void *arg, int res)
@@ -443,13 +460,16 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 		return (void)fuse_reply_err(req, EINVAL);
 	if ((uint64_t)off + size > vol_size(v))
 		return (void)fuse_reply_err(req, ENOSPC); /* a block device does not grow */
-	r = ioreq_get(fs, size ? size : 1);
+	bool inplace = furing_owns(buf); /* a ring payload: aligned, ours until the reply */
+	r = ioreq_get(fs, inplace ? 0 : (size ? size : 1));
 	if (!r)
 		return (void)fuse_reply_err(req, ENOMEM);
-	memcpy(r->buf, buf, size);
+	r->data = inplace ? (void *)buf : r->buf;
+	if (!inplace)
+		memcpy(r->buf, buf, size);
 	r->req = req;
 	pending_get(req);
-	vol_write(v, r->buf, size, (uint64_t)off, write_done, r);
+	vol_write(v, r->data, size, (uint64_t)off, write_done, r);
 }
 
 static void status_done(void *arg, int res)
@@ -540,56 +560,32 @@ static const struct fuse_lowlevel_ops volfs_ops = {
 	.statfs = op_statfs,
 };
 
-static void *loop_thread(void *arg)
+/* The file-system type mounted at path ("" if none) and its device number (the last
+ * mount there: the one on top). path must be canonical (no symlinks, no ..): a dead mount
+ * cannot be resolved, and a live FUSE mount cannot be asked before it answers FUSE_INIT. */
+static void mount_info(const char *real, char type[64], dev_t *dev)
 {
-	struct volfs *fs = arg;
+	char line[8192];
+	FILE *f;
 
-	fuse_session_loop(fs->se);
-	return NULL;
-}
-
-int volfs_mount(const char *mountpoint, struct volfs **out)
-{
-	char maxread[64];
-	snprintf(maxread, sizeof(maxread), "-omax_read=%u", MAX_IO);
-	char *argv[] = {"ebsimd", "-odefault_permissions", "-ofsname=ebsim",
-			"-osubtype=ebsim", maxread, NULL};
-	struct fuse_args args = FUSE_ARGS_INIT(5, argv);
-	struct volfs *fs = calloc(1, sizeof(*fs));
-	int ret;
-
-	if (!fs)
-		return -ENOMEM;
-	pthread_mutex_init(&fs->lock, NULL);
-	fs->next_ino = FUSE_ROOT_ID + 1;
-	snprintf(fs->mountpoint, sizeof(fs->mountpoint), "%s", mountpoint);
-	fs->se = fuse_session_new(&args, &volfs_ops, sizeof(volfs_ops), fs);
-	fuse_opt_free_args(&args);
-	if (!fs->se) {
-		ret = -EIO;
-		goto out_free;
+	type[0] = 0;
+	f = fopen("/proc/self/mountinfo", "re");
+	if (!f)
+		return;
+	while (fgets(line, sizeof(line), f)) {
+		/* id parent major:minor root mountpoint options [optional...] - fstype ... */
+		char mnt[4096], *dash;
+		unsigned maj, min;
+		if (sscanf(line, "%*s %*s %u:%u %*s %4095s", &maj, &min, mnt) != 3 ||
+		    strcmp(mnt, real))
+			continue;
+		if (dev)
+			*dev = makedev(maj, min);
+		dash = strstr(line, " - ");
+		if (dash && sscanf(dash + 3, "%63s", type) != 1)
+			type[0] = 0;
 	}
-	if (fuse_session_mount(fs->se, mountpoint) != 0) {
-		ret = -EIO;
-		goto out_destroy;
-	}
-	ret = -pthread_create(&fs->thread, NULL, loop_thread, fs);
-	if (ret)
-		goto out_unmount;
-	struct stat st;
-	if (stat(mountpoint, &st) == 0)
-		fs->dev = st.st_dev;
-	fs->running = true;
-	*out = fs;
-	return 0;
-out_unmount:
-	fuse_session_unmount(fs->se);
-out_destroy:
-	fuse_session_destroy(fs->se);
-out_free:
-	pthread_mutex_destroy(&fs->lock);
-	free(fs);
-	return ret;
+	fclose(f);
 }
 
 /* Abort the kernel connection (fusectl), failing whatever the kernel still sends. */
@@ -609,6 +605,139 @@ static void conn_abort(dev_t dev)
 	}
 	fputs("1", f);
 	fclose(f);
+}
+
+/* Custom io of the io_uring transport: plain read/writev of /dev/fuse, except that the
+ * FUSE_INIT reply asks for io_uring (when the kernel offered it) and replies to requests
+ * that came from the ring go back through it. */
+static ssize_t io_read(int fd, void *buf, size_t len, void *userdata)
+{
+	struct volfs *fs = userdata;
+	ssize_t n = read(fd, buf, len);
+	const struct fuse_in_header *in = buf;
+
+	if (n >= (ssize_t)(sizeof(*in) + sizeof(struct fuse_init_in)) && in->opcode == FUSE_INIT &&
+	    !fs->init_unique) {
+		const struct fuse_init_in *ii = (const struct fuse_init_in *)(in + 1);
+		int saved = errno;
+		if ((ii->flags & FUSE_INIT_EXT) && (ii->flags2 & FURING_INIT_FLAGS2_BIT))
+			fs->init_unique = in->unique;
+		else
+			log_warn("the kernel does not offer FUSE over io_uring: using /dev/fuse");
+		errno = saved;
+	}
+	return n;
+}
+
+static ssize_t init_reply(struct volfs *fs, int fd, struct iovec *iov, int count)
+{
+	const struct fuse_out_header *oh = iov[0].iov_base;
+	struct fuse_init_out io;
+	ssize_t n;
+	int ret;
+
+	if (count != 2 || oh->error || iov[1].iov_len > sizeof(io) ||
+	    iov[1].iov_len < offsetof(struct fuse_init_out, flags2) + sizeof(io.flags2))
+		return writev(fd, iov, count);
+	memcpy(&io, iov[1].iov_base, iov[1].iov_len);
+	io.flags |= FUSE_INIT_EXT;
+	io.flags2 |= FURING_INIT_FLAGS2_BIT;
+	struct iovec v[2] = {iov[0], {&io, iov[1].iov_len}};
+	n = writev(fd, v, 2);
+	if (n < 0)
+		return n;
+	ret = furing_start(fs->se, fd, MAX_IO, RING_DEPTH, &fs->ring);
+	if (ret) {
+		/* the kernel now waits for the ring: fail the mount rather than hang it */
+		log_err("FUSE over io_uring failed to start: %s", strerror(-ret));
+		conn_abort(fs->dev);
+	}
+	return n;
+}
+
+static ssize_t io_writev(int fd, struct iovec *iov, int count, void *userdata)
+{
+	struct volfs *fs = userdata;
+	const struct fuse_out_header *oh = iov[0].iov_base;
+	ssize_t n;
+
+	if (furing_reply(atomic_load(&fs->ring), iov, count, &n))
+		return n;
+	if (fs->init_unique && oh->unique == fs->init_unique)
+		return init_reply(fs, fd, iov, count);
+	return writev(fd, iov, count);
+}
+
+static const struct fuse_custom_io uring_io = {.read = io_read, .writev = io_writev};
+
+static void *loop_thread(void *arg)
+{
+	struct volfs *fs = arg;
+
+	fuse_session_loop(fs->se);
+	return NULL;
+}
+
+int volfs_mount(const char *mountpoint, enum volfs_transport transport, struct volfs **out)
+{
+	char maxread[64];
+	snprintf(maxread, sizeof(maxread), "-omax_read=%u", MAX_IO);
+	char *argv[] = {"ebsimd", "-odefault_permissions", "-ofsname=ebsim",
+			"-osubtype=ebsim", maxread, NULL};
+	struct fuse_args args = FUSE_ARGS_INIT(5, argv);
+	struct volfs *fs = calloc(1, sizeof(*fs));
+	int ret;
+
+	if (!fs)
+		return -ENOMEM;
+	pthread_mutex_init(&fs->lock, NULL);
+	pthread_mutex_init(&fs->pool_lock, NULL);
+	fs->uring = transport == VOLFS_IO_URING;
+	if (fs->uring && !furing_kernel_enabled(true)) {
+		log_warn("the kernel has no FUSE over io_uring (fuse enable_uring): using /dev/fuse");
+		fs->uring = false;
+	}
+	fs->next_ino = FUSE_ROOT_ID + 1;
+	snprintf(fs->mountpoint, sizeof(fs->mountpoint), "%s", mountpoint);
+	fs->se = fuse_session_new(&args, &volfs_ops, sizeof(volfs_ops), fs);
+	fuse_opt_free_args(&args);
+	if (!fs->se) {
+		ret = -EIO;
+		goto out_free;
+	}
+	if (fuse_session_mount(fs->se, mountpoint) != 0) {
+		ret = -EIO;
+		goto out_destroy;
+	}
+	if (fs->uring && fuse_session_custom_io(fs->se, &uring_io, fuse_session_fd(fs->se))) {
+		ret = -EIO;
+		goto out_unmount;
+	}
+	char type[64];
+	mount_info(mountpoint, type, &fs->dev); /* its minor names the connection in fusectl */
+	ret = -pthread_create(&fs->thread, NULL, loop_thread, fs);
+	if (ret)
+		goto out_unmount;
+	fs->running = true;
+	/* The first request: it waits for FUSE_INIT (and, with io_uring, for the ring). */
+	struct stat st;
+	if (stat(mountpoint, &st) < 0) {
+		ret = -errno;
+		log_err("the FUSE mount at %s does not answer: %s", mountpoint, strerror(-ret));
+		volfs_unmount(fs);
+		return ret;
+	}
+	*out = fs;
+	return 0;
+out_unmount:
+	fuse_session_unmount(fs->se);
+out_destroy:
+	fuse_session_destroy(fs->se);
+out_free:
+	pthread_mutex_destroy(&fs->lock);
+	pthread_mutex_destroy(&fs->pool_lock);
+	free(fs);
+	return ret;
 }
 
 void volfs_unmount(struct volfs *fs)
@@ -638,6 +767,11 @@ void volfs_unmount(struct volfs *fs)
 				 atomic_load(&fs->pending));
 		usleep(1000);
 	}
+	struct furing *ring = atomic_load(&fs->ring);
+	if (ring) {
+		log_info("FUSE over io_uring served %lu requests", furing_served(ring));
+		furing_stop(ring); /* before /dev/fuse closes: the ring holds commands on it */
+	}
 	fuse_session_unmount(fs->se); /* closes /dev/fuse; the mount is gone already */
 	fuse_session_destroy(fs->se);
 	pool_free(fs->pool);
@@ -648,6 +782,7 @@ void volfs_unmount(struct volfs *fs)
 		free(f);
 	}
 	pthread_mutex_destroy(&fs->lock);
+	pthread_mutex_destroy(&fs->pool_lock);
 	free(fs);
 }
 
@@ -745,34 +880,11 @@ void volfs_resized(struct volfs *fs, const char *name)
 	stat(path, &st);
 }
 
-/* The file-system type mounted at path ("" if none). path must be canonical (no symlinks,
- * no ..): a dead mount cannot be resolved. */
-static void mount_type(const char *real, char type[64])
-{
-	char line[8192];
-	FILE *f;
-
-	type[0] = 0;
-	f = fopen("/proc/self/mountinfo", "re");
-	if (!f)
-		return;
-	while (fgets(line, sizeof(line), f)) {
-		/* id parent major:minor root mountpoint options [optional...] - fstype ... */
-		char mnt[4096], *dash;
-		if (sscanf(line, "%*s %*s %*s %*s %4095s", mnt) != 1 || strcmp(mnt, real))
-			continue;
-		dash = strstr(line, " - ");
-		if (dash && sscanf(dash + 3, "%63s", type) != 1)
-			type[0] = 0;
-	}
-	fclose(f);
-}
-
 int volfs_clear_stale(const char *path)
 {
 	char type[64];
 
-	mount_type(path, type);
+	mount_info(path, type, NULL);
 	if (!type[0])
 		return 0;
 	/* The caller holds the home's lock, so an ebsim mount here belongs to a daemon that

@@ -14,8 +14,15 @@
 struct vol;
 struct volfs;
 
+/* How the kernel hands FUSE requests to the daemon. */
+enum volfs_transport {
+	VOLFS_DEV_FUSE,	/* read(2)/writev(2) of /dev/fuse (the default) */
+	VOLFS_IO_URING, /* FUSE over io_uring (kernel 6.14+, fuse enable_uring=1); falls back
+			 * to /dev/fuse, with a warning, when the kernel does not offer it */
+};
+
 /* Mount at mountpoint (which must exist and not be mounted) and start serving. */
-int volfs_mount(const char *mountpoint, struct volfs **out);
+int volfs_mount(const char *mountpoint, enum volfs_transport transport, struct volfs **out);
 /* Stop serving and unmount; every volume must have been removed or be idle. */
 void volfs_unmount(struct volfs *fs);
 

@@ -228,7 +228,7 @@ class Daemon:
 
     def __init__(self, home, engine="io_uring", ebsimd=EBSIMD, ebsim=EBSIM,
                  account="123456789012", region="us-east-1", base_images=False,
-                 cache_dir=None):
+                 cache_dir=None, transport=None):
         # base_images: offer the base AMIs (ebsimd builds or imports them at start);
         # off by default so that tests which do not need them do not pay for them.
         # cache_dir: ebsimd --cache-dir (None: its default, /var/cache/ebsim).
@@ -236,6 +236,9 @@ class Daemon:
         self.base_images = base_images
         self.cache_dir = cache_dir
         self.engine = engine
+        # ebsimd --fuse-transport: dev (the default) or io_uring (tests/test_fuse_transport.py;
+        # never killed with requests in flight: see the README's "FUSE transports")
+        self.transport = transport or "dev"
         self.ebsimd = ebsimd
         self.ebsim = ebsim
         self.account = account
@@ -248,8 +251,8 @@ class Daemon:
         opts = [] if self.base_images else ["--no-base-images"]
         if self.cache_dir:
             opts += ["--cache-dir", self.cache_dir]
-        p = run([self.ebsimd, "--home", self.home, "--io-engine", self.engine, *opts, *extra],
-                check=False, env=env)
+        p = run([self.ebsimd, "--home", self.home, "--io-engine", self.engine,
+                 "--fuse-transport", self.transport, *opts, *extra], check=False, env=env)
         if p.returncode != 0:
             raise AssertionError(f"ebsimd failed to start: {p.stderr}\n{self.log()}")
         with open(os.path.join(self.home, "ebsimd.pid")) as f:

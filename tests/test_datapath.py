@@ -11,7 +11,7 @@ that every thread overwrites, on plain and encrypted volumes. The expected image
 in memory: each thread owns its stripe, and writes to the shared range are serialised by a
 lock held across pwrite, so the last write acknowledged is the one that must be read back.
 Then: sha256 through the FUSE file and through a loop device, fsync, kill -9, restart, and
-the same sha256 again.
+the same sha256 again. (FUSE over io_uring has the same shapes in test_fuse_transport.py.)
 """
 import ctypes
 import hashlib

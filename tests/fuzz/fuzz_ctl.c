@@ -58,9 +58,10 @@ static const struct {
 
 /* ---- fuse/volfs.h stubs: the harness serves no FUSE mount ------------------------------ */
 
-int volfs_mount(const char *mountpoint, struct volfs **out)
+int volfs_mount(const char *mountpoint, enum volfs_transport transport, struct volfs **out)
 {
 	(void)mountpoint;
+	(void)transport;
 	*out = NULL;
 	return 0;
 }
