@@ -66,7 +66,7 @@ MIB = 1 << 20
 
 # Run modes. size: bytes of each test file (fio --size); fresh_s: the fresh-write probe.
 MODES = {
-    "full": dict(size=1 * GIB, runtime=8, ramp=1.0, repeats=3, fresh_s=3),
+    "full": dict(size=1 * GIB, runtime=5, ramp=0.5, repeats=3, fresh_s=3),
     "quick": dict(size=512 * MIB, runtime=1, ramp=0.25, repeats=2, fresh_s=1),
 }
 
