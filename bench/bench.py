@@ -917,6 +917,12 @@ def select(args, mode_name):
     targets = [dict(t) for t in TARGETS if mode_name == "full" or t.get("quick")]
     if args.targets:
         want = args.targets.split(",")
+        unknown = [n for n in want if n not in [t["name"] for t in TARGETS]]
+        if unknown:
+            raise SystemExit(f"bench: unknown target(s) {', '.join(unknown)}")
+        if REF_RAW not in want:  # every ratio and the chart are relative to it
+            raise SystemExit(f"bench: --targets must include {REF_RAW} (ratios and the "
+                             "chart are relative to it)")
         targets = [dict(t) for t in TARGETS if t["name"] in want]
     jobs = [j for j in JOBS if not args.jobs or j["name"] in args.jobs.split(",")]
     for t in targets:
