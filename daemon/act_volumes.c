@@ -503,6 +503,9 @@ int act_delete_volume(struct api_req *r)
 	if (dvol_find(d, id) && dvol_find(d, id)->jobs)
 		return api_error(r, "VolumeInUse",
 				 "Volume %s is in use by a snapshot or initialization in progress.", id);
+	/* close(2) of the FUSE file returns before the kernel sends its RELEASE: give a
+	 * close in flight a moment before calling the file open */
+	volfs_wait_closed(d->fs, id, 1000);
 	ret = dvol_unserve(d, id);
 	if (ret == -EBUSY)
 		return api_error(r, "VolumeInUse",

@@ -449,6 +449,27 @@ def test_encrypted_volume_at_rest(daemon):
 
 # ---- delete ------------------------------------------------------------------------------
 
+def test_delete_volume_waits_for_a_close_in_flight(daemon, res):
+    """close(2) of the volume's file returns before the kernel's RELEASE reaches the daemon;
+    a delete issued right then must not call the volume in use. The file is held open for
+    0.3 s while delete-volume starts (as a close that has not arrived yet)."""
+    import threading
+    v = create(daemon, 1)
+    vid, path = v["VolumeId"], v["LocalPath"]
+    fd = os.open(path, os.O_RDWR)
+    os.pwrite(fd, os.urandom(65536), 0)
+    closer = threading.Timer(0.3, os.close, args=(fd,))
+    closer.start()
+    try:
+        r = daemon.cli("delete-volume", "--volume-id", vid)
+    finally:
+        closer.join()
+    assert r.rc == 0, r.err
+    assert not os.path.exists(path)
+    r = daemon.cli("describe-volumes", "--volume-ids", vid)
+    assert (r.rc, r.error_code()) == (254, "InvalidVolume.NotFound")
+
+
 def test_delete_volume_in_use_then_detached(daemon, res):
     v = create(daemon, 1)
     vid, path = v["VolumeId"], v["LocalPath"]
