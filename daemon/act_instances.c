@@ -344,7 +344,7 @@ static void eph_destroy(struct daemon *d, const char *name)
 			break;
 	if (dv) {
 		/* the loop device lets go of the file asynchronously */
-		if (volfs_wait_closed(d->fs, name, 3000) || volfs_remove(d->fs, name))
+		if (volfs_remove(d->fs, name, 3000))
 			log_warn("instance store %s is still open while being destroyed", name);
 		*pp = dv->next;
 		vol_close(dv->vol);
@@ -462,8 +462,7 @@ static void volume_drop(struct daemon *d, const char *vol)
 	struct cat_volume v;
 
 	attach_forget(d, vol);
-	volfs_wait_closed(d->fs, vol, 3000);
-	if (dvol_unserve(d, vol))
+	if (dvol_unserve(d, vol, 3000))
 		log_warn("%s could not be closed before deletion", vol);
 	if (cat_volume_get(d->cat, vol, &v) == 0) {
 		snprintf(v.state, sizeof(v.state), "deleting");

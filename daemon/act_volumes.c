@@ -105,7 +105,7 @@ out_free:
 	return ret;
 }
 
-int dvol_unserve(struct daemon *d, const char *id)
+int dvol_unserve(struct daemon *d, const char *id, int wait_ms)
 {
 	struct dvol **pp, *dv;
 	int ret;
@@ -117,7 +117,7 @@ int dvol_unserve(struct daemon *d, const char *id)
 		return -ENOENT;
 	if (dv->jobs)
 		return -EBUSY;
-	ret = volfs_remove(d->fs, id);
+	ret = volfs_remove(d->fs, id, wait_ms);
 	if (ret && ret != -ENOENT)
 		return ret;
 	*pp = dv->next;
@@ -503,10 +503,8 @@ int act_delete_volume(struct api_req *r)
 	if (dvol_find(d, id) && dvol_find(d, id)->jobs)
 		return api_error(r, "VolumeInUse",
 				 "Volume %s is in use by a snapshot or initialization in progress.", id);
-	/* close(2) of the FUSE file returns before the kernel sends its RELEASE: give a
-	 * close in flight a moment before calling the file open */
-	volfs_wait_closed(d->fs, id, 1000);
-	ret = dvol_unserve(d, id);
+	/* a close in flight (RELEASE comes after close(2) returns) gets a moment */
+	ret = dvol_unserve(d, id, 1000);
 	if (ret == -EBUSY)
 		return api_error(r, "VolumeInUse",
 				 "Volume %s is in use: its file %s/mnt/%s is open (attached to a loop "

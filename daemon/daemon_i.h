@@ -156,7 +156,9 @@ int check_id(struct api_req *r, const char *prefix, const char *kind, const char
 struct dvol *dvol_find(struct daemon *d, const char *id);
 /* Open (with its base snapshot, if it has one, from region's store) and expose in FUSE. */
 int dvol_serve(struct daemon *d, const char *id, const char *region);
-int dvol_unserve(struct daemon *d, const char *id); /* -EBUSY while open or in a job */
+/* Close and stop exposing; waits up to wait_ms for the file's open handles to close
+ * (volfs_remove). -EBUSY while open or in a job. */
+int dvol_unserve(struct daemon *d, const char *id, int wait_ms);
 
 /* Dispatch one request: 0 with r->result, or -1 with r->code/r->message. */
 int api_dispatch(struct api_req *r);

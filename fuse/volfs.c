@@ -813,11 +813,12 @@ int volfs_add(struct volfs *fs, const char *name, struct vol *v)
 	return 0;
 }
 
-int volfs_remove(struct volfs *fs, const char *name)
+int volfs_remove(struct volfs *fs, const char *name, int timeout_ms)
 {
 	struct vfile **pp, *f;
 	int ret = -ENOENT;
 
+	volfs_wait_closed(fs, name, timeout_ms); /* the check below decides */
 	pthread_mutex_lock(&fs->lock);
 	for (pp = &fs->files; (f = *pp); pp = &f->next) {
 		if (strcmp(f->name, name))

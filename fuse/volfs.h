@@ -28,9 +28,11 @@ void volfs_unmount(struct volfs *fs);
 
 /* Expose v as mountpoint/name. -EEXIST if the name is taken. */
 int volfs_add(struct volfs *fs, const char *name, struct vol *v);
-/* Stop exposing name; -EBUSY while the file is open (a loop device holds it open),
- * -ENOENT if unknown. On success the vol is the caller's again. */
-int volfs_remove(struct volfs *fs, const char *name);
+/* Stop exposing name, first waiting up to timeout_ms for its open handles to close (the
+ * kernel sends RELEASE after close(2) returns, and a detached loop device lets go of its
+ * file asynchronously); -EBUSY if it is still open (a loop device holds it), -ENOENT if
+ * unknown. On success the vol is the caller's again. */
+int volfs_remove(struct volfs *fs, const char *name, int timeout_ms);
 /* Wait up to timeout_ms for name to have no open handle (a detached loop device releases
  * its file asynchronously). 0, or -EBUSY on timeout. */
 int volfs_wait_closed(struct volfs *fs, const char *name, int timeout_ms);

@@ -78,10 +78,11 @@ int volfs_add(struct volfs *fs, const char *name, struct vol *v)
 	return strlen(name) < ID_MAX ? 0 : -ENAMETOOLONG;
 }
 
-int volfs_remove(struct volfs *fs, const char *name)
+int volfs_remove(struct volfs *fs, const char *name, int timeout_ms)
 {
 	(void)fs;
 	(void)name;
+	(void)timeout_ms;
 	return 0;
 }
 
