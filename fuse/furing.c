@@ -103,7 +103,6 @@ struct fent {
 	_Atomic uint64_t unique; /* the request held and not answered yet; 0: none */
 	uint64_t commit;	 /* the unique to commit (ring thread) */
 	int last_cmd;		 /* to resubmit after -EINTR/-EAGAIN */
-	bool dead;		 /* its command ended with an error (connection gone) */
 	struct fent *next;	 /* on fr->commits */
 };
 
@@ -171,7 +170,6 @@ static void prep_cmd(struct furing *fr, struct fent *e, int cmd)
 
 	if (!sqe) {
 		log_err("fuse ring: no SQE for an entry; it is lost");
-		e->dead = true;
 		return;
 	}
 	memset(sqe, 0, 2 * sizeof(*sqe)); /* SQE128 */
@@ -379,10 +377,8 @@ static void *ring_thread(void *arg)
 				serve(fr, e);
 			else if (cqe->res == -EINTR || cqe->res == -EAGAIN)
 				prep_cmd(fr, e, e->last_cmd);
-			else {
+			else /* -ENOTCONN: the connection is gone; the entry stays idle */
 				log_debug("fuse ring: entry %td ended: %d", e - fr->ents, cqe->res);
-				e->dead = true; /* -ENOTCONN: the connection is gone */
-			}
 		}
 		io_uring_cq_advance(&fr->ring, seen);
 		if (kicked)

@@ -25,11 +25,19 @@
  * Writes are copied out of libfuse's receive buffer (it is reused once the handler returns)
  * into a sector-aligned buffer that the volume may encrypt in place.
  *
+ * Transports (volfs_mount): /dev/fuse, or FUSE over io_uring (fuse/furing.c). The latter
+ * goes through libfuse's custom io: io_read notes the FUSE_INIT request, io_writev asks for
+ * io_uring in its reply and starts the ring, and hands every later reply to furing_reply
+ * first. The ring thread then serves the requests (the classic loop still reads forgets
+ * and interrupts), so two threads may take requests from the pool (fs->pool_lock), and a
+ * read or write whose request came from the ring uses the ring entry's payload as its
+ * buffer instead of copying (ioreq->data).
+ *
  * Request pool: the FUSE thread allocates a struct ioreq (and its aligned data buffer) per
  * read or write, and an engine thread (or the FUSE thread itself) frees it after the reply; glibc then serialises the
  * two threads on its arena lock (about 10% of the daemon's CPU at 4k QD32). Finished
  * requests are pushed instead on fs->pool_ret, a lock-free stack any thread may push to;
- * only the FUSE thread pops, and it takes the whole stack at once (atomic exchange) into
+ * only the serving thread pops, and it takes the whole stack at once (atomic exchange) into
  * its private list fs->pool, so there is no ABA. Buffers up to POOL_BUF_MAX stay with
  * their ioreq; at most POOL_MAX requests are kept; the rest are freed at unmount.
  *
