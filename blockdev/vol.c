@@ -1102,17 +1102,20 @@ static int read_base(struct vol_io *io, uint64_t c, const uint8_t *id, uint8_t *
  * Buffered writes go to the data file in pieces of at most WRITE_PIECE bytes, split at
  * WRITE_PIECE boundaries. ext4 (6.16+) sizes a page-cache folio after the write that
  * creates it, and every later 4 KiB write into a large folio walks all of its buffer heads
- * (ext4_block_write_begin, a cache miss each): after a 1 MiB sequential fill in one piece,
- * 4 KiB random writes ran at half speed, 74% of the time there (perf, fio psync on the host
- * file system). Pieces of 64 KiB and 256 KiB both restored most of the 4 KiB write rate;
- * 256 KiB costs 1 MiB sequential writes less (4 requests each instead of 16).
- * The walk is still 27-41% of the daemon's CPU at rw4k QD32 via loop after the bench's
- * fill. 32 KiB pieces cut it to 11% and the daemon's CPU per 4 KiB write from 19.0-19.7 to
- * 12.3-13.7 us, but folios below 256 KiB live in the page cache's xarray leaves, and cached
- * 4 KiB reads got dearer (xas_load; rr4k QD32 via loop -10 to -14% IOPS in A/B runs), so
- * with reads close to their 0.70x-of-raw goal that was measured and not kept (issue 6).
+ * (ext4_block_write_begin, an atomic bit set and often a cache miss each): after a 1 MiB
+ * sequential fill in one piece, 4 KiB random writes ran at half speed, 74% of the time
+ * there (perf, fio psync on the host file system). With 256 KiB pieces the walk was still
+ * 39% of the daemon's CPU at rw4k QD32 via loop after the bench's fill (64 buffer heads a
+ * write). 32 KiB pieces (8 buffer heads) cut the daemon's CPU per 4 KiB write from
+ * 11.5-12.1 to 7.7-7.8 us and raised rw4k QD32 via loop by 1.36-1.37x (median of per-round
+ * ratios, two runs of bench/ab.py on a quiet host); rr4k and 1 MiB reads did not move
+ * (1.04, 1.01). 1 MiB sequential writes cost 32 pwrites instead of 4: 0.73x of their rate
+ * with 256 KiB pieces, still several times the raw disk's. 16 KiB pieces gained little
+ * more on writes (1.49x) and cost cached reads (0.94x). An earlier A/B on a host busy with
+ * stuck I/O (load 3-9) had seen rr4k -10 to -14% with 32 KiB pieces; the quiet rerun did
+ * not.
  */
-#define WRITE_PIECE (256u << 10)
+#define WRITE_PIECE (32u << 10)
 static int data_write(struct vol_io *io, uint8_t *buf, uint64_t len, uint64_t off)
 {
 	int ret = 0;
