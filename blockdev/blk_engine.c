@@ -22,7 +22,7 @@
  * the last attempt stopped. READ and WRITE lengths are limited to INT_MAX because the result
  * is an int.
  *
- * blk_req_try_nowait (the try_now of io_uring and libaio, see blk_engine.h) runs on the
+ * blk_req_try_nowait (every engine's try_now, see blk_engine.h) runs on the
  * caller's thread and touches nothing of the engine: a READ by preadv2(RWF_NOWAIT), a small
  * page-aligned WRITE by pwrite. Any shortfall is -EAGAIN and the caller submits the whole
  * request; a partly done write is simply written again, the same bytes at the same place.

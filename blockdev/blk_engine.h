@@ -35,8 +35,8 @@
  * It returns len, or -EAGAIN when the request must go through blk_submit as usual (not
  * cached, too long, unaligned, short, any error: the asynchronous path redoes it whole and
  * reports). It saves the ring round trip and the wake-ups of the completion thread.
- * psync has no try_now: its I/O stays plain pread/pwrite calls on its own threads, where
- * fault injection (tests/test_faults.py, libfiu) intercepts them.
+ * Every engine uses the same try_now (blk_req_try_nowait); engine_psync.c says what that
+ * means for fault injection.
  */
 #ifndef EBSIM_BLK_ENGINE_H
 #define EBSIM_BLK_ENGINE_H

@@ -973,14 +973,12 @@ static int try1(struct blk_engine *e, enum blk_op op, int fd, void *buf, size_t 
 
 /*
  * blk_try_now: a cached READ and a small page-aligned WRITE are done at once on the caller's
- * thread (io_uring, libaio); everything else -- unaligned, longer than BLK_WRITE_NOW_MAX,
- * any error -- returns -EAGAIN and leaves the file untouched, for blk_submit to do. psync
- * never does anything at once (its I/O stays where fault injection intercepts it).
+ * thread, by every engine; everything else -- unaligned, longer than BLK_WRITE_NOW_MAX,
+ * any error -- returns -EAGAIN and leaves the file untouched, for blk_submit to do.
  */
 static int check_try_now(struct blk_engine *e)
 {
 	const size_t big = BLK_WRITE_NOW_MAX + 4096;
-	bool now = strcmp(cur, "psync") != 0;
 	uint8_t *buf;
 	int ret, rofd;
 
@@ -992,19 +990,18 @@ static int check_try_now(struct blk_engine *e)
 	}
 	/* a cached read */
 	ret = try1(e, BLK_READ, tfd, buf, 4096, 4096);
-	CHECK(ret == (now ? 4096 : -EAGAIN), "read: %d", ret);
-	if (now)
-		CHECK(mismatch(buf, 4096, 4096, 1) == -1, "read returned other bytes");
+	CHECK(ret == 4096, "read: %d", ret);
+	CHECK(mismatch(buf, 4096, 4096, 1) == -1, "read returned other bytes");
 	/* an aligned 4 KiB write and the longest write done at once */
 	fill(buf, 4096, 8192, 2);
 	ret = try1(e, BLK_WRITE, tfd, buf, 4096, 8192);
-	CHECK(ret == (now ? 4096 : -EAGAIN), "4 KiB write: %d", ret);
-	if (file_check(8192, 4096, now ? 2 : 1))
+	CHECK(ret == 4096, "4 KiB write: %d", ret);
+	if (file_check(8192, 4096, 2))
 		goto fail;
 	fill(buf, BLK_WRITE_NOW_MAX, 65536, 3);
 	ret = try1(e, BLK_WRITE, tfd, buf, BLK_WRITE_NOW_MAX, 65536);
-	CHECK(ret == (now ? (int)BLK_WRITE_NOW_MAX : -EAGAIN), "longest write: %d", ret);
-	if (file_check(65536, BLK_WRITE_NOW_MAX, now ? 3 : 1))
+	CHECK(ret == (int)BLK_WRITE_NOW_MAX, "longest write: %d", ret);
+	if (file_check(65536, BLK_WRITE_NOW_MAX, 3))
 		goto fail;
 	/* too long, unaligned offset, unaligned length, an error: left for blk_submit */
 	if (reset_file() || file_write(0, 2 * big, 1))
