@@ -1109,19 +1109,30 @@ static int read_base(struct vol_io *io, uint64_t c, const uint8_t *id, uint8_t *
  * write). 32 KiB pieces (8 buffer heads) cut the daemon's CPU per 4 KiB write from
  * 11.5-12.1 to 7.7-7.8 us and raised rw4k QD32 via loop by 1.36-1.37x (median of per-round
  * ratios, two runs of bench/ab.py on a quiet host); rr4k and 1 MiB reads did not move
- * (1.04, 1.01). 1 MiB sequential writes cost 32 pwrites instead of 4: 0.73x of their rate
- * with 256 KiB pieces, still several times the raw disk's. 16 KiB pieces gained little
- * more on writes (1.49x) and cost cached reads (0.94x). An earlier A/B on a host busy with
- * stuck I/O (load 3-9) had seen rr4k -10 to -14% with 32 KiB pieces; the quiet rerun did
- * not.
+ * (1.04, 1.01). Done at once on the FUSE thread, 32 pieces of a 1 MiB write cost 1 MiB
+ * sequential writes 0.61-0.86x of their rate; queued to io_uring as 32 io-wq writes, 0.59x.
+ * But a piece sizes only the folios a write creates: a write into chunks that were all
+ * PRESENT before overwrites pages that are usually cached already, with the sizes its
+ * first writer gave them. So such an overwrite longer than BLK_WRITE_NOW_MAX goes in
+ * OVERWRITE_PIECE pieces through the engine (off the FUSE thread, as before), and only
+ * writes that create data (into ABSENT or ZERO chunks: holes, nothing cached) use
+ * WRITE_PIECE: after the bench's fill, sw1m 1.07x and rw4k 1.46x of 256 KiB pieces
+ * everywhere, rr4k 0.94x (bench/ab.py, 3 rounds). Overwrites of chunks whose pages were
+ * evicted, and cold reads (readahead), may still create large folios; not handled.
+ * 16 KiB pieces gained little more on writes (1.49x) and cost cached reads (0.94x). An
+ * earlier A/B on a host busy with stuck I/O (load 3-9) had seen rr4k -10 to -14% with
+ * 32 KiB pieces; the quiet reruns saw 0.94-1.04.
  */
 #define WRITE_PIECE (32u << 10)
-static int data_write(struct vol_io *io, uint8_t *buf, uint64_t len, uint64_t off)
+#define OVERWRITE_PIECE (256u << 10)
+static int data_write(struct vol_io *io, uint8_t *buf, uint64_t len, uint64_t off,
+		      bool overwrite)
 {
+	uint64_t piece = overwrite && len > BLK_WRITE_NOW_MAX ? OVERWRITE_PIECE : WRITE_PIECE;
 	int ret = 0;
 
 	while (len && !ret) {
-		uint64_t n = MIN(len, WRITE_PIECE - (off & (WRITE_PIECE - 1)));
+		uint64_t n = MIN(len, piece - (off & (piece - 1)));
 		ret = seg_submit(io, BLK_WRITE, io->v->data_fd, buf, n, off, 0, NULL);
 		buf += n;
 		off += n;
@@ -1546,7 +1557,7 @@ static int run_plan(struct vol_io *io, uint8_t *buf, uint64_t off, struct run *r
 		if (v->encrypted)
 			ret = crypt_xts(v->key, true, p, runs[i].len, runs[i].off);
 		if (!ret)
-			ret = data_write(io, p, runs[i].len, runs[i].off);
+			ret = data_write(io, p, runs[i].len, runs[i].off, true);
 	}
 	/* slow writes already count in io->pending: run them even after an error */
 	while (slows) {
@@ -1586,14 +1597,16 @@ static void write_or_discard(struct vol *v, uint8_t *buf, uint64_t len, uint64_t
 	atomic_fetch_add(&v->writes_inflight, 1);
 	if (v->simple && !v->snap) {
 		uint64_t first = off >> v->chunk_shift, last = (end - 1) >> v->chunk_shift;
+		bool overwrite = true;
 		for (uint64_t c = first; c <= last; c++) {
 			bool whole = (c << v->chunk_shift) >= off && ((c + 1) << v->chunk_shift) <= end;
 			uint8_t st = buf ? MAP_PRESENT : whole ? MAP_ZERO : map_state(v, c);
+			overwrite = overwrite && map_state(v, c) == MAP_PRESENT;
 			map_set(v, c, st | MAP_CHANGED);
 		}
 		pthread_mutex_unlock(&v->lock);
 		if (buf)
-			ret = data_write(io, buf, len, off);
+			ret = data_write(io, buf, len, off, overwrite);
 		else
 			ret = seg_submit(io, BLK_FALLOC, v->data_fd, NULL, len, off,
 					 FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, NULL);
