@@ -152,6 +152,45 @@ def folio_pages(path, off, length):
         m.close()
 
 
+def test_new_data_keeps_folios_small(daemon, res):
+    """Long writes that create data (into never-written chunks) reach the data file in
+    32 KiB pieces (vol.c, WRITE_PIECE), so ext4 makes no folio larger than 8 pages there
+    (a 1 MiB write in 256 KiB pieces made 64-page folios, and every later 4 KiB write into
+    one walked 64 buffer heads). Long overwrites of those chunks go in larger pieces and
+    leave the cached folios as they are. The bytes read back, after a restart too."""
+    probe = os.path.join(daemon.home, "folio-probe")  # the data files' file system
+    with open(probe, "wb") as f:
+        f.write(os.urandom(1 << 20))
+    big = max(folio_pages(probe, 0, 1 << 20))
+    os.unlink(probe)
+    if big <= 8:
+        pytest.skip(f"this file system made at most a {big}-page folio of a 1 MiB write")
+
+    v = daemon.create_volume(1)
+    path, raw = v["LocalPath"], os.path.join(daemon.home, "volumes", v["VolumeId"], "data")
+    res.assert_mounted(os.path.join(daemon.home, "mnt"))
+    region, step = 4 << 20, 1 << 20
+    rng = random.Random(7)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        for rnd in ("create", "overwrite"):
+            image = rng.randbytes(region)
+            for off in range(0, region, step):
+                assert os.pwrite(fd, image[off:off + step], off) == step
+            sizes = folio_pages(raw, 0, region)
+            assert max(sizes) <= 8, f"{rnd}: a {max(sizes)}-page folio in the data file"
+            want = hashlib.sha256(image).hexdigest()
+            assert sha256_range(path, region) == want
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    daemon.stop()
+    daemon.start()
+    res.assert_mounted(os.path.join(daemon.home, "mnt"))
+    assert sha256_range(path, region) == want
+    assert not daemon.unexpected_log_errors()
+
+
 def test_encrypted_chunk_fill_keeps_folios_small(daemon, res, tmp_path):
     """A first 4 KiB write into an encrypted volume's chunk fills the whole chunk (vol.c,
     FILL_PIECE): it reaches the data file in 16 KiB pieces, so ext4 keeps no folio larger
