@@ -8,8 +8,10 @@ Design notes
 Tables.  What the run measures is described by the tables below:
   MODES     full and quick: file size, runtime, ramp, repeats;
   BACKINGS  how to build one thing to measure (a raw file, an ebsim volume on a daemon
-            with a given I/O engine, a qemu-storage-daemon FUSE export); its kind picks
-            the setup function in SETUP;
+            with a given I/O engine, a volume restored from a snapshot, cold or hydrated,
+            a qemu-storage-daemon FUSE export); its kind picks the setup function in SETUP
+            (fresh_each: a new restored volume before every fio run, so each run is a
+            first touch);
   TARGETS   a backing seen one way: as its file ("file") or through a loop device
             ("loop");
   JOBS      what is run against each target: a fio profile, or any other callable that
@@ -89,8 +91,19 @@ BACKINGS = {
                     desc="qemu-storage-daemon FUSE export of a raw file"),
     "qsd-qcow2": dict(kind="qsd", fmt="qcow2", file_opts=None,
                       desc="qemu-storage-daemon FUSE export of a qcow2 overlay on a raw base"),
-    # Later (snapshots): "ebsim-restored-cold": dict(kind="ebsim-restored", hydrate=False,
-    # precondition=False, ...), "ebsim-restored-hydrated": ...
+    # Restored from one snapshot of the whole volume, written with random bytes (setup
+    # _restored). fresh_each: every fio run gets a volume restored just before it, so each
+    # run is a first touch (blocks fetched from the snapshot, lazily). precondition=False:
+    # a fill would overwrite what is being measured.
+    "ebsim-restored-cold": dict(kind="ebsim-restored", engine="io_uring", precondition=False,
+                                fresh_each=True,
+                                desc="ebsim volume restored from a snapshot, cold: each run on "
+                                "a volume restored just before it (first touch, blocks "
+                                "fetched from the snapshot as they are read or written)"),
+    "ebsim-restored-hydrated": dict(kind="ebsim-restored", engine="io_uring",
+                                    precondition=False, hydrate=True,
+                                    desc="ebsim volume restored from a snapshot, then hydrated "
+                                    "(initialize-volume) before the runs"),
 }
 
 # via: "file" = fio on the backing's file; "loop" = fio on a loop device over it.
@@ -113,6 +126,8 @@ TARGETS = [
     dict(name="ebsim-enc", backing="ebsim-enc", via="file", plain="ebsim-uring"),
     dict(name="ebsim-enc-loop", backing="ebsim-enc", via="loop", quick=True,
          plain="ebsim-uring-loop"),
+    dict(name="ebsim-restored-cold-loop", backing="ebsim-restored-cold", via="loop"),
+    dict(name="ebsim-restored-hydrated-loop", backing="ebsim-restored-hydrated", via="loop"),
     dict(name="qsd-raw", backing="qsd-raw", via="file"),
     dict(name="qsd-raw-loop", backing="qsd-raw", via="loop"),
     dict(name="qsd-qcow2", backing="qsd-qcow2", via="file"),
@@ -124,7 +139,10 @@ REF_QSD = "qsd-qcow2-loop"
 
 
 def run_fio_job(ctx, job, target):
-    """A JOBS runner: one fio run of job["fio"] on the target's path."""
+    """A JOBS runner: one fio run of job["fio"] on the target's path (on a newly restored
+    volume for a fresh_each backing)."""
+    if BACKINGS[target["backing"]].get("fresh_each"):
+        renew_restored(ctx, target)
     return fio_sample(ctx, ctx.fio_cmd(target, job["fio"], ctx.runtime, ctx.ramp))
 
 
@@ -393,6 +411,7 @@ class Ctx:
         self.loop_dio = {}
         self.fresh = {}
         self.backing_info = {}
+        self.restore = {}  # the restored backings' source snapshot
 
     def path_of(self, target):
         return self.devs[target["name"]] if target["via"] == "loop" \
@@ -534,7 +553,80 @@ def setup_qsd(ctx, name, b):
     return mnt
 
 
-SETUP = {"raw": setup_raw, "ebsim": setup_ebsim, "qsd": setup_qsd}
+def source_snapshot(ctx, home):
+    """The snapshot the restored backings share (made once): a volume of the run's size
+    written whole with random bytes (no chunk is zero or a duplicate), snapshotted, then
+    deleted."""
+    if "snapshot" in ctx.restore:
+        return ctx.restore["snapshot"]
+    e = snapshot_perf.Ebsim(BUILD, home)
+    gib = max(1, math.ceil(ctx.size / GIB))
+    v = e("create-volume", "--size", gib)
+    snapshot_perf.write_random(v["LocalPath"], 0, ctx.size)
+    sid, secs = e.snapshot(v["VolumeId"])
+    e("delete-volume", "--volume-id", v["VolumeId"])
+    say(f"restored backings: snapshot {sid} of {ctx.size // MIB} MiB in {secs:.1f} s")
+    ctx.restore["snapshot"] = sid
+    return sid
+
+
+def restore_volume(ctx, name, home):
+    """A volume restored from the source snapshot; returns its FUSE file."""
+    e = snapshot_perf.Ebsim(BUILD, home)
+    vol = e("create-volume", "--snapshot-id", source_snapshot(ctx, home))
+    ctx.backing_info[name] = dict(volume_id=vol["VolumeId"], home=home, engine="io_uring",
+                                  snapshot=ctx.restore["snapshot"],
+                                  store=[os.path.join(home, "volumes", vol["VolumeId"],
+                                                      "data")])
+    return vol["LocalPath"]
+
+
+def setup_restored(ctx, name, b):
+    home = ebsim_home(ctx, b["engine"])
+    path = restore_volume(ctx, name, home)
+    if b.get("hydrate"):
+        e = snapshot_perf.Ebsim(BUILD, home)
+        vid = ctx.backing_info[name]["volume_id"]
+        t0 = time.monotonic()
+        e("initialize-volume", "--volume-id", vid, "--no-wait")
+        while True:
+            st = e("describe-volumes", "--volume-ids", vid)["Volumes"][0] \
+                .get("InitializationStatusDetails")
+            if not st or st.get("Progress") == 100:
+                break
+            if time.monotonic() - t0 > 600:
+                raise RuntimeError(f"initialize-volume {vid}: not done after 600 s")
+            time.sleep(0.1)
+        say(f"hydrated {vid} in {time.monotonic() - t0:.1f} s")
+    return path
+
+
+def renew_restored(ctx, target):
+    """Replace the target's volume with a newly restored one (and its loop device)."""
+    bn = target["backing"]
+    info = ctx.backing_info[bn]
+    e = snapshot_perf.Ebsim(BUILD, info["home"])
+    dev = ctx.devs.pop(target["name"], None)
+    if dev:
+        run(["losetup", "-d", dev])
+    try:
+        for tries in range(50):  # the loop driver lets go of the file asynchronously
+            try:
+                e("delete-volume", "--volume-id", info["volume_id"])
+                break
+            except subprocess.CalledProcessError as err:
+                if "VolumeInUse" not in (err.stderr or "") or tries == 49:
+                    raise
+                time.sleep(0.1)
+        ctx.paths[bn] = restore_volume(ctx, bn, info["home"])
+    except subprocess.CalledProcessError as err:
+        raise RuntimeError(f"renewing {target['name']}: {err.stderr.strip()}") from err
+    if target["via"] == "loop":
+        attach_loop(ctx, target)
+
+
+SETUP = {"raw": setup_raw, "ebsim": setup_ebsim, "qsd": setup_qsd,
+         "ebsim-restored": setup_restored}
 
 
 def attach_loop(ctx, target):
