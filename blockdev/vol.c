@@ -1487,6 +1487,7 @@ static struct slow *slow_new(struct vol_io *io, uint64_t c, const uint8_t *src, 
 struct run {
 	uint64_t off, len;
 	bool punch;
+	bool creates; /* a write that covers a chunk that was not PRESENT (data_write) */
 };
 
 static int plan_chunks(struct vol_io *io, const uint8_t *src, uint64_t off, uint64_t len,
@@ -1518,12 +1519,14 @@ static int plan_chunks(struct vol_io *io, const uint8_t *src, uint64_t off, uint
 			       (!v->encrypted || ((cs | ce) & (VOL_SECTOR - 1)) == 0);
 		}
 		if (fast) {
+			bool creates = st != MAP_PRESENT;
 			map_set(v, c, (punch ? MAP_ZERO : MAP_PRESENT) | MAP_CHANGED);
 			if (n && runs[n - 1].off + runs[n - 1].len == cs && runs[n - 1].punch == punch) {
 				runs[n - 1].len += ce - cs;
+				runs[n - 1].creates |= creates;
 				continue;
 			}
-			runs[n++] = (struct run){cs, ce - cs, punch};
+			runs[n++] = (struct run){cs, ce - cs, punch, creates};
 			continue;
 		}
 		struct slow *s = slow_new(io, c, src ? src + (cs - off) : NULL,
@@ -1557,7 +1560,7 @@ static int run_plan(struct vol_io *io, uint8_t *buf, uint64_t off, struct run *r
 		if (v->encrypted)
 			ret = crypt_xts(v->key, true, p, runs[i].len, runs[i].off);
 		if (!ret)
-			ret = data_write(io, p, runs[i].len, runs[i].off, true);
+			ret = data_write(io, p, runs[i].len, runs[i].off, !runs[i].creates);
 	}
 	/* slow writes already count in io->pending: run them even after an error */
 	while (slows) {
