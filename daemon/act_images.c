@@ -38,6 +38,30 @@
  * (FITHAW) after. A file system that cannot be unmounted (busy) is frozen instead.
  * Instance-store volumes are mapped as VirtualName ephemeralN; their contents are not
  * captured.
+ *
+ * CreateImage fails whole or not at all. Every refusal it can foresee (bad input, the
+ * instance's state, a volume already being snapshotted) comes before the first snapshot
+ * starts. What can still fail after one has started, inside the request: looking up or
+ * starting the snapshot of a later volume (snapshot_start: the store, vol_snap_begin, the
+ * catalog row, the job), and the catalog write of the image and its tags (image_insert).
+ * Each of these returns the EC2 error to the caller with no image, and first undoes every
+ * snapshot the request started (each is recorded in its entry of vols), after the file
+ * systems are mounted or thawed again: snapshot_abort (act_snapshots.c) stops the job and
+ * waits for it, so it ends as any failed snapshot ends (vol_snap_end(ok=false) gives the
+ * volume its changed bits back, and the chunks it stored are collected), then deletes the
+ * row as DeleteSnapshot would; the volume's changed_base is cleared, so its next snapshot
+ * is full. A snapshot whose own start failed leaves nothing either (snapshot_start undoes
+ * its row and switch). A daemon crash inside the request leaves the started snapshots
+ * 'pending' with no image naming them: snapshots_recover turns them into 'error' rows.
+ *
+ * A failure later, asynchronously (a snapshot of the pending image goes to 'error', e.g.
+ * its copy fails or the daemon stops), is EC2's failed AMI: the image stays, State
+ * 'failed' with a StateReason naming the snapshot, and so do its other snapshots, the
+ * completed ones and those still copying. They are not orphans: the failed image's
+ * BlockDeviceMappings name them, DeleteSnapshot refuses them (InvalidSnapshot.InUse)
+ * while it exists, and DeregisterImage with DeleteAssociatedSnapshots removes them with
+ * it (those no longer copying), as on EC2, where the owner deregisters a failed AMI and
+ * its snapshots stay until then.
  */
 #include "daemon/daemon_i.h"
 #include "common/ctl_proto.h"
@@ -1549,12 +1573,14 @@ int act_create_image(struct api_req *r)
 		ret = volume_lookup(r, jstr(pv, "VolumeId"), &v);
 		if (!ret)
 			ret = snapshot_start(r, &v, sdesc, NULL, &s);
-		if (!ret)
+		if (!ret) {
 			json_object_object_add(e, "SnapshotId", json_object_new_string(s.id));
+			json_object_object_add(pv, "SnapshotId", json_object_new_string(s.id));
+		}
 	}
 	quiet_end(iid, q, nq);
 	if (ret)
-		goto out_vols;
+		goto out_undo;
 	img = image_new(r, id, name, desc, "pending");
 	json_object_object_add(img, "Architecture",
 			       json_object_new_string(jstr(inst, "Architecture")));
@@ -1567,13 +1593,20 @@ int act_create_image(struct api_req *r)
 	ret = image_insert(r, img, tags);
 	json_object_put(img);
 	if (ret)
-		goto out_vols;
+		goto out_undo;
 	log_info("creating %s (%s) from %s: %zu snapshots, %s", id, name, iid,
 		 json_object_array_length(vols), no_reboot ? "no reboot" : "reboot");
 	r->result = json_object_new_object();
 	json_object_object_add(r->result, "ImageId", json_object_new_string(id));
 	ret = 0;
 	goto out_done;
+out_undo:
+	/* the caller gets the error and no image: the snapshots started for it go too */
+	for (size_t i = 0; i < json_object_array_length(vols); i++) {
+		const char *sid = jstr(json_object_array_get_idx(vols, i), "SnapshotId");
+		if (sid[0])
+			snapshot_abort(d, sid);
+	}
 out_vols:
 	ret = -1;
 out_done:

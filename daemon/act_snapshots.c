@@ -34,7 +34,13 @@
  * chunks is non-zero (ListSnapshotBlocks) or differs (ListChangedBlocks).
  *
  * snapshot_start() and snapshot_copy_start() are the cores of CreateSnapshot and
- * CopySnapshot, shared with CreateImage and CopyImage (act_images.c).
+ * CopySnapshot, shared with CreateImage and CopyImage (act_images.c). snapshot_abort()
+ * undoes a started snapshot whose request failed later (CreateImage): it sets the job's
+ * cancel flag (the copy stops at its next run, -ECANCELED, as at shutdown), waits for the
+ * job with d->lock released (its end takes the lock), then deletes the row ('error', or
+ * 'completed' when the copy won the race) and collects the region. No second way to
+ * delete: the job's own failure path restores the changed bits and drops changed_base
+ * (changed_base_drop, shared with snapshots_recover), DeleteSnapshot's steps do the rest.
  *
  * Snapshot visibility: the owning account, in the snapshot's region (snapshot_lookup);
  * restoring (create-volume, launch) also lets an account use a snapshot that backs an
@@ -471,7 +477,7 @@ static int snap_copy(struct job *j, struct snap_job *sj, uint64_t *data_size)
 		r->head += run;
 		pthread_cond_broadcast(&r->cond);
 		pthread_mutex_unlock(&r->lock);
-		if (sj->d->stopping) {
+		if (sj->d->stopping || j->cancel) {
 			ret = -ECANCELED;
 			break;
 		}
@@ -534,6 +540,18 @@ out:
 	return ret;
 }
 
+/* A snapshot that cleared its volume's changed bits did not complete: the cleared bits may
+ * be on disk, so the volume's next snapshot is full. */
+static void changed_base_drop(struct daemon *d, const char *vol_id, const char *snap_id)
+{
+	struct cat_volume v;
+
+	if (cat_volume_get(d->cat, vol_id, &v) == 0 && !strcmp(v.changed_base, snap_id)) {
+		v.changed_base[0] = 0;
+		cat_volume_update(d->cat, &v);
+	}
+}
+
 static void *snapshot_job(void *arg)
 {
 	struct job *j = arg;
@@ -557,16 +575,11 @@ static void *snapshot_job(void *arg)
 			s.progress = 100;
 			s.data_size = data_size;
 		} else {
-			struct cat_volume v;
 			snprintf(s.state, sizeof(s.state), "error");
 			snprintf(s.state_message, sizeof(s.state_message), "copying the data failed: %s",
 				 strerror(-ret));
 			/* the changed bits are back (vol_snap_end), but be safe: next is full */
-			if (cat_volume_get(d->cat, s.volume_id, &v) == 0 &&
-			    !strcmp(v.changed_base, s.id)) {
-				v.changed_base[0] = 0;
-				cat_volume_update(d->cat, &v);
-			}
+			changed_base_drop(d, s.volume_id, s.id);
 		}
 		crash_point("in-catalog-txn");
 		cat_ret = cat_snapshot_update(d->cat, &s);
@@ -695,8 +708,9 @@ int snapshot_start(struct api_req *r, struct cat_volume *vp, const char *desc, j
 		vol_snap_end(sj->vs, false);
 		manifest_free(sj->parent);
 		free(sj);
-		snprintf(s.state, sizeof(s.state), "error");
-		cat_snapshot_update(d->cat, &s);
+		/* nothing was copied: the row goes, and the volume's next snapshot is full */
+		changed_base_drop(d, vid, s.id);
+		cat_snapshot_delete(d->cat, s.id);
 		return api_error(r, "InternalError", "cannot start the snapshot job");
 	}
 	struct job *j = job_find(d, JOB_SNAPSHOT, s.id);
@@ -706,6 +720,40 @@ int snapshot_start(struct api_req *r, struct cat_volume *vp, const char *desc, j
 		 full ? "full" : "incremental", (unsigned long long)sj->total);
 	*out = s;
 	return 0;
+}
+
+void snapshot_abort(struct daemon *d, const char *id)
+{
+	struct cat_snapshot s;
+	struct job **pp, *j;
+
+	for (j = d->jobs; j && (j->kind != JOB_SNAPSHOT || strcmp(j->id, id)); j = j->next)
+		;
+	if (j) {
+		/* the job ends as a failed snapshot ends (snapshot_job): vol_snap_end(ok=false)
+		 * gives the volume its changed bits back, the row reads 'error', the volume's
+		 * next snapshot is full, the chunks it stored are collected. Its end takes
+		 * d->lock; only this (the control) thread adds, reaps or removes jobs, so j
+		 * stays listed (counted by jobs_in_region) until it is joined here. */
+		j->cancel = true;
+		pthread_mutex_unlock(&d->lock);
+		pthread_join(j->thread, NULL);
+		pthread_mutex_lock(&d->lock);
+		for (pp = &d->jobs; *pp != j; pp = &(*pp)->next)
+			;
+		*pp = j->next;
+		free(j);
+	}
+	if (cat_snapshot_get(d->cat, id, &s))
+		return;
+	/* it may have completed before it saw the cancel: its changed bits stay cleared */
+	changed_base_drop(d, s.volume_id, id);
+	if (cat_snapshot_delete(d->cat, id)) {
+		log_err("snapshot %s: cannot delete the row of the undone snapshot", id);
+		return;
+	}
+	log_info("snapshot %s undone (its request failed)", id);
+	region_gc(d, s.region);
 }
 
 int act_create_snapshot(struct api_req *r)
@@ -1458,15 +1506,11 @@ static int recover_snap(void *arg, const struct cat_snapshot *s)
 	if (strcmp(s->state, "pending"))
 		return 0;
 	struct cat_snapshot n = *s;
-	struct cat_volume v;
 	snprintf(n.state, sizeof(n.state), "error");
 	snprintf(n.state_message, sizeof(n.state_message),
 		 "the daemon stopped before the snapshot completed");
 	cat_snapshot_update(d->cat, &n);
-	if (cat_volume_get(d->cat, s->volume_id, &v) == 0 && !strcmp(v.changed_base, s->id)) {
-		v.changed_base[0] = 0; /* its cleared changed bits may be on disk: go full */
-		cat_volume_update(d->cat, &v);
-	}
+	changed_base_drop(d, s->volume_id, s->id); /* its cleared bits may be on disk */
 	for (i = 0; i < c->nregions && strcmp(c->regions[i], s->region); i++)
 		;
 	if (i == c->nregions && i < (int)ARRAY_SIZE(c->regions))

@@ -52,6 +52,7 @@ struct job {
 	_Atomic uint64_t done, total;
 	uint64_t started_ns;
 	bool finished;
+	_Atomic bool cancel; /* SNAPSHOT: stop early, its request failed (snapshot_abort) */
 	pthread_t thread;
 	struct job *next;
 	void *priv;
@@ -211,6 +212,11 @@ int snapshot_lookup(struct api_req *r, const char *id, struct cat_snapshot *s);
  * changed-set switch and the copy job. *out is the new row. 0 or -1 (error recorded). */
 int snapshot_start(struct api_req *r, struct cat_volume *v, const char *desc, json_object *tags,
 		   struct cat_snapshot *out);
+/* Undo a snapshot that snapshot_start() started for a request that then failed (CreateImage
+ * after a later step failed): stop its job and wait for it, which ends it as any failed
+ * snapshot ends, then delete its row as DeleteSnapshot does. Nothing of it is left; the
+ * volume's next snapshot is full. Under d->lock, which it releases while it waits. */
+void snapshot_abort(struct daemon *d, const char *id);
 /* Start copying a completed snapshot (any region, any owner: the caller checked access)
  * into the request's region, owned by the request's account; only chunks the destination
  * lacks are transferred. *out is the new 'pending' row. 0 or -1 (error recorded). */

@@ -12,6 +12,12 @@ Design notes
   root mount while create-image --no-reboot runs. The image must hold a prefix of them:
   every file acknowledged before the call, no gaps, each complete; at most one last file
   that was created but not yet written (empty).
+- A create-image that fails after it started some snapshots must leave nothing: the
+  failure is a real catalog refusal, made by a trigger the test adds to its own daemon's
+  catalog (SQLite, WAL: another connection may change the schema while the daemon runs;
+  the daemon's statements are prepared again) and drops right after the call. The proof
+  that the undone snapshots gave the volumes back their changed bits: the data written
+  between each volume's last snapshot and the failed call is in the next snapshot.
 - A pending image is observed race-free: run-instances is called while the snapshot still
   copies a large volume, and its answer counts only if describe-images says 'pending'
   after it (the state only moves pending -> available).
@@ -20,6 +26,7 @@ import hashlib
 import json
 import os
 import random
+import sqlite3
 import threading
 import time
 
@@ -29,6 +36,7 @@ from conftest import run, sha256_file
 from test_instances import (ITYPE, assert_error, check_image_files, describe, make_base,
                             register, run1, write_file)
 from test_launch_permissions import call
+from test_snapshots import sha_range, wait_completed, write_pattern
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -271,6 +279,86 @@ def test_create_image_stopped_terminated_and_overrides(daemon, res, base):
                            (ami,)).fetchone() == (0,)
     finally:
         con.close()
+
+
+# The catalog refuses, once armed, the second snapshot row of a create-image request (its
+# first snapshot was started) or the image's row (all of its snapshots were started).
+FAULTS = {
+    "second-snapshot":
+        "CREATE TRIGGER test_fault BEFORE INSERT ON snapshots"
+        " WHEN NEW.description LIKE 'Created by CreateImage(%'"
+        " AND EXISTS (SELECT 1 FROM snapshots WHERE description = NEW.description)"
+        " BEGIN SELECT RAISE(ABORT, 'injected by the test'); END",
+    "image-row":
+        "CREATE TRIGGER test_fault BEFORE INSERT ON docs WHEN NEW.kind = 'image'"
+        " BEGIN SELECT RAISE(ABORT, 'injected by the test'); END",
+}
+
+
+def catalog_exec(d, sql):
+    con = sqlite3.connect(os.path.join(d.home, "catalog.db"), timeout=10)
+    try:
+        con.execute(sql)
+        con.commit()
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_create_image_failing_midway_leaves_nothing(daemon, res, base, fault):
+    d = daemon
+    bdm = [{"DeviceName": "/dev/sdf", "Ebs": {"VolumeSize": 1}}]
+    inst = run1(d, base["ami"], ITYPE, "--block-device-mappings", json.dumps(bdm))
+    iid, root, data = inst["InstanceId"], inst["RootMount"], inst["LocalDevices"]["/dev/sdf"]
+    res.assert_mounted(root)
+    vols = {m["DeviceName"]: m["Ebs"]["VolumeId"] for m in inst["BlockDeviceMappings"]}
+    # each volume's last snapshot, then data only an incremental snapshot from it would miss
+    # if the failed call's snapshots had cleared the changed bits for good (enough of it
+    # that the undone snapshots are usually still copying when they are stopped)
+    h_old = write_pattern(data, "before the last snapshot", 4 * MIB)
+    for vid in vols.values():
+        wait_completed(d, d.ok("create-snapshot", "--volume-id", vid)["SnapshotId"])
+    h_new = write_pattern(data, "after the last snapshot", 96 * MIB, off=4 * MIB)
+    on_root = random.Random(11).randbytes(64 * MIB + 5)
+    write_file(os.path.join(root, "after-the-last-snapshot.bin"), on_root)
+    snaps_before = d.ok("describe-snapshots")["Snapshots"]
+
+    catalog_exec(d, FAULTS[fault])
+    try:
+        r = d.cli("create-image", "--instance-id", iid, "--name", "half-made")
+    finally:
+        catalog_exec(d, "DROP TRIGGER test_fault")
+    assert_error(r, "InternalError")
+    # nothing is left of the request: no snapshot (pending or not), no image, no chunk
+    assert d.ok("describe-snapshots")["Snapshots"] == snaps_before
+    assert d.ok("describe-images", "--filters", "Name=name,Values=half-made")["Images"] == []
+    assert {i["Name"] for i in d.ok("describe-images", "--owners", "self")["Images"]} == \
+        {"ebsim-base"}
+    ck = d.cli("check")
+    assert ck.rc == 0 and ck.json["Result"] == "clean" and ck.json["LeakedCount"] == 0, ck.out
+    # the instance goes on: its file systems are mounted again, its volumes take snapshots
+    res.assert_mounted(root)
+    assert describe(d, iid)["State"]["Name"] == "running"
+    s = wait_completed(d, d.ok("create-snapshot", "--volume-id", vols["/dev/sdf"])["SnapshotId"])
+    v = d.ok("create-volume", "--snapshot-id", s["SnapshotId"])
+    assert sha_range(v["LocalPath"], 0, 4 * MIB) == h_old
+    assert sha_range(v["LocalPath"], 4 * MIB, 96 * MIB) == h_new
+    d.ok("delete-volume", "--volume-id", v["VolumeId"])
+    # and the same create-image, asked again, makes the image, with the data
+    ami = d.ok("create-image", "--instance-id", iid, "--name", "half-made")["ImageId"]
+    img = wait_image(d, ami)
+    assert len({m["Ebs"]["SnapshotId"] for m in img["BlockDeviceMappings"] if "Ebs" in m}) == 2
+    new = run1(d, ami)
+    res.assert_mounted(new["RootMount"])
+    check_image_files(new["RootMount"], base["files"])
+    assert sha256_file(os.path.join(new["RootMount"], "after-the-last-snapshot.bin")) == \
+        hashlib.sha256(on_root).hexdigest()
+    assert sha_range(new["LocalDevices"]["/dev/sdf"], 0, 4 * MIB) == h_old
+    assert sha_range(new["LocalDevices"]["/dev/sdf"], 4 * MIB, 96 * MIB) == h_new
+    undone = [l for l in d.log().splitlines() if "undone (its request failed)" in l]
+    assert len(undone) == (1 if fault == "second-snapshot" else 2), undone
+    print(f"\n{fault}: {len(undone)} snapshot(s) undone, "
+          f"{d.log().count('Operation canceled')} of them stopped while copying")
 
 
 def test_pending_image_is_unavailable_then_failed_after_crash(make_daemon, res):
