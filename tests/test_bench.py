@@ -338,7 +338,8 @@ def test_run_sh_cleans_up_when_interrupted(tmp_path, short_base, sig, rc):
         made_loops = loops_under(base, names)
         made_procs = procs_naming(base)
         assert len(made_loops) >= 1, made_loops  # ebsim-uring-loop's
-        assert any(os.path.basename(a[0]) == "ebsimd" for a in made_procs.values()), made_procs
+        daemons = [a[0] for a in made_procs.values() if os.path.basename(a[0]) == "ebsimd"]
+        assert daemons and set(daemons) == {os.path.join(BUILD, "ebsimd")}, made_procs
         assert any(m.endswith("/mnt") for m in mounts_under(base)), mounts_under(base)
 
         os.kill(b.proc.pid, sig)
