@@ -247,6 +247,24 @@ def test_run_sh_refuses_a_disk_without_room(tmp_path, size, targets, needs):
                 subprocess.run(["umount", "-l", base], capture_output=True)
 
 
+def test_run_sh_says_why_ebsimd_failed_to_start(tmp_path):
+    """A scratch path too long for ebsimd's socket: the run fails at its first daemon and
+    says why, although the log it would point to goes with the scratch directory."""
+    base = str(tmp_path / ("d" * 64))
+    os.mkdir(base)
+    sock = os.path.join(base, "ebsim-bench.XXXXXX", "home-io_uring", "ebsimd.sock")
+    assert len(sock) > 107
+    p = run(["/bin/bash", RUN_SH, "--quick", "--targets", "raw,ebsim-uring", "--jobs",
+             "rr4k-qd1", "--no-snapshots", "--out", str(tmp_path / "out")],
+            check=False, env=bench_env(base), timeout=120)
+    assert p.returncode == 1, (p.returncode, p.stdout, p.stderr)
+    assert "bench: failed: " in p.stdout, p.stdout
+    assert "error: cannot listen on " in p.stdout, p.stdout
+    assert "ebsimd.sock: File name too long" in p.stdout, p.stdout
+    assert os.listdir(base) == []
+    assert not procs_naming(base) and not mounts_under(base) and not loops_under(base)
+
+
 class BenchRun:
     """One `bash bench/run.sh` in its own session, its output (stdout and stderr) collected
     by a thread; stop() and backstop() remove what it made, and only that."""
