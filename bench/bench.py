@@ -486,8 +486,16 @@ def ebsim_home(ctx, engine, transport="dev"):
     os.makedirs(home)
     ebsimd = os.path.join(BUILD, "ebsimd")
     ctx.ledger.add("ebsimd", home=home, ebsimd=ebsimd)  # before it exists: --stop finds it
-    run([ebsimd, "--home", home, "--io-engine", engine, "--fuse-transport", transport],
-        timeout=60)
+    try:
+        run([ebsimd, "--home", home, "--io-engine", engine, "--fuse-transport", transport],
+            timeout=60)
+    except RuntimeError as e:  # the log it points to goes with the scratch dir: quote it
+        try:
+            with open(os.path.join(home, "ebsimd.log")) as f:
+                why = [line.strip() for line in f if " error: " in line]
+        except OSError:
+            why = []
+        raise RuntimeError("; ".join([str(e)] + why[-3:])) from None
     if not is_mounted(os.path.join(home, "mnt")):
         raise RuntimeError(f"ebsimd on {home} is not mounted")
     ctx.homes[key] = home
