@@ -725,25 +725,14 @@ int snapshot_start(struct api_req *r, struct cat_volume *vp, const char *desc, j
 void snapshot_abort(struct daemon *d, const char *id)
 {
 	struct cat_snapshot s;
-	struct job **pp, *j;
+	struct job *j = job_find(d, JOB_SNAPSHOT, id);
 
-	for (j = d->jobs; j && (j->kind != JOB_SNAPSHOT || strcmp(j->id, id)); j = j->next)
-		;
-	if (j) {
-		/* the job ends as a failed snapshot ends (snapshot_job): vol_snap_end(ok=false)
-		 * gives the volume its changed bits back, the row reads 'error', the volume's
-		 * next snapshot is full, the chunks it stored are collected. Its end takes
-		 * d->lock; only this (the control) thread adds, reaps or removes jobs, so j
-		 * stays listed (counted by jobs_in_region) until it is joined here. */
-		j->cancel = true;
-		pthread_mutex_unlock(&d->lock);
-		pthread_join(j->thread, NULL);
-		pthread_mutex_lock(&d->lock);
-		for (pp = &d->jobs; *pp != j; pp = &(*pp)->next)
-			;
-		*pp = j->next;
-		free(j);
-	}
+	/* the job ends as a failed snapshot ends (snapshot_job): vol_snap_end(ok=false) gives
+	 * the volume its changed bits back, the row reads 'error', the volume's next snapshot
+	 * is full, the chunks it stored are collected. A job that has finished already wrote
+	 * its row (jobs_reap frees it). */
+	if (j)
+		job_cancel(d, j);
 	if (cat_snapshot_get(d->cat, id, &s))
 		return;
 	/* it may have completed before it saw the cancel: its changed bits stay cleared */

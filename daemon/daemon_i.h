@@ -171,6 +171,10 @@ struct job *job_find(struct daemon *d, enum job_kind kind, const char *id);
 struct job *job_start(struct daemon *d, enum job_kind kind, const char *id, const char *region,
 		      void *(*fn)(void *), void *priv);
 void jobs_reap(struct daemon *d);   /* free finished jobs */
+/* Ask j to stop early (j->cancel: snapshot jobs check it), wait for its end with d->lock
+ * released (its end takes the lock), then free it. Under d->lock, on the control thread,
+ * which alone adds, reaps and removes jobs: j stays listed until it is joined here. */
+void job_cancel(struct daemon *d, struct job *j);
 void jobs_stop(struct daemon *d);   /* at shutdown: wait for every job (d->lock not held) */
 bool jobs_in_region(struct daemon *d, const char *region);
 /* Remove snapshot manifests nobody needs and unreferenced chunks, when no job runs in the

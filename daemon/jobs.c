@@ -102,6 +102,20 @@ void jobs_reap(struct daemon *d)
 	}
 }
 
+void job_cancel(struct daemon *d, struct job *j)
+{
+	struct job **pp;
+
+	j->cancel = true;
+	pthread_mutex_unlock(&d->lock);
+	pthread_join(j->thread, NULL);
+	pthread_mutex_lock(&d->lock);
+	for (pp = &d->jobs; *pp != j; pp = &(*pp)->next)
+		;
+	*pp = j->next;
+	free(j);
+}
+
 void jobs_stop(struct daemon *d)
 {
 	pthread_mutex_lock(&d->lock);
