@@ -40,6 +40,9 @@ import subprocess
 import sys
 import tempfile
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from snapshot_perf import sh  # noqa: E402
+
 JOBS = dict(rr1=dict(rw="randread", iodepth=1), rr=dict(rw="randread", iodepth=32),
             rw=dict(rw="randwrite", iodepth=32),
             mix=dict(rw="randrw", rwmixread=70, iodepth=16),
@@ -51,10 +54,6 @@ def usage(msg=None):
         print(f"ab.py: {msg}", file=sys.stderr)
     print(__doc__.split("Design notes")[0].rstrip(), file=sys.stderr if msg else sys.stdout)
     sys.exit(2 if msg else 0)
-
-
-def sh(*cmd):
-    return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
 
 
 def cpu_seconds(pid):

@@ -593,19 +593,9 @@ def setup_restored(ctx, name, b):
     home = ebsim_home(ctx, b["engine"])
     path = restore_volume(ctx, name, home)
     if b.get("hydrate"):
-        e = snapshot_perf.Ebsim(BUILD, home)
         vid = ctx.backing_info[name]["volume_id"]
-        t0 = time.monotonic()
-        e("initialize-volume", "--volume-id", vid, "--no-wait")
-        while True:
-            st = e("describe-volumes", "--volume-ids", vid)["Volumes"][0] \
-                .get("InitializationStatusDetails")
-            if not st or st.get("Progress") == 100:
-                break
-            if time.monotonic() - t0 > 600:
-                raise RuntimeError(f"initialize-volume {vid}: not done after 600 s")
-            time.sleep(0.1)
-        say(f"hydrated {vid} in {time.monotonic() - t0:.1f} s")
+        secs = snapshot_perf.Ebsim(BUILD, home).hydrate(vid, timeout=600)
+        say(f"hydrated {vid} in {secs:.1f} s")
     return path
 
 

@@ -76,6 +76,19 @@ class Ebsim:
             raise RuntimeError(f"snapshot {s} ended {st}")
         return s, time.monotonic() - t0
 
+    def hydrate(self, vol, timeout=None):
+        """initialize-volume vol and wait until it is done; returns the seconds taken."""
+        t0 = time.monotonic()
+        self("initialize-volume", "--volume-id", vol, "--no-wait")
+        while True:
+            st = self("describe-volumes", "--volume-ids", vol)["Volumes"][0] \
+                .get("InitializationStatusDetails")
+            if not st or st.get("Progress") == 100:
+                return time.monotonic() - t0
+            if timeout is not None and time.monotonic() - t0 > timeout:
+                raise RuntimeError(f"initialize-volume {vol}: not done after {timeout} s")
+            time.sleep(0.1)
+
 
 def write_random(path, off, size, bs=16 * MIB):
     fd = os.open(path, os.O_WRONLY)
@@ -188,13 +201,7 @@ def one_repeat(e, home, full_only=False):
     r = e("create-volume", "--snapshot-id", s1)
     res["first_touch_read_MBps"] = round(read_rate(r["LocalPath"], 0, 512 * MIB), 1)
     r2 = e("create-volume", "--snapshot-id", s1)
-    e("initialize-volume", "--volume-id", r2["VolumeId"])
-    while True:
-        d = e("describe-volumes", "--volume-ids", r2["VolumeId"])["Volumes"][0]
-        st = d.get("InitializationStatusDetails")
-        if not st or st.get("Progress") == 100:
-            break
-        time.sleep(0.1)
+    e.hydrate(r2["VolumeId"])
     res["hydrated_read_MBps"] = round(read_rate(r2["LocalPath"], 0, 512 * MIB), 1)
     # free the space for the next repeat
     for vid in made + [r["VolumeId"], r2["VolumeId"], v["VolumeId"], v1["VolumeId"],
