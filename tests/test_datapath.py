@@ -130,7 +130,8 @@ def folio_pages(path, off, length):
     start = ctypes.addressof(anchor)
     sizes, in_folio = [], False
     try:
-        with open("/proc/self/pagemap", "rb") as pm, open("/proc/kpageflags", "rb") as kf:
+        with open("/proc/self/pagemap", "rb", buffering=0) as pm, \
+                open("/proc/kpageflags", "rb", buffering=0) as kf:
             for i in range(length // 4096):
                 m[i * 4096]  # map the page (read: it stays the page-cache page)
                 pm.seek((start // 4096 + i) * 8)
@@ -178,6 +179,7 @@ def test_new_data_keeps_folios_small(daemon, res):
             for off in range(0, region, step):
                 assert os.pwrite(fd, image[off:off + step], off) == step
             sizes = folio_pages(raw, 0, region)
+            assert sum(sizes) == region // 4096, f"{rnd}: the written pages are not all cached"
             assert max(sizes) <= 8, f"{rnd}: a {max(sizes)}-page folio in the data file"
             want = hashlib.sha256(image).hexdigest()
             assert sha256_range(path, region) == want
@@ -219,7 +221,9 @@ def test_encrypted_chunk_fill_keeps_folios_small(daemon, res, tmp_path):
             assert os.pwrite(fd, data, off) == 4096
             image[off:off + 4096] = data
             blocks.add(data)
-        assert max(folio_pages(raw, 0, nchunks * chunk)) <= 4
+        sizes = folio_pages(raw, 0, nchunks * chunk)
+        assert sum(sizes) == nchunks * chunk // 4096, "the filled chunks are not all cached"
+        assert max(sizes) <= 4, f"a {max(sizes)}-page folio in the data file"
         want = hashlib.sha256(image).hexdigest()
         assert sha256_range(path, len(image)) == want
         os.fsync(fd)
