@@ -1605,7 +1605,7 @@ out_undo:
 	for (size_t i = 0; i < json_object_array_length(vols); i++) {
 		const char *sid = jstr(json_object_array_get_idx(vols, i), "SnapshotId");
 		if (sid[0])
-			snapshot_abort(d, sid);
+			snapshot_abort(d, sid, "its request failed");
 	}
 out_vols:
 	ret = -1;

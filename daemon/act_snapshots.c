@@ -26,7 +26,9 @@
  * failed snapshot cleared may have been persisted.
  *
  * CopySnapshot: a job reads (and verifies) only the chunks the destination region's store
- * lacks, appends them to a pack there, commits it, then writes the manifest.
+ * lacks, appends them to a pack there, commits it, then writes the manifest. A copy that
+ * fails (a damaged source chunk, ENOSPC, a cancel, shutdown) reads 'error' and its chunks
+ * are collected (job_finish), as a failed snapshot's are.
  *
  * Lineage: a snapshot's lineage is its parent's (or its own id for a full snapshot of a
  * volume not restored from one); a volume restored from S continues S's lineage. The direct
@@ -35,12 +37,15 @@
  *
  * snapshot_start() and snapshot_copy_start() are the cores of CreateSnapshot and
  * CopySnapshot, shared with CreateImage and CopyImage (act_images.c). snapshot_abort()
- * undoes a started snapshot whose request failed later (CreateImage): it sets the job's
- * cancel flag (the copy stops at its next run, -ECANCELED, as at shutdown), waits for the
- * job with d->lock released (its end takes the lock), then deletes the row ('error', or
- * 'completed' when the copy won the race) and collects the region. No second way to
- * delete: the job's own failure path restores the changed bits and drops changed_base
- * (changed_base_drop, shared with snapshots_recover), DeleteSnapshot's steps do the rest.
+ * undoes a started snapshot or copy whose request failed later (CreateImage, CopyImage),
+ * or whose pending image is deregistered with its snapshots (DeregisterImage): it sets the
+ * job's cancel flag (a snapshot stops at its next run, a copy at its next chunk,
+ * -ECANCELED, as at shutdown), waits for the job with d->lock released (its end takes the
+ * lock), then deletes the row ('error', or 'completed' when the copy won the race) and
+ * collects the region. No second way to delete: the job's own failure path restores the
+ * changed bits and drops changed_base (changed_base_drop, shared with snapshots_recover)
+ * and asks for the GC of its chunks (job_finish, jobs.c), DeleteSnapshot's steps do the
+ * rest.
  *
  * Snapshot visibility: the owning account, in the snapshot's region (snapshot_lookup);
  * restoring (create-volume, launch) also lets an account use a snapshot that backs an
@@ -593,16 +598,7 @@ static void *snapshot_job(void *arg)
 		 (unsigned long long)sj->cloned, (unsigned long long)sj->clones, sj->ns_read / 1e9,
 		 sj->ns_hash / 1e9, sj->ns_put / 1e9, sj->ns_commit / 1e9, sj->ns_manifest / 1e9);
 	sj->dv->jobs--;
-	j->finished = true;
-	struct region_store *rs;
-	for (rs = d->stores; rs; rs = rs->next) {
-		/* a failed copy leaves chunks no manifest references: collect them now (on a
-		 * full store nothing else could, every trigger writes the catalog first) */
-		if (ret && !strcmp(rs->region, j->region))
-			rs->gc_wanted = true;
-		if (!strcmp(rs->region, j->region) && rs->gc_wanted && !jobs_in_region(d, j->region))
-			region_gc(d, j->region);
-	}
+	job_finish(d, j, ret != 0);
 	/* ENOSPC fills the catalog's file system too: retry once GC has made room, or the
 	 * snapshot would stay 'pending' until the next start */
 	if (cat_ret && cat_snapshot_update(d->cat, &s))
@@ -722,26 +718,29 @@ int snapshot_start(struct api_req *r, struct cat_volume *vp, const char *desc, j
 	return 0;
 }
 
-void snapshot_abort(struct daemon *d, const char *id)
+void snapshot_abort(struct daemon *d, const char *id, const char *why)
 {
 	struct cat_snapshot s;
 	struct job *j = job_find(d, JOB_SNAPSHOT, id);
 
-	/* the job ends as a failed snapshot ends (snapshot_job): vol_snap_end(ok=false) gives
-	 * the volume its changed bits back, the row reads 'error', the volume's next snapshot
-	 * is full, the chunks it stored are collected. A job that has finished already wrote
-	 * its row (jobs_reap frees it). */
+	if (!j)
+		j = job_find(d, JOB_COPY, id);
+	/* the job ends as a failed snapshot or copy ends (snapshot_job, copy_job): the row
+	 * reads 'error', the chunks it stored are collected (job_finish); a snapshot's
+	 * vol_snap_end(ok=false) gives the volume its changed bits back and its next snapshot
+	 * is full. A job that has finished already wrote its row (jobs_reap frees it). */
 	if (j)
 		job_cancel(d, j);
 	if (cat_snapshot_get(d->cat, id, &s))
 		return;
-	/* it may have completed before it saw the cancel: its changed bits stay cleared */
+	/* it may have completed before it saw the cancel: its changed bits stay cleared (a
+	 * copy's volume_id is its source's, whose changed_base never names the copy) */
 	changed_base_drop(d, s.volume_id, id);
 	if (cat_snapshot_delete(d->cat, id)) {
 		log_err("snapshot %s: cannot delete the row of the undone snapshot", id);
 		return;
 	}
-	log_info("snapshot %s undone (its request failed)", id);
+	log_info("snapshot %s undone (%s)", id, why);
 	region_gc(d, s.region);
 }
 
@@ -927,7 +926,7 @@ static void *copy_job(void *arg)
 		if (!ret && !existed)
 			copied_bytes += cs;
 		j->done++;
-		if (d->stopping)
+		if (d->stopping || j->cancel)
 			ret = -ECANCELED;
 	}
 	/* the copy starts a lineage of its own in this region */
@@ -951,11 +950,7 @@ static void *copy_job(void *arg)
 	}
 	log_info("copy %s: %s, %llu bytes transferred", j->id, ret ? strerror(-ret) : "completed",
 		 (unsigned long long)copied_bytes);
-	j->finished = true;
-	struct region_store *rs;
-	for (rs = d->stores; rs; rs = rs->next)
-		if (!strcmp(rs->region, j->region) && rs->gc_wanted && !jobs_in_region(d, j->region))
-			region_gc(d, j->region);
+	job_finish(d, j, ret != 0);
 	pthread_mutex_unlock(&d->lock);
 	manifest_free(cj->m);
 	free(cj);

@@ -52,7 +52,7 @@ struct job {
 	_Atomic uint64_t done, total;
 	uint64_t started_ns;
 	bool finished;
-	_Atomic bool cancel; /* SNAPSHOT: stop early, its request failed (snapshot_abort) */
+	_Atomic bool cancel; /* SNAPSHOT, COPY: stop early, undone (snapshot_abort) */
 	pthread_t thread;
 	struct job *next;
 	void *priv;
@@ -171,10 +171,14 @@ struct job *job_find(struct daemon *d, enum job_kind kind, const char *id);
 struct job *job_start(struct daemon *d, enum job_kind kind, const char *id, const char *region,
 		      void *(*fn)(void *), void *priv);
 void jobs_reap(struct daemon *d);   /* free finished jobs */
-/* Ask j to stop early (j->cancel: snapshot jobs check it), wait for its end with d->lock
- * released (its end takes the lock), then free it. Under d->lock, on the control thread,
- * which alone adds, reaps and removes jobs: j stays listed until it is joined here. */
+/* Ask j to stop early (j->cancel: snapshot and copy jobs check it), wait for its end with
+ * d->lock released (its end takes the lock), then free it. Under d->lock, on the control
+ * thread, which alone adds, reaps and removes jobs: j stays listed until it is joined here. */
 void job_cancel(struct daemon *d, struct job *j);
+/* The end of a job that stores chunks (snapshot, copy), from its thread, under d->lock:
+ * mark it finished and run the region's GC if one is due; failed: its chunks are
+ * referenced by no manifest, so one is. */
+void job_finish(struct daemon *d, struct job *j, bool failed);
 void jobs_stop(struct daemon *d);   /* at shutdown: wait for every job (d->lock not held) */
 bool jobs_in_region(struct daemon *d, const char *region);
 /* Remove snapshot manifests nobody needs and unreferenced chunks, when no job runs in the
@@ -216,11 +220,12 @@ int snapshot_lookup(struct api_req *r, const char *id, struct cat_snapshot *s);
  * changed-set switch and the copy job. *out is the new row. 0 or -1 (error recorded). */
 int snapshot_start(struct api_req *r, struct cat_volume *v, const char *desc, json_object *tags,
 		   struct cat_snapshot *out);
-/* Undo a snapshot that snapshot_start() started for a request that then failed (CreateImage
- * after a later step failed): stop its job and wait for it, which ends it as any failed
- * snapshot ends, then delete its row as DeleteSnapshot does. Nothing of it is left; the
- * volume's next snapshot is full. Under d->lock, which it releases while it waits. */
-void snapshot_abort(struct daemon *d, const char *id);
+/* Undo a snapshot that snapshot_start() or snapshot_copy_start() started (CreateImage or
+ * CopyImage after a later step failed; DeregisterImage of the pending image it was made
+ * for): stop its job and wait for it, which ends it as any failed snapshot ends, then
+ * delete its row as DeleteSnapshot does. Nothing of it is left; the volume's next snapshot
+ * is full. why is logged. Under d->lock, which it releases while it waits. */
+void snapshot_abort(struct daemon *d, const char *id, const char *why);
 /* Start copying a completed snapshot (any region, any owner: the caller checked access)
  * into the request's region, owned by the request's account; only chunks the destination
  * lacks are transferred. *out is the new 'pending' row. 0 or -1 (error recorded). */

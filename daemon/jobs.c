@@ -13,7 +13,15 @@
  * restored volume still reading its base) needs, then sweeps chunks no manifest
  * references. It never runs while a job writes chunks in that region: chunks stored by a
  * snapshot in progress are not referenced by any manifest yet. Such a GC is deferred to the
- * end of the last job in the region.
+ * end of the last job in the region (job_finish).
+ *
+ * A job that stores chunks and fails (a snapshot or a copy: an error, a cancel, shutdown)
+ * leaves chunks no manifest references: those of the packs it finished (a pack is closed
+ * every 256 MiB) and, between its pack commit and its manifest, all of them. job_finish
+ * then asks for a GC of the region, which runs at once or at the end of the last job
+ * there; on a full store nothing else would trigger it, since every other trigger writes
+ * the catalog first. job_cancel is the one way to stop such a job early: it sets cancel,
+ * which both kinds check once per chunk (or run of chunks), as they check d->stopping.
  */
 #include "daemon/daemon_i.h"
 
@@ -114,6 +122,19 @@ void job_cancel(struct daemon *d, struct job *j)
 		;
 	*pp = j->next;
 	free(j);
+}
+
+void job_finish(struct daemon *d, struct job *j, bool failed)
+{
+	j->finished = true;
+	for (struct region_store *rs = d->stores; rs; rs = rs->next) {
+		if (strcmp(rs->region, j->region))
+			continue;
+		if (failed)
+			rs->gc_wanted = true;
+		if (rs->gc_wanted && !jobs_in_region(d, j->region))
+			region_gc(d, j->region);
+	}
 }
 
 void jobs_stop(struct daemon *d)
