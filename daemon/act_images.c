@@ -54,10 +54,23 @@
  * its row and switch). A daemon crash inside the request leaves the started snapshots
  * 'pending' with no image naming them: snapshots_recover turns them into 'error' rows.
  *
+ * CopyImage fails whole or not at all in the same way. Every source snapshot is checked
+ * (present, completed) before the first copy starts. What can fail after one has started,
+ * inside the request: starting the copy of a later snapshot (snapshot_copy_start: the
+ * stores, the source manifest, the catalog row, the job) and image_insert. Each returns
+ * the EC2 error with no image, after snapshot_abort has undone every copy the request
+ * started: the copy job stops at its next chunk (its cancel flag), ends as a failed copy
+ * (row 'error', its chunks collected: job_finish in jobs.c), and its row is deleted. The
+ * destination region is left as it was, chunks included.
+ *
  * A failure later, asynchronously (a snapshot of the pending image goes to 'error', e.g.
- * its copy fails or the daemon stops), is EC2's failed AMI: the image stays, State
- * 'failed' with a StateReason naming the snapshot, and so do its other snapshots, the
- * completed ones and those still copying. They are not orphans: the failed image's
+ * its copy fails on a damaged source chunk or ENOSPC, or the daemon stops), is EC2's
+ * failed AMI, for CreateImage and CopyImage alike: the caller already holds the ImageId,
+ * and EC2 reports such an AMI as State 'failed' (DescribeImages' ImageState, with a
+ * StateReason) until its owner deregisters it, rather than making it vanish. So the image
+ * stays, 'failed' with a StateReason naming the snapshot, and so do its other snapshots,
+ * the completed ones and those still copying; the failed snapshot's own chunks are
+ * collected when its job ends (job_finish). They are not orphans: the failed image's
  * BlockDeviceMappings name them, DeleteSnapshot refuses them (InvalidSnapshot.InUse)
  * while it exists, and DeregisterImage with DeleteAssociatedSnapshots removes them with
  * it (those no longer copying), as on EC2, where the owner deregisters a failed AMI and
@@ -1637,9 +1650,10 @@ int act_copy_image(struct api_req *r)
 					      "Description", "Encrypted", "KmsKeyId", "ClientToken",
 					      "CopyImageTags", "TagSpecifications", "DryRun", NULL};
 	const char *src_region, *src_id, *name, *desc = NULL;
-	json_object *src, *img, *bdm, *tags;
+	json_object *src, *img, *bdm, *tags, *started;
 	struct api_req sr;
 	char id[ID_MAX], sdesc[256];
+	size_t n;
 	int ret = 0;
 
 	if (params_allow(r, allowed) || param_str(r, "SourceRegion", true, &src_region) < 0 ||
@@ -1696,27 +1710,48 @@ int act_copy_image(struct api_req *r)
 	bdm = jget(img, "BlockDeviceMappings");
 	bdm = json_tokener_parse(json_object_to_json_string(bdm)); /* a deep copy */
 	json_object_object_add(img, "BlockDeviceMappings", bdm);
-	for (size_t i = 0; !ret && bdm && i < json_object_array_length(bdm); i++) {
+	n = bdm ? json_object_array_length(bdm) : 0;
+	started = json_object_new_array();
+	/* refuse before any copy starts, so that a refusal leaves nothing behind */
+	for (size_t i = 0; !ret && i < n; i++) {
+		const char *sid =
+		    jstr(jget(json_object_array_get_idx(bdm, i), "Ebs"), "SnapshotId");
+		struct cat_snapshot s;
+		if (sid[0] &&
+		    (cat_snapshot_get(r->d->cat, sid, &s) || strcmp(s.state, "completed")))
+			ret = api_error(r, "IncorrectState",
+					"The snapshot %s of the image '%s' is not completed.", sid,
+					src_id);
+	}
+	for (size_t i = 0; !ret && i < n; i++) {
 		json_object *e = jget(json_object_array_get_idx(bdm, i), "Ebs");
 		const char *sid = jstr(e, "SnapshotId");
 		struct cat_snapshot s, ns;
 		if (!sid[0])
 			continue;
-		if (cat_snapshot_get(r->d->cat, sid, &s) || strcmp(s.state, "completed")) {
-			ret = api_error(r, "IncorrectState",
-					"The snapshot %s of the image '%s' is not completed.", sid,
-					src_id);
+		if (cat_snapshot_get(r->d->cat, sid, &s)) {
+			ret = api_error(r, "InternalError", "catalog read failed");
 			break;
 		}
 		snprintf(sdesc, sizeof(sdesc),
 			 "Copied for DestinationAmi %s from SourceAmi %s for SourceSnapshot %s", id,
 			 src_id, sid);
 		ret = snapshot_copy_start(r, &s, sdesc, NULL, &ns);
-		if (!ret)
+		if (!ret) {
 			json_object_object_add(e, "SnapshotId", json_object_new_string(ns.id));
+			json_object_array_add(started, json_object_new_string(ns.id));
+		}
 	}
 	if (!ret)
 		ret = image_insert(r, img, tags);
+	if (ret) {
+		/* the caller gets the error and no image: the copies started for it go too */
+		for (size_t i = 0; i < json_object_array_length(started); i++) {
+			json_object *sid = json_object_array_get_idx(started, i);
+			snapshot_abort(r->d, json_object_get_string(sid), "its request failed");
+		}
+	}
+	json_object_put(started);
 	json_object_put(img);
 	json_object_put(src);
 	if (ret)
