@@ -73,8 +73,20 @@
  * collected when its job ends (job_finish). They are not orphans: the failed image's
  * BlockDeviceMappings name them, DeleteSnapshot refuses them (InvalidSnapshot.InUse)
  * while it exists, and DeregisterImage with DeleteAssociatedSnapshots removes them with
- * it (those no longer copying), as on EC2, where the owner deregisters a failed AMI and
- * its snapshots stay until then.
+ * it, as on EC2, where the owner deregisters a failed AMI and its snapshots stay until
+ * then.
+ *
+ * DeregisterImage with DeleteAssociatedSnapshots deletes each snapshot the image's
+ * mappings name, except one another image also uses (EC2's rule) and another account's
+ * (a mapping create-image added from a shared image). A snapshot still pending (the image
+ * is pending: its CreateImage or CopyImage job still copies) is made for this image
+ * alone, so it goes too: snapshot_abort stops its job, waits for it and deletes it, as a
+ * failed CreateImage/CopyImage does, and its chunks are collected (a volume's stopped
+ * snapshot gives the volume its changed bits back, so its next snapshot misses nothing).
+ * Keeping it would leave, once it completed, a snapshot no image names: what the caller
+ * asked to delete, left behind. The response stays {"Return": true}; EC2's
+ * DeleteSnapshotResults (a ReturnCode per snapshot) is not emitted by ebsim, and a
+ * snapshot that cannot be deleted (a catalog failure) is logged.
  */
 #include "daemon/daemon_i.h"
 #include "common/ctl_proto.h"
@@ -848,15 +860,21 @@ int act_deregister_image(struct api_req *r)
 	if (del_snaps) {
 		json_object *bdm = jget(img, "BlockDeviceMappings");
 		for (size_t i = 0; bdm && i < json_object_array_length(bdm); i++) {
-			json_object *sid = jget(jget(json_object_array_get_idx(bdm, i), "Ebs"),
-						"SnapshotId");
+			const char *sid =
+			    jstr(jget(json_object_array_get_idx(bdm, i), "Ebs"), "SnapshotId");
 			struct cat_snapshot s;
-			/* kept: a snapshot still being copied (its job owns it), and another
+			/* kept: a snapshot another image uses (EC2's rule), and another
 			 * account's (a mapping create-image added from a shared image) */
-			if (sid && !snapshot_in_use(r->d, json_object_get_string(sid)) &&
-			    !cat_snapshot_get(r->d->cat, json_object_get_string(sid), &s) &&
-			    strcmp(s.state, "pending") && !strcmp(s.account, r->account))
-				cat_snapshot_delete(r->d->cat, json_object_get_string(sid));
+			if (!sid[0] || snapshot_in_use(r->d, sid) ||
+			    cat_snapshot_get(r->d->cat, sid, &s) || strcmp(s.account, r->account))
+				continue;
+			if (!strcmp(s.state, "pending")) {
+				/* still being made for this image: stopped, then deleted */
+				snapshot_abort(r->d, sid,
+					       "pending when its image was deregistered");
+			} else if (cat_snapshot_delete(r->d->cat, sid)) {
+				log_err("deregister %s: cannot delete its snapshot %s", id, sid);
+			}
 		}
 		region_gc(r->d, r->region);
 	}

@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: MIT
-"""AMIs whose making fails part-way: copy-image failing inside the request and later
-(asynchronously).
+"""AMIs whose making fails part-way, and AMIs deregistered while still being made:
+copy-image failing inside the request and later (asynchronously), and
+deregister-image --delete-associated-snapshots of an image whose snapshots are pending.
 
 Design notes
 ------------
@@ -22,6 +23,11 @@ Design notes
   the destination region empty.
 - Either way, a later copy-image of the same source works and launches with the same bytes
   (root files by sha256, the data volume by sha256 of its range).
+- Deregistering a pending image with --delete-associated-snapshots: the deregister comes
+  right after the call that made the image, while its large snapshot is still copying; the
+  daemon's log line for the stopped snapshot proves it was pending then. Its snapshots must
+  be gone (stopped and deleted), nothing leaked, and no data lost: the volume's next
+  snapshot (create-image) holds everything written before it.
 """
 import hashlib
 import json
@@ -179,4 +185,77 @@ def test_copy_image_failing_later_is_a_failed_image_leaving_no_chunks(daemon, re
     assert region_state(d, DEST) == ([], [], 0)
     assert_check_clean(d)
     copy_and_launch(d, res, src, DEST, "copy-fails-later")
+    assert_check_clean(d)
+
+
+def stopped_line(d, sid):
+    """The daemon's word that sid was still pending when deregister-image stopped it."""
+    return [l for l in d.log().splitlines()
+            if f"snapshot {sid} undone (pending when its image was deregistered)" in l]
+
+
+def test_deregister_deletes_pending_copied_snapshots(daemon, res):
+    d = daemon
+    src = make_source(d, res, 256)
+    assert region_state(d, DEST) == ([], [], 0)
+    ami = d.ok("copy-image", "--source-region", "us-east-1", "--source-image-id", src["ami"],
+               "--name", "still-copying", region=DEST)["ImageId"]
+    img = d.ok("describe-images", "--image-ids", ami, region=DEST)["Images"][0]
+    data_copy = mappings(img)["/dev/sdf"]["Ebs"]["SnapshotId"]
+    r = d.cli("deregister-image", "--image-id", ami, "--delete-associated-snapshots",
+              region=DEST)
+    assert r.rc == 0 and r.json == {"Return": True}, (r.rc, r.out, r.err)
+    assert region_state(d, DEST) == ([], [], 0)
+    # the data copy was still copying then: it was stopped, then deleted with the other
+    assert stopped_line(d, data_copy), d.log()
+    assert_error(d.cli("describe-snapshots", "--snapshot-ids", data_copy, region=DEST),
+                 "InvalidSnapshot.NotFound")
+    assert_error(d.cli("describe-images", "--image-ids", ami, region=DEST),
+                 "InvalidAMIID.NotFound")
+    assert_check_clean(d)
+    # the source is untouched, and copies again
+    assert d.ok("describe-snapshots", "--snapshot-ids", src["data_snap"])["Snapshots"][0][
+        "State"] == "completed"
+    copy_and_launch(d, res, src, DEST, "still-copying")
+
+
+def test_deregister_deletes_pending_created_snapshots(daemon, res):
+    """The pending snapshot is a create-image snapshot of a volume: stopping it gives the
+    volume its changed bits back, so nothing written before it is lost."""
+    d = daemon
+    root_snap, files = make_base(d, res)
+    base = d.ok("register-image", "--name", "pending-base", "--root-device-name", "/dev/xvda",
+                "--block-device-mappings",
+                json.dumps([{"DeviceName": "/dev/xvda", "Ebs": {"SnapshotId": root_snap}}])
+                )["ImageId"]
+    bdm = [{"DeviceName": "/dev/sdf", "Ebs": {"VolumeSize": 1}}]
+    inst = run1(d, base, ITYPE, "--block-device-mappings", json.dumps(bdm))
+    iid, dev = inst["InstanceId"], inst["LocalDevices"]["/dev/sdf"]
+    vid = {m["DeviceName"]: m["Ebs"]["VolumeId"] for m in inst["BlockDeviceMappings"]}["/dev/sdf"]
+    h = write_pattern(dev, "pending-created", 256 * MIB)
+    snaps_before = d.ok("describe-snapshots")["Snapshots"]
+    objects_before = store_layout.count(d.home)
+    ami = d.ok("create-image", "--instance-id", iid, "--name", "still-snapshotting",
+               "--no-reboot")["ImageId"]
+    img = d.ok("describe-images", "--image-ids", ami)["Images"][0]
+    sid = mappings(img)["/dev/sdf"]["Ebs"]["SnapshotId"]
+    r = d.cli("deregister-image", "--image-id", ami, "--delete-associated-snapshots")
+    assert r.rc == 0 and r.json == {"Return": True}, (r.rc, r.out, r.err)
+    assert d.ok("describe-snapshots")["Snapshots"] == snaps_before
+    assert stopped_line(d, sid), d.log()  # it was pending then
+    assert_error(d.cli("describe-images", "--image-ids", ami), "InvalidAMIID.NotFound")
+    assert store_layout.count(d.home) == objects_before
+    assert_check_clean(d)
+    # nothing lost: the volume's next snapshot holds the data, and so does a new image
+    s = wait_completed(d, d.ok("create-snapshot", "--volume-id", vid)["SnapshotId"])
+    v = d.ok("create-volume", "--snapshot-id", s["SnapshotId"])
+    assert sha_range(v["LocalPath"], 0, 256 * MIB) == h
+    d.ok("delete-volume", "--volume-id", v["VolumeId"])
+    ami = d.ok("create-image", "--instance-id", iid, "--name", "still-snapshotting",
+               "--no-reboot")["ImageId"]
+    wait_image(d, ami)
+    new = run1(d, ami)
+    res.assert_mounted(new["RootMount"])
+    check_image_files(new["RootMount"], files)
+    assert sha_range(new["LocalDevices"]["/dev/sdf"], 0, 256 * MIB) == h
     assert_check_clean(d)

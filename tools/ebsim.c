@@ -1505,14 +1505,16 @@ static const struct cli_verb cli_verbs[] = {
 			"\n"
 			"The snapshots of the image are kept, unless --delete-associated-snapshots is "
 			"given: then each snapshot the image's mappings name is deleted, except those "
-			"that another image still uses and those still being made (an image that is "
-			"pending). Only the owner can deregister an image: another account that may "
-			"launch it gets AuthFailure, one that cannot see it InvalidAMIID.NotFound.",
+			"that another image still uses and another account's. A snapshot still being "
+			"made for the image (an image that is pending) is stopped and deleted with "
+			"it, so nothing of the image is left behind. Only the owner can deregister an "
+			"image: another account that may launch it gets AuthFailure, one that cannot "
+			"see it InvalidAMIID.NotFound.",
 		.opts = (const struct cli_opt[]){
 			{"image-id", CLI_STRING, true, NULL, "The ID of the image to deregister."},
 			{"delete-associated-snapshots", CLI_BOOLEAN, false, NULL,
 			 "Also delete the snapshots of the image's block device mappings that no "
-			 "other image uses. Default: keep them."},
+			 "other image uses, stopping those still pending. Default: keep them."},
 			{NULL, 0, false, NULL, NULL},
 		},
 		.output = (const struct cli_field[]){
