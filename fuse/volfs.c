@@ -4,13 +4,23 @@
  *
  * Design notes
  * ------------
- * One thread runs fuse_session_loop (single-threaded: measured fastest, PERF-NOTES). Data
- * handlers (read, write, fsync, fallocate) never wait for the disk: they hand the request
- * to blockdev/ and return; the volume's completion, on an engine thread, sends the reply.
- * blockdev/ may complete a read the page cache holds, or a small page-aligned write (a copy
- * into the page cache, blk_try_now in blk_engine.h), at once on this thread: the callback
- * then replies before the handler returns. Such a write can wait briefly (dirty-page
- * throttling, the host journal) and holds up the requests behind it meanwhile; handing it
+ * FUSE_THREADS (2) threads serve /dev/fuse: libfuse's multi-threaded loop, each thread on
+ * its own cloned fd (clone_fd). Data handlers (read, write, fsync, fallocate) never wait
+ * for the disk: they hand the request to blockdev/ and return; the volume's completion, on
+ * an engine thread, sends the reply. blockdev/ may complete a read the page cache holds, or
+ * a small page-aligned write (a copy into the page cache, blk_try_now in blk_engine.h), at
+ * once on the serving thread: the callback then replies before the handler returns. Such a
+ * write can wait briefly (dirty-page throttling, the host journal) and holds up the requests
+ * behind it on that thread meanwhile, so a second thread keeps reading the queue. Measured
+ * against one thread (bench/ab.py, 2 CPUs, median of per-round ratios): via loop rw4k QD32
+ * 1.08x, rr4k 1.05x, mix 1.05x, 1 MiB reads 1.47x and writes 1.15x; on the FUSE file rr4k
+ * QD1 1.73x, rr4k 1.26x, rw4k 1.28x, 1 MiB writes 0.88x; 4 threads did no better than 2
+ * (rw4k 0.87x of 2 on the file). Early in the project (PERF-NOTES) one thread had been
+ * fastest, when every write still went through the engine. vol_* are thread-safe (v->lock),
+ * the inode table is under fs->lock and the request pool under fs->pool_lock, so handlers
+ * may run on both threads at once. Ordering is the block layer's: requests in flight
+ * together have no order, and an fsync covers the writes acknowledged before it was sent,
+ * which were handed to the volume before their reply. Handing a small buffered write
  * to io_uring instead cost 35% more daemon CPU per 4 KiB write (ext4 sends every buffered
  * write through an io-wq worker). So every request is answered exactly once, either inline
  * (errors, metadata, cached reads, small writes) or from the completion callback.
@@ -28,17 +38,18 @@
  * Transports (volfs_mount): /dev/fuse, or FUSE over io_uring (fuse/furing.c). The latter
  * goes through libfuse's custom io: io_read notes the FUSE_INIT request, io_writev asks for
  * io_uring in its reply and starts the ring, and hands every later reply to furing_reply
- * first. The ring thread then serves the requests (the classic loop still reads forgets
- * and interrupts), so two threads may take requests from the pool (fs->pool_lock), and a
+ * first. The ring thread then serves the requests (the classic loop, one thread with this
+ * transport, still reads forgets and interrupts), and a
  * read or write whose request came from the ring uses the ring entry's payload as its
  * buffer instead of copying (ioreq->data).
  *
- * Request pool: the FUSE thread allocates a struct ioreq (and its aligned data buffer) per
- * read or write, and an engine thread (or the FUSE thread itself) frees it after the reply; glibc then serialises the
- * two threads on its arena lock (about 10% of the daemon's CPU at 4k QD32). Finished
- * requests are pushed instead on fs->pool_ret, a lock-free stack any thread may push to;
- * only the serving thread pops, and it takes the whole stack at once (atomic exchange) into
- * its private list fs->pool, so there is no ABA. Buffers up to POOL_BUF_MAX stay with
+ * Request pool: a serving thread allocates a struct ioreq (and its aligned data buffer) per
+ * read or write, and an engine thread (or the serving thread itself) frees it after the
+ * reply; glibc then serialises the threads on its arena lock (about 10% of the daemon's CPU
+ * at 4k QD32). Finished requests are pushed instead on fs->pool_ret, a lock-free stack any
+ * thread may push to; takers hold fs->pool_lock (uncontended but for the two serving
+ * threads), and take the whole stack at once (atomic exchange) into the list fs->pool, so
+ * there is no ABA. Buffers up to POOL_BUF_MAX stay with
  * their ioreq; at most POOL_MAX requests are kept; the rest are freed at unmount.
  *
  * Inode table: fs->files, guarded by fs->lock (the control thread adds and removes, the
@@ -57,7 +68,7 @@
 #include "fuse/furing_i.h"
 #include "common/common.h"
 
-#define FUSE_USE_VERSION 35
+#define FUSE_USE_VERSION 312 /* fuse_session_loop_mt with fuse_loop_cfg_* */
 #include <fuse_lowlevel.h>
 #include <linux/fuse.h>
 
@@ -77,6 +88,7 @@
 #include <unistd.h>
 
 #define MAX_IO (1u << 20)
+#define FUSE_THREADS 2 /* threads serving /dev/fuse (see the notes) */
 #define ATTR_TIMEOUT 1.0
 #define POOL_MAX 512		    /* requests kept for reuse */
 #define POOL_BUF_MAX (128u << 10) /* larger buffers are not kept */
@@ -108,10 +120,10 @@ struct volfs {
 	char mountpoint[4096];
 	dev_t dev; /* the mount's st_dev: its minor names the connection in fusectl */
 	atomic_int pending; /* requests handed to blockdev/, not answered yet */
-	struct ioreq *pool;		   /* FUSE thread only */
+	struct ioreq *pool;		   /* under pool_lock */
 	_Atomic(struct ioreq *) pool_ret;  /* pushed by any thread */
 	atomic_int pool_n;		   /* requests in pool + pool_ret (approximate bound) */
-	pthread_mutex_t pool_lock;	   /* io_uring transport: two threads may take */
+	pthread_mutex_t pool_lock;	   /* serving threads take from the pool */
 	bool uring;			   /* io_uring transport asked for */
 	uint64_t init_unique;		   /* its FUSE_INIT request (0: not seen/offered) */
 	_Atomic(struct furing *) ring;	   /* set once the kernel took the ring */
@@ -123,8 +135,7 @@ static struct ioreq *ioreq_get(struct volfs *fs, size_t size)
 {
 	struct ioreq *r;
 
-	if (fs->uring)
-		pthread_mutex_lock(&fs->pool_lock);
+	pthread_mutex_lock(&fs->pool_lock);
 	r = fs->pool;
 	if (!r) {
 		r = atomic_exchange(&fs->pool_ret, NULL);
@@ -132,8 +143,7 @@ static struct ioreq *ioreq_get(struct volfs *fs, size_t size)
 	}
 	if (r)
 		fs->pool = r->next;
-	if (fs->uring)
-		pthread_mutex_unlock(&fs->pool_lock);
+	pthread_mutex_unlock(&fs->pool_lock);
 	if (r) {
 		atomic_fetch_sub(&fs->pool_n, 1);
 	} else {
@@ -682,7 +692,22 @@ static void *loop_thread(void *arg)
 {
 	struct volfs *fs = arg;
 
-	fuse_session_loop(fs->se);
+	struct fuse_loop_config *cfg;
+
+	if (fs->uring) {
+		fuse_session_loop(fs->se); /* forgets and interrupts only (see the notes) */
+		return NULL;
+	}
+	cfg = fuse_loop_cfg_create();
+	if (!cfg) {
+		fuse_session_loop(fs->se);
+		return NULL;
+	}
+	fuse_loop_cfg_set_clone_fd(cfg, 1);
+	fuse_loop_cfg_set_max_threads(cfg, FUSE_THREADS);
+	fuse_loop_cfg_set_idle_threads(cfg, FUSE_THREADS);
+	fuse_session_loop_mt(fs->se, cfg);
+	fuse_loop_cfg_destroy(cfg);
 	return NULL;
 }
 
