@@ -1669,6 +1669,7 @@ int act_copy_image(struct api_req *r)
 					      "CopyImageTags", "TagSpecifications", "DryRun", NULL};
 	const char *src_region, *src_id, *name, *desc = NULL;
 	json_object *src, *img, *bdm, *tags, *started;
+	struct cat_snapshot *srcs; /* the source snapshots, as checked */
 	struct api_req sr;
 	char id[ID_MAX], sdesc[256];
 	size_t n;
@@ -1730,13 +1731,15 @@ int act_copy_image(struct api_req *r)
 	json_object_object_add(img, "BlockDeviceMappings", bdm);
 	n = bdm ? json_object_array_length(bdm) : 0;
 	started = json_object_new_array();
+	srcs = calloc(n + 1, sizeof(*srcs));
+	if (!srcs)
+		ret = api_error(r, "InternalError", "out of memory");
 	/* refuse before any copy starts, so that a refusal leaves nothing behind */
 	for (size_t i = 0; !ret && i < n; i++) {
 		const char *sid =
 		    jstr(jget(json_object_array_get_idx(bdm, i), "Ebs"), "SnapshotId");
-		struct cat_snapshot s;
-		if (sid[0] &&
-		    (cat_snapshot_get(r->d->cat, sid, &s) || strcmp(s.state, "completed")))
+		if (sid[0] && (cat_snapshot_get(r->d->cat, sid, &srcs[i]) ||
+			       strcmp(srcs[i].state, "completed")))
 			ret = api_error(r, "IncorrectState",
 					"The snapshot %s of the image '%s' is not completed.", sid,
 					src_id);
@@ -1744,17 +1747,13 @@ int act_copy_image(struct api_req *r)
 	for (size_t i = 0; !ret && i < n; i++) {
 		json_object *e = jget(json_object_array_get_idx(bdm, i), "Ebs");
 		const char *sid = jstr(e, "SnapshotId");
-		struct cat_snapshot s, ns;
+		struct cat_snapshot ns;
 		if (!sid[0])
 			continue;
-		if (cat_snapshot_get(r->d->cat, sid, &s)) {
-			ret = api_error(r, "InternalError", "catalog read failed");
-			break;
-		}
 		snprintf(sdesc, sizeof(sdesc),
 			 "Copied for DestinationAmi %s from SourceAmi %s for SourceSnapshot %s", id,
 			 src_id, sid);
-		ret = snapshot_copy_start(r, &s, sdesc, NULL, &ns);
+		ret = snapshot_copy_start(r, &srcs[i], sdesc, NULL, &ns);
 		if (!ret) {
 			json_object_object_add(e, "SnapshotId", json_object_new_string(ns.id));
 			json_object_array_add(started, json_object_new_string(ns.id));
@@ -1769,6 +1768,7 @@ int act_copy_image(struct api_req *r)
 			snapshot_abort(r->d, json_object_get_string(sid), "its request failed");
 		}
 	}
+	free(srcs);
 	json_object_put(started);
 	json_object_put(img);
 	json_object_put(src);
