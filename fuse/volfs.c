@@ -691,14 +691,9 @@ static const struct fuse_custom_io uring_io = {.read = io_read, .writev = io_wri
 static void *loop_thread(void *arg)
 {
 	struct volfs *fs = arg;
+	/* with io_uring, this loop reads only forgets and interrupts (see the notes) */
+	struct fuse_loop_config *cfg = fs->uring ? NULL : fuse_loop_cfg_create();
 
-	struct fuse_loop_config *cfg;
-
-	if (fs->uring) {
-		fuse_session_loop(fs->se); /* forgets and interrupts only (see the notes) */
-		return NULL;
-	}
-	cfg = fuse_loop_cfg_create();
 	if (!cfg) {
 		fuse_session_loop(fs->se);
 		return NULL;
