@@ -9,6 +9,7 @@ alone a device it did not attach (a user's loop on a volume file) and a recorded
 someone else has attached to another file meanwhile.
 """
 import os
+import time
 
 from conftest import _loop_backing, home_loops, run
 from test_instances import describe, image, run1  # noqa: F401
@@ -42,7 +43,12 @@ def test_restart_detaches_the_loops_a_killed_daemon_left(daemon, image, res, tmp
     foreign = tmp_path / "elsewhere" / data
     foreign.parent.mkdir()
     foreign.write_bytes(bytes(1 << 20))
-    run(["losetup", reused, str(foreign)])
+    # another worker's `losetup -f` may take the freed number first (EBUSY): wait for it to
+    # be free again, as that test detaches its own devices
+    deadline = time.monotonic() + 60
+    while (p := run(["losetup", reused, str(foreign)], check=False)).returncode:
+        assert "busy" in p.stderr and time.monotonic() < deadline, p.stderr
+        time.sleep(0.2)
     res.items.append(("loop", reused))
 
     d.start()
