@@ -150,7 +150,15 @@ def home_loops(home):
 
 def detach_home_loops(home):
     """Detach the loop devices of home (after its daemons are gone), each by exact device
-    after checking it is still backed by the same file. Returns the devices detached."""
+    after checking it is still backed by the same file. Returns the devices detached.
+    First the instance root file systems a killed daemon left mounted under home are
+    unmounted (lazily, by exact path): a loop with a mounted file system is not freed, and
+    the home's removal would leave the mount."""
+    inst = os.path.join(os.path.realpath(home), "instances") + "/"
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f]
+    for p in sorted((p for p in points if p.startswith(inst)), key=len, reverse=True):
+        subprocess.run(["umount", "-l", p], capture_output=True)
     done = []
     for dev, backing in home_loops(home).items():
         if _loop_backing(os.path.basename(dev)) == backing:
